@@ -1,0 +1,428 @@
+//! Configuration: the whole tree, read from `config/flaghook.toml`-shaped TOML, then `FLAGHOOK_*`
+//! environment overrides, then command-line flags.
+//!
+//! In: a file path (or none: built-in defaults), the process environment, CLI overrides.
+//! Out: a validated [`Config`] with secrets resolved, or one [`ConfigError`] naming the key.
+//! Never: logs or prints a secret; never reads the environment after start-up.
+
+mod secret;
+mod webhook;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use secret::Secret;
+pub use webhook::{PayloadFormat, WebhookConfig};
+
+/// The built-in defaults, as documented in `config/flaghook.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../../config/flaghook.toml");
+
+/// The configuration as a whole. Every section has defaults, so an empty file is valid.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub flagr: FlagrConfig,
+    pub derive: DeriveConfig,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Flagr's base URL (scheme, host, port; no path).
+    pub upstream: String,
+    /// Flagr's `FLAGR_WEB_PREFIX`, e.g. `/flagr`. Empty for none.
+    pub path_prefix: String,
+    /// How long to wait for Flagr's response headers before answering 504.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// How long to wait for a TCP connection to Flagr before answering 502.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream host.
+    pub pool_max_idle: usize,
+    /// How long an idle upstream connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Bodies larger than this are streamed but not inspected (counted).
+    pub inspect_max_bytes: usize,
+    /// Capacity of the channel between the proxy and the derive worker; full = dropped, counted.
+    pub tap_capacity: usize,
+    /// A client must send its request headers within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 18080).into(),
+            upstream: "http://127.0.0.1:18000".into(),
+            path_prefix: String::new(),
+            upstream_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            pool_max_idle: 256,
+            pool_idle_timeout: Duration::from_secs(90),
+            inspect_max_bytes: 1 << 20,
+            tap_capacity: 8192,
+            header_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API: a literal, `env:NAME` or `file:/path`. Empty: API disabled.
+    pub token: Secret,
+    /// Timeout of the upstream health probe behind `/readyz`.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 18081).into(),
+            token: Secret::default(),
+            ready_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How to find out what a mutation changed.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Probe `GET /flags/snapshots/max_id`: 404 means legacy.
+    Auto,
+    /// Flagr 1.2.x: read `GET /flags/{id}/snapshots` after the mutation.
+    Snapshots,
+    /// Legacy 1.1.x: fetch the flag before forwarding the mutation and after it.
+    Prefetch,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlagrConfig {
+    pub snapshot_mode: SnapshotMode,
+    /// Timeout of flaghook's own calls to Flagr (snapshots, prefetch, detection).
+    #[serde(with = "humantime_serde")]
+    pub api_timeout: Duration,
+    /// Header Flagr reads the user from (`FLAGR_HEADER_AUTH_USER_FIELD`).
+    pub user_header: String,
+    /// JWT claim Flagr reads the user from (`FLAGR_JWT_AUTH_USER_CLAIM`).
+    pub jwt_user_claim: String,
+}
+
+impl Default for FlagrConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_mode: SnapshotMode::Auto,
+            api_timeout: Duration::from_secs(5),
+            user_header: "X-Email".into(),
+            jwt_user_claim: "sub".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeriveConfig {
+    /// Parallel derivation lanes; one flag always stays on one lane, so its events keep order.
+    pub lanes: usize,
+    /// Mutations waiting per lane; full = dropped, counted.
+    pub lane_capacity: usize,
+}
+
+impl Default for DeriveConfig {
+    fn default() -> Self {
+        Self {
+            lanes: 4,
+            lane_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Whole-request timeout per attempt: connect, send, response.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Delay before each attempt; the first is normally 0. Its length is the attempt limit.
+    #[serde(with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// ± fraction applied to every retry delay.
+    pub jitter: f64,
+    /// Upper bound for a receiver's `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// Per endpoint: queued requests at most; the oldest is dropped beyond it.
+    pub queue_max_events: usize,
+    /// Per endpoint: queued body bytes at most; the oldest is dropped beyond it.
+    pub queue_max_bytes: usize,
+    /// Per endpoint: requests in flight at once (one per flag at most, to keep order).
+    pub max_in_flight: usize,
+    /// Allow destinations on loopback addresses (refused by default: SSRF guard).
+    pub allow_loopback: bool,
+    /// Allow destinations on private, link-local and metadata addresses.
+    pub allow_private: bool,
+    /// On shutdown, queued deliveries get this long.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+    /// Response body bytes kept for errors and the delivery log.
+    pub response_excerpt_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let m = |s: u64| Duration::from_secs(60 * s);
+        Self {
+            timeout: Duration::from_secs(10),
+            retry_schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                m(2),
+                m(5),
+                m(15),
+                m(30),
+                m(60),
+                m(60),
+            ],
+            jitter: 0.2,
+            max_retry_after: Duration::from_secs(3600),
+            queue_max_events: 10_000,
+            queue_max_bytes: 64 << 20,
+            max_in_flight: 16,
+            allow_loopback: false,
+            allow_private: false,
+            shutdown_deadline: Duration::from_secs(20),
+            response_excerpt_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `flaghook=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Overrides from the command line; they win over file and environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub upstream: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config: key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (or the built-in defaults), applies `FLAGHOOK_*` from `env`, then `overrides`,
+    /// validates, and resolves secrets.
+    pub fn load(
+        path: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", p.display())))?;
+                Toml::string(&text)
+            }
+            None => Toml::string(DEFAULT_TOML),
+        };
+        // `FLAGHOOK_PROXY__UPSTREAM=...` sets `proxy.upstream`. The variables are passed in (not
+        // read here) so tests never touch the process environment.
+        let env_pairs: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("FLAGHOOK_") && k.contains("__"))
+            .cloned()
+            .collect();
+        let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(file);
+        for (k, v) in &env_pairs {
+            let key = k["FLAGHOOK_".len()..].to_ascii_lowercase().replace("__", ".");
+            let value = parse_env_value(v);
+            fig = fig.merge(Serialized::global(&key, value));
+        }
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(describe(&e)))?;
+        if let Some(u) = &overrides.upstream {
+            cfg.proxy.upstream = u.clone();
+        }
+        if let Some(l) = overrides.listen {
+            cfg.proxy.listen = l;
+        }
+        if let Some(l) = overrides.admin_listen {
+            cfg.admin.listen = l;
+        }
+        cfg.validate(env)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot, and resolves every secret.
+    fn validate(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        let up = http::Uri::try_from(self.proxy.upstream.as_str())
+            .map_err(|e| ConfigError::invalid("proxy.upstream", format!("not a URL: {e}")))?;
+        if up.scheme_str() != Some("http") {
+            return Err(ConfigError::invalid(
+                "proxy.upstream",
+                "must be an http:// URL (Flagr beside flaghook speaks plain HTTP)",
+            ));
+        }
+        if up.authority().is_none() {
+            return Err(ConfigError::invalid("proxy.upstream", "has no host"));
+        }
+        if up.path() != "/" && !up.path().is_empty() {
+            return Err(ConfigError::invalid(
+                "proxy.upstream",
+                "must not have a path; use proxy.path_prefix",
+            ));
+        }
+        let p = &self.proxy.path_prefix;
+        if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/')) {
+            return Err(ConfigError::invalid(
+                "proxy.path_prefix",
+                "must start with '/' and not end with '/' (or be empty)",
+            ));
+        }
+        positive("proxy.inspect_max_bytes", self.proxy.inspect_max_bytes)?;
+        positive("proxy.tap_capacity", self.proxy.tap_capacity)?;
+        positive("derive.lanes", self.derive.lanes)?;
+        positive("derive.lane_capacity", self.derive.lane_capacity)?;
+        positive("delivery.queue_max_events", self.delivery.queue_max_events)?;
+        positive("delivery.queue_max_bytes", self.delivery.queue_max_bytes)?;
+        positive("delivery.max_in_flight", self.delivery.max_in_flight)?;
+        if self.delivery.retry_schedule.is_empty() {
+            return Err(ConfigError::invalid(
+                "delivery.retry_schedule",
+                "needs at least one entry (the first attempt)",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.delivery.jitter) {
+            return Err(ConfigError::invalid(
+                "delivery.jitter",
+                "must be at least 0 and below 1",
+            ));
+        }
+        if self.delivery.timeout.is_zero() {
+            return Err(ConfigError::invalid("delivery.timeout", "must be above 0"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::invalid("log.format", "must be `text` or `json`"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        self.admin.token.resolve("admin.token", env)?;
+        let mut ids = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter_mut().enumerate() {
+            w.validate(i, env, &self.delivery)?;
+            if !ids.insert(w.id.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("webhooks[{i}].id"),
+                    format!("`{}` is used twice", w.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A list of durations written as `"5s"`, `"2m"`, ...
+mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::invalid(key, "must be above 0"));
+    }
+    Ok(())
+}
+
+/// Environment values are typed the way TOML would type them (`true`, `12`, `"30s"`), so
+/// `FLAGHOOK_DELIVERY__ALLOW_LOOPBACK=true` is a boolean and `FLAGHOOK_PROXY__LISTEN=...` a string.
+fn parse_env_value(v: &str) -> figment::value::Value {
+    v.parse::<figment::value::Value>()
+        .unwrap_or_else(|_| figment::value::Value::from(v.to_string()))
+}
+
+/// figment's message plus the key path it is about, on one line.
+fn describe(e: &figment::Error) -> String {
+    let mut parts = Vec::new();
+    for err in e.clone() {
+        let key = err.path.join(".");
+        if key.is_empty() {
+            parts.push(err.kind.to_string());
+        } else {
+            parts.push(format!("key `{key}`: {}", err.kind));
+        }
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests;

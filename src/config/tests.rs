@@ -1,0 +1,108 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load_str(toml: &str, e: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, toml).unwrap();
+    Config::load(Some(&p), &env(e), &Overrides::default())
+}
+
+#[test]
+fn shipped_file_equals_built_in_defaults() {
+    let from_file: Config = toml_like(DEFAULT_TOML);
+    let def = Config::default();
+    assert_eq!(format!("{from_file:?}"), format!("{def:?}"));
+    let loaded = Config::load(None, &[], &Overrides::default()).unwrap();
+    assert_eq!(format!("{loaded:?}"), format!("{def:?}"));
+}
+
+fn toml_like(s: &str) -> Config {
+    figment::Figment::from(Toml::string(s)).extract().unwrap()
+}
+
+#[test]
+fn unknown_key_names_the_key() {
+    let e = load_str("[proxy]\nlisten = \"127.0.0.1:1\"\nupstreem = \"x\"\n", &[]).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("upstreem"), "{m}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    for (toml, key) in [
+        ("[proxy]\nupstream = \"ftp://x\"\n", "proxy.upstream"),
+        ("[proxy]\nupstream = \"http://x:1/path\"\n", "proxy.upstream"),
+        ("[proxy]\nlisten = \"nope\"\n", "listen"),
+        ("[proxy]\nupstream_timeout = \"forever\"\n", "upstream_timeout"),
+        ("[proxy]\npath_prefix = \"flagr\"\n", "proxy.path_prefix"),
+        ("[delivery]\njitter = 2.0\n", "delivery.jitter"),
+        ("[delivery]\nretry_schedule = []\n", "delivery.retry_schedule"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        ("[[webhooks]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/\"\n", "webhooks[0].url"),
+        ("[delivery]\nallow_loopback = true\n[[webhooks]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/\"\nevents = [\"flag.nope\"]\n", "webhooks[0].events"),
+        ("[delivery]\nallow_loopback = true\n[[webhooks]]\nid = \"a b\"\nurl = \"http://127.0.0.1:1/\"\n", "webhooks[0].id"),
+        ("[delivery]\nallow_loopback = true\n[[webhooks]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"env:NOPE_NOT_SET\"\n", "webhooks[0].secret"),
+    ] {
+        let m = load_str(toml, &[]).unwrap_err().to_string();
+        assert!(m.contains(key), "{toml:?}: {m}");
+    }
+}
+
+#[test]
+fn env_overrides_file_and_flags_override_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "[proxy]\nupstream = \"http://127.0.0.1:1\"\n").unwrap();
+    let e = env(&[
+        ("FLAGHOOK_PROXY__UPSTREAM", "http://127.0.0.1:2"),
+        ("FLAGHOOK_DELIVERY__ALLOW_LOOPBACK", "true"),
+        ("FLAGHOOK_DELIVERY__QUEUE_MAX_EVENTS", "7"),
+        ("FLAGHOOK_PROXY__UPSTREAM_TIMEOUT", "3s"),
+    ]);
+    let c = Config::load(Some(&p), &e, &Overrides::default()).unwrap();
+    assert_eq!(c.proxy.upstream, "http://127.0.0.1:2");
+    assert!(c.delivery.allow_loopback);
+    assert_eq!(c.delivery.queue_max_events, 7);
+    assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(3));
+    let o = Overrides {
+        upstream: Some("http://127.0.0.1:3".into()),
+        listen: Some("127.0.0.1:9".parse().unwrap()),
+        admin_listen: None,
+    };
+    let c = Config::load(Some(&p), &e, &o).unwrap();
+    assert_eq!(c.proxy.upstream, "http://127.0.0.1:3");
+    assert_eq!(c.proxy.listen.port(), 9);
+}
+
+#[test]
+fn secrets_resolve_from_env_and_file_and_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = dir.path().join("s");
+    std::fs::write(&sf, "from-file\n").unwrap();
+    let toml = format!(
+        "[admin]\ntoken = \"env:TOK\"\n[delivery]\nallow_loopback = true\n[[webhooks]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"file:{}\"\nprevious_secret = \"literal-old\"\n",
+        sf.display()
+    );
+    let c = load_str(&toml, &[("TOK", "tok-value")]).unwrap();
+    assert_eq!(c.admin.token.expose(), Some("tok-value"));
+    assert_eq!(c.webhooks[0].secret.expose(), Some("from-file"));
+    let dbg = format!("{c:?}");
+    for s in ["tok-value", "from-file", "literal-old"] {
+        assert!(!dbg.contains(s), "{s} leaked into Debug");
+    }
+}
+
+#[test]
+fn event_patterns() {
+    use super::webhook::event_matches;
+    assert!(event_matches("*", "flag.created"));
+    assert!(event_matches("flag.*", "flag.created"));
+    assert!(event_matches("segment.*", "segment.rollout_percent.updated"));
+    assert!(!event_matches("flag.*", "flagx.created"));
+    assert!(!event_matches("flag.created", "flag.updated"));
+    assert!(event_matches("variant.attachment.updated", "variant.attachment.updated"));
+}

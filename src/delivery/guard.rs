@@ -1,0 +1,167 @@
+//! SSRF guard: refuses webhook destinations on loopback, private, link-local or metadata
+//! addresses unless config allows them, both for literal IPs and for what names resolve to.
+//!
+//! In: a URL (at config time) or resolved addresses (at connect time). Out: allowed or why not.
+//! Never: lets a name that resolves to a refused address through.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::DeliveryConfig;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuardError {
+    #[error("not a valid http(s) URL: {0}")]
+    BadUrl(String),
+    #[error("destination {0} is a {1} address; allow it with delivery.allow_{2}")]
+    Refused(IpAddr, &'static str, &'static str),
+}
+
+/// Why an address is refused: (kind, config switch), or `None` when it is public.
+pub fn classify(ip: IpAddr) -> Option<(&'static str, &'static str)> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Some(("loopback", "loopback"))
+            } else if v4.octets()[..2] == [169, 254] {
+                Some(("link-local or metadata", "private"))
+            } else if v4.is_private()
+                || v4.is_unspecified()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+            {
+                Some(("private", "private"))
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_loopback() {
+                Some(("loopback", "loopback"))
+            } else if v6.is_unspecified() || (s[0] & 0xfe00) == 0xfc00 {
+                Some(("private", "private"))
+            } else if (s[0] & 0xffc0) == 0xfe80 {
+                Some(("link-local or metadata", "private"))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// True when config allows connecting to `ip`.
+pub fn allowed(ip: IpAddr, cfg: &DeliveryConfig) -> Result<(), GuardError> {
+    match classify(ip) {
+        None => Ok(()),
+        Some((_, "loopback")) if cfg.allow_loopback => Ok(()),
+        Some((_, "private")) if cfg.allow_private => Ok(()),
+        Some((kind, switch)) => Err(GuardError::Refused(ip, kind, switch)),
+    }
+}
+
+/// Checks a webhook URL: http or https, a host, and (for literal IPs) an allowed address.
+pub fn check_url(url: &str, cfg: &DeliveryConfig) -> Result<reqwest::Url, GuardError> {
+    let u = reqwest::Url::parse(url).map_err(|e| GuardError::BadUrl(e.to_string()))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(GuardError::BadUrl(format!("scheme `{}`", u.scheme())));
+    }
+    match u.host() {
+        None => return Err(GuardError::BadUrl("no host".into())),
+        Some(url::Host::Ipv4(ip)) => allowed(IpAddr::V4(ip), cfg)?,
+        Some(url::Host::Ipv6(ip)) => allowed(IpAddr::V6(ip), cfg)?,
+        Some(url::Host::Domain(d)) => {
+            if d.eq_ignore_ascii_case("localhost") && !cfg.allow_loopback {
+                return Err(GuardError::Refused(
+                    IpAddr::from([127, 0, 0, 1]),
+                    "loopback",
+                    "loopback",
+                ));
+            }
+        }
+    }
+    Ok(u)
+}
+
+/// A resolver for reqwest that drops refused addresses, so names cannot sneak past the guard.
+#[derive(Clone)]
+pub struct GuardedResolver {
+    pub cfg: std::sync::Arc<DeliveryConfig>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .collect();
+            let ok: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| allowed(a.ip(), &cfg).is_ok())
+                .collect();
+            if ok.is_empty() {
+                let why = addrs
+                    .first()
+                    .map(|a| match allowed(a.ip(), &cfg) {
+                        Err(e) => e.to_string(),
+                        Ok(()) => String::new(),
+                    })
+                    .unwrap_or_else(|| format!("{host} has no address"));
+                return Err(why.into());
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_internal_destinations_by_default() {
+        let cfg = DeliveryConfig::default();
+        for u in [
+            "http://127.0.0.1:9/x",
+            "http://localhost/x",
+            "http://10.0.0.1/",
+            "http://192.168.1.1/",
+            "http://172.16.0.1/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://0.0.0.0/",
+            "http://100.64.0.1/",
+        ] {
+            assert!(check_url(u, &cfg).is_err(), "{u} should be refused");
+        }
+        assert!(check_url("https://hooks.example.com/x", &cfg).is_ok());
+        assert!(check_url("http://8.8.8.8/", &cfg).is_ok());
+        assert!(check_url("ftp://example.com/", &cfg).is_err());
+        assert!(check_url("not a url", &cfg).is_err());
+    }
+
+    #[test]
+    fn switches_allow_what_they_name() {
+        let cfg = DeliveryConfig {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        assert!(check_url("http://127.0.0.1:9/x", &cfg).is_ok());
+        assert!(check_url("http://localhost:9/x", &cfg).is_ok());
+        assert!(check_url("http://10.0.0.1/", &cfg).is_err());
+        let cfg = DeliveryConfig {
+            allow_private: true,
+            ..Default::default()
+        };
+        assert!(check_url("http://10.0.0.1/", &cfg).is_ok());
+        assert!(check_url("http://127.0.0.1/", &cfg).is_err());
+    }
+}

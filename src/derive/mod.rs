@@ -1,0 +1,346 @@
+//! The worker behind the tap: turns tapped exchanges into change sets and hands them to delivery.
+//!
+//! In: [`Exchange`]s from the proxy. Out: [`ChangeSet`]s published to [`Deliveries`].
+//! Never: runs on the request path; one flag's mutations are handled by one lane, in the order
+//! Flagr answered them, so its events keep their order.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::FlagrConfig;
+use crate::delivery::Deliveries;
+use crate::events::payload::{ChangeEvent, ChangeSet};
+use crate::events::{self};
+use crate::flagr::client::FlagrError;
+use crate::flagr::{FlagState, FlagrClient, Mutation, Route, Snapshot};
+use crate::metrics::{status_class, Metrics};
+use crate::proxy::tap::RequestMeta;
+use crate::proxy::{Captured, Exchange};
+
+/// Shared by the dispatcher and its lanes.
+pub struct Deriver {
+    pub flagr: FlagrClient,
+    pub deliveries: Arc<Deliveries>,
+    pub metrics: Arc<Metrics>,
+    pub flagr_cfg: FlagrConfig,
+    /// True on legacy Flagr: read states from the prefetch and a GET, not from snapshots.
+    pub legacy: Arc<AtomicBool>,
+    pub inspect_cap: usize,
+}
+
+/// One mutation, ready for a lane.
+struct Work {
+    mutation: Mutation,
+    flag: i64,
+    ex: Exchange,
+    response: Option<Value>,
+}
+
+/// Reads the tap until it closes, dispatching mutations to `lanes` lanes by flag id.
+pub async fn run(
+    deriver: Arc<Deriver>,
+    mut rx: mpsc::Receiver<Exchange>,
+    lanes: usize,
+    lane_capacity: usize,
+) {
+    let mut senders = Vec::with_capacity(lanes);
+    let mut handles = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::channel(lane_capacity);
+        senders.push(tx);
+        handles.push(tokio::spawn(lane(deriver.clone(), rx)));
+    }
+    while let Some(ex) = rx.recv().await {
+        let Route::Mutation(mutation) = ex.route else {
+            // Evaluations and exposures feed impressions; nothing to derive here yet.
+            continue;
+        };
+        deriver
+            .metrics
+            .mutations_seen
+            .with_label_values(&[status_class(ex.status.as_u16())])
+            .inc();
+        // Flagr answers 200 for every success; anything else changed nothing.
+        if ex.status != http::StatusCode::OK {
+            continue;
+        }
+        let response = json_of(&ex.response_body, ex.response_encoding.as_ref(), deriver.inspect_cap);
+        // Create and duplicate: the new flag's id is in the response, and events belong to it.
+        let flag = if mutation.creates_flag() {
+            response.as_ref().and_then(|r| r.get("id")).and_then(Value::as_i64)
+        } else {
+            mutation.path_flag()
+        };
+        let Some(flag) = flag else {
+            deriver.metrics.derive_errors.with_label_values(&["no_flag_id"]).inc();
+            tracing::warn!(mutation = mutation.name(), "flag id not readable from Flagr's response; no event");
+            continue;
+        };
+        let lane = (flag.unsigned_abs() as usize) % senders.len();
+        let work = Work {
+            mutation,
+            flag,
+            ex,
+            response,
+        };
+        if senders[lane].try_send(work).is_err() {
+            deriver.metrics.tap_dropped.with_label_values(&["lane"]).inc();
+            tracing::warn!(flag, "derivation lane full: mutation dropped");
+        }
+    }
+    drop(senders);
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// A lane: handles its flags' mutations one at a time.
+async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
+    // The newest snapshot id already attributed, per flag: the next mutation's snapshot is the
+    // first one after it, even when several mutations of a flag arrive in a burst.
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    let mut backlog: VecDeque<Work> = VecDeque::new();
+    loop {
+        if backlog.is_empty() {
+            match rx.recv().await {
+                Some(w) => backlog.push_back(w),
+                None => return,
+            }
+        }
+        while let Ok(w) = rx.try_recv() {
+            backlog.push_back(w);
+        }
+        let Some(w) = backlog.pop_front() else { continue };
+        let later_same_flag = backlog.iter().filter(|x| x.flag == w.flag).count();
+        match derive_one(&d, &w, &mut last, later_same_flag).await {
+            Ok(Some(set)) => {
+                for e in &set.events {
+                    d.metrics.events_derived.with_label_values(&[e.event]).inc();
+                }
+                d.deliveries.publish(&set);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                d.metrics
+                    .derive_errors
+                    .with_label_values(&["flagr_read"])
+                    .inc();
+                tracing::warn!(flag = w.flag, mutation = w.mutation.name(), error = %e, "could not read the flag's state; no event");
+            }
+        }
+    }
+}
+
+async fn derive_one(
+    d: &Deriver,
+    w: &Work,
+    last: &mut HashMap<i64, i64>,
+    later_same_flag: usize,
+) -> Result<Option<ChangeSet>, FlagrError> {
+    let (before, after, snapshot_actor) = if d.legacy.load(Ordering::Relaxed) {
+        let (b, a) = states_by_fetch(d, w).await?;
+        (b, a, String::new())
+    } else {
+        let (b, a, actor) = states_by_snapshot(d, w, last, later_same_flag).await?;
+        (b, a, actor)
+    };
+    let drafts = events::derive(&w.mutation, before.as_ref().map(|b| &b.flag), &after.flag);
+    if drafts.is_empty() {
+        return Ok(None);
+    }
+    let actor = if snapshot_actor.is_empty() {
+        actor_from_request(&w.ex.meta, &d.flagr_cfg)
+    } else {
+        snapshot_actor
+    };
+    let timestamp = chrono::DateTime::<chrono::Utc>::from(w.ex.responded_at)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let notice = events::flagr_notice(&w.mutation, &after.flag, w.response.as_ref());
+    let events = drafts
+        .into_iter()
+        .map(|dr| ChangeEvent {
+            id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
+            event: dr.event,
+            changes: dr.changes,
+        })
+        .collect();
+    Ok(Some(ChangeSet {
+        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        flag_id: after.flag.id,
+        flag_key: after.flag.key.clone(),
+        tags: after.tag_values(),
+        timestamp,
+        actor,
+        source: "api",
+        events,
+        notice,
+        data: Arc::new(after.raw),
+        before: before.map(|b| Arc::new(b.raw)),
+    }))
+}
+
+/// Flagr 1.2.x: the snapshot the mutation wrote is "after", the one before it is "before".
+async fn states_by_snapshot(
+    d: &Deriver,
+    w: &Work,
+    last: &mut HashMap<i64, i64>,
+    later_same_flag: usize,
+) -> Result<(Option<FlagState>, FlagState, String), FlagrError> {
+    let snaps: Vec<Snapshot> = if w.mutation.creates_flag() {
+        // A new flag's first snapshot is the one its creation wrote.
+        let mut v: Vec<Snapshot> = d
+            .flagr
+            .snapshots_oldest(w.flag, 1)
+            .await?;
+        v.truncate(1);
+        v
+    } else {
+        d.flagr.snapshots(w.flag, (2 + later_same_flag).min(100) + 2).await?
+    };
+    // Newest first. Find ours: the first after the last one attributed, or else the one that
+    // leaves room for the mutations of this flag still queued behind this one.
+    let pos = match last.get(&w.flag) {
+        Some(&l) => snaps.iter().rposition(|s| s.id > l),
+        None => None,
+    }
+    .unwrap_or(later_same_flag.min(snaps.len().saturating_sub(1)));
+    let Some(ours) = snaps.get(pos) else {
+        return Err(FlagrError::Json {
+            path: format!("/flags/{}/snapshots", w.flag),
+            error: "no snapshot".into(),
+        });
+    };
+    last.insert(w.flag, ours.id);
+    let after = FlagState::from_value(ours.flag.clone()).map_err(|e| FlagrError::Json {
+        path: format!("/flags/{}/snapshots", w.flag),
+        error: e.to_string(),
+    })?;
+    let before = match snaps.get(pos + 1) {
+        Some(s) if !w.mutation.creates_flag() => FlagState::from_value(s.flag.clone()).ok(),
+        _ => None,
+    };
+    Ok((before, after, ours.updated_by.clone()))
+}
+
+/// Legacy Flagr: "before" was fetched by the proxy before forwarding; "after" is read now.
+async fn states_by_fetch(
+    d: &Deriver,
+    w: &Work,
+) -> Result<(Option<FlagState>, FlagState), FlagrError> {
+    let before = w.ex.prefetched.clone();
+    if let Mutation::DeleteFlag { .. } = w.mutation {
+        // The flag is gone; what it was is what the event carries.
+        return match before {
+            Some(b) => Ok((Some(b.clone()), b)),
+            None => Err(FlagrError::Status {
+                status: http::StatusCode::NOT_FOUND,
+                path: format!("/flags/{}", w.flag),
+            }),
+        };
+    }
+    match d.flagr.flag(w.flag).await? {
+        Some(a) => Ok((before, a)),
+        None => Err(FlagrError::Status {
+            status: http::StatusCode::NOT_FOUND,
+            path: format!("/flags/{}", w.flag),
+        }),
+    }
+}
+
+/// Flagr's identity for the call when the snapshot does not carry one: the JWT claim, else the
+/// user header (reference §0).
+pub fn actor_from_request(meta: &RequestMeta, cfg: &FlagrConfig) -> String {
+    if let Some(sub) = meta
+        .authorization
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| jwt_claim(t, &cfg.jwt_user_claim))
+    {
+        return sub;
+    }
+    meta.user
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Reads a claim from a JWT's payload. Flagr verified the token; flaghook only reads it.
+fn jwt_claim(token: &str, claim: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get(claim)?.as_str().map(str::to_string)
+}
+
+/// The body as JSON, gunzipped when it was sent gzipped (on the copy only), bounded by `cap`.
+pub fn json_of(c: &Captured, encoding: Option<&http::HeaderValue>, cap: usize) -> Option<Value> {
+    let raw: &Bytes = c.bytes()?;
+    if raw.is_empty() {
+        return None;
+    }
+    let gz = encoding
+        .and_then(|e| e.to_str().ok())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
+    if gz {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(cap as u64 + 1)
+            .read_to_end(&mut out)
+            .ok()?;
+        if out.len() > cap {
+            return None;
+        }
+        serde_json::from_slice(&out).ok()
+    } else {
+        serde_json::from_slice(raw).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn json_of_gunzips_the_copy_and_bounds_it() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(br#"{"id": 5}"#).unwrap();
+        let gz = Bytes::from(enc.finish().unwrap());
+        let h = http::HeaderValue::from_static("gzip");
+        let v = json_of(&Captured::Complete(gz.clone()), Some(&h), 1024).unwrap();
+        assert_eq!(v["id"], 5);
+        assert!(json_of(&Captured::Complete(gz), Some(&h), 4).is_none());
+        assert!(json_of(&Captured::Complete(Bytes::from_static(b"{not json")), None, 64).is_none());
+        assert!(json_of(&Captured::TooLarge, None, 64).is_none());
+    }
+
+    #[test]
+    fn actor_prefers_jwt_claim_then_header() {
+        let cfg = FlagrConfig::default();
+        // {"sub":"jwt-user"}
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"jwt-user"}"#);
+        let meta = RequestMeta {
+            authorization: Some(format!("Bearer h.{payload}.s").parse().unwrap()),
+            user: Some("alice@example.com".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(actor_from_request(&meta, &cfg), "jwt-user");
+        let meta = RequestMeta {
+            user: Some("alice@example.com".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(actor_from_request(&meta, &cfg), "alice@example.com");
+        assert_eq!(actor_from_request(&RequestMeta::default(), &cfg), "");
+    }
+}

@@ -1,0 +1,12 @@
+//! Flagr: its route table, its data model, and the small API client flaghook uses to read state.
+//!
+//! In: requests' method and path; JSON from Flagr. Out: routes, typed flags, snapshots.
+//! Never: writes to Flagr (git sync goes through the proxy, like any client).
+
+pub mod client;
+pub mod model;
+pub mod routes;
+
+pub use client::FlagrClient;
+pub use model::{Flag, FlagState, Snapshot};
+pub use routes::{Evaluation, Mutation, Route, RouteTable};

@@ -1,0 +1,196 @@
+//! flaghook: a reverse-proxy sidecar for Flagr that turns flag changes into signed webhooks.
+//!
+//! [`App`] wires the pieces exactly as `main` runs them, so integration tests start the same
+//! thing operators do. Data flows one way:
+//! proxy → (tap) → derive → delivery → webhooks; admin reads metrics.
+
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms, clippy::dbg_macro, clippy::todo)]
+
+pub mod admin;
+pub mod config;
+pub mod delivery;
+pub mod derive;
+pub mod events;
+pub mod flagr;
+pub mod metrics;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SnapshotMode};
+use crate::flagr::{FlagrClient, RouteTable};
+use crate::metrics::Metrics;
+
+/// The running application: bound listeners and the tasks behind them.
+pub struct App {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    delivery_shutdown: CancellationToken,
+    proxy_task: tokio::task::JoinHandle<bool>,
+    admin_task: tokio::task::JoinHandle<()>,
+    derive_task: tokio::task::JoinHandle<()>,
+    delivery_tasks: JoinSet<usize>,
+    shutdown_deadline: Duration,
+}
+
+/// What a shutdown left behind.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// False when in-flight requests were cut at the grace period.
+    pub requests_drained: bool,
+    /// Webhook requests still undelivered at the deadline.
+    pub undelivered: usize,
+}
+
+impl App {
+    /// Binds both listeners and starts every task.
+    pub async fn start(cfg: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let routes = RouteTable::new(&cfg.proxy.path_prefix);
+        let flagr = FlagrClient::new(&cfg.proxy.upstream, routes.api_root(), cfg.flagr.api_timeout);
+
+        let legacy = Arc::new(AtomicBool::new(cfg.flagr.snapshot_mode == SnapshotMode::Prefetch));
+        if cfg.flagr.snapshot_mode == SnapshotMode::Auto {
+            tokio::spawn(detect_legacy(flagr.clone(), legacy.clone(), metrics.clone(), shutdown.clone()));
+        }
+        metrics.upstream_legacy.set(legacy.load(Ordering::Relaxed) as i64);
+
+        let delivery_shutdown = CancellationToken::new();
+        let policy = Arc::new(cfg.delivery.clone());
+        let mut delivery_tasks = JoinSet::new();
+        let deliveries = Arc::new(
+            delivery::Deliveries::start(
+                &cfg.webhooks,
+                policy,
+                metrics.clone(),
+                delivery_shutdown.clone(),
+                &mut delivery_tasks,
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+
+        let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
+        let deriver = Arc::new(derive::Deriver {
+            flagr: flagr.clone(),
+            deliveries,
+            metrics: metrics.clone(),
+            flagr_cfg: cfg.flagr.clone(),
+            legacy: legacy.clone(),
+            inspect_cap: cfg.proxy.inspect_max_bytes,
+        });
+        let derive_task = tokio::spawn(derive::run(
+            deriver,
+            tap_rx,
+            cfg.derive.lanes,
+            cfg.derive.lane_capacity,
+        ));
+
+        let tap = proxy::TapSender::new(tap_tx, metrics.clone(), cfg.proxy.inspect_max_bytes);
+        let proxy = proxy::Proxy::new(
+            &cfg.proxy,
+            &cfg.flagr.user_header,
+            tap,
+            metrics.clone(),
+            legacy,
+            flagr.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+
+        let proxy_listener = TcpListener::bind(cfg.proxy.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", cfg.proxy.listen))?;
+        let admin_listener = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let proxy_task = tokio::spawn(proxy::serve(
+            proxy_listener,
+            proxy,
+            cfg.proxy.header_read_timeout,
+            shutdown.clone(),
+            cfg.proxy.shutdown_grace,
+        ));
+        let admin = admin::router(admin::AdminState {
+            metrics: metrics.clone(),
+            flagr,
+        });
+        let admin_shutdown = shutdown.clone();
+        let admin_task = tokio::spawn(async move {
+            let serve = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.proxy.upstream, webhooks = cfg.webhooks.len(), "flaghook started");
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            metrics,
+            shutdown,
+            delivery_shutdown,
+            proxy_task,
+            admin_task,
+            derive_task,
+            delivery_tasks,
+            shutdown_deadline: cfg.delivery.shutdown_deadline,
+        })
+    }
+
+    /// Stops accepting, lets requests finish, derives what was tapped, delivers within the
+    /// deadline, and reports what was left.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let mut report = ShutdownReport::default();
+        // Stop the proxy first so nothing new is tapped; the tap channel then closes and the
+        // derive task finishes what it holds before delivery starts its deadline.
+        self.shutdown.cancel();
+        report.requests_drained = self.proxy_task.await.unwrap_or(false);
+        let _ = self.admin_task.await;
+        let _ = tokio::time::timeout(self.shutdown_deadline, self.derive_task).await;
+        self.delivery_shutdown.cancel();
+        while let Some(r) = self.delivery_tasks.join_next().await {
+            report.undelivered += r.unwrap_or(0);
+        }
+        tracing::info!(undelivered = report.undelivered, drained = report.requests_drained, "flaghook stopped");
+        report
+    }
+}
+
+/// Probes Flagr until it answers, then decides between snapshots and prefetch.
+async fn detect_legacy(
+    flagr: FlagrClient,
+    legacy: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match flagr.max_snapshot_id().await {
+            Ok(v) => {
+                let is_legacy = v.is_none();
+                legacy.store(is_legacy, Ordering::Relaxed);
+                metrics.upstream_legacy.set(is_legacy as i64);
+                tracing::info!(legacy = is_legacy, "flagr snapshot history {}", if is_legacy { "absent: pre-fetching flags before mutations" } else { "present" });
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "flagr not answering yet; will probe again"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The Prometheus registry: every metric flaghook exports, in one place, all prefixed `flaghook_`.
+//!
+//! In: increments from every module. Out: the text exposition format for `/metrics`.
+//! Never: uses an unbounded label value (URLs, error texts); endpoint labels are configured ids.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics. Cheap to share (`Arc`), lock-free to update.
+pub struct Metrics {
+    registry: Registry,
+    pub proxy_requests: IntCounterVec,
+    pub proxy_duration: HistogramVec,
+    pub proxy_upstream_errors: IntCounterVec,
+    pub proxy_in_flight: IntGauge,
+    pub tap_uninspected: IntCounterVec,
+    pub tap_dropped: IntCounterVec,
+    pub derive_errors: IntCounterVec,
+    pub mutations_seen: IntCounterVec,
+    pub events_derived: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub delivery_duration: HistogramVec,
+    pub delivery_retries: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_bytes: IntGaugeVec,
+    pub dropped: IntCounterVec,
+    pub upstream_legacy: IntGauge,
+    pub config_webhooks: IntGauge,
+    pub build_info: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            // Names are static and unique, so registration cannot fail at runtime.
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        // 100 µs .. ~13 s: covers loopback proxying and webhook round trips alike.
+        let buckets = exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
+        let m = Self {
+            proxy_requests: counter_vec(
+                "flaghook_proxy_requests_total",
+                "Requests proxied to Flagr, by route class, method and status class.",
+                &["route_class", "method", "status_class"],
+            ),
+            proxy_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "flaghook_proxy_request_duration_seconds",
+                        "Time from request to Flagr's response headers, by route class.",
+                    )
+                    .buckets(buckets.clone()),
+                    &["route_class"],
+                )
+                .expect("valid metric"),
+            ),
+            proxy_upstream_errors: counter_vec(
+                "flaghook_proxy_upstream_errors_total",
+                "Requests Flagr did not answer, by kind (connect, timeout, other).",
+                &["kind"],
+            ),
+            proxy_in_flight: reg(
+                r,
+                IntGauge::new(
+                    "flaghook_proxy_in_flight_requests",
+                    "Requests being proxied right now.",
+                )
+                .expect("valid metric"),
+            ),
+            tap_uninspected: counter_vec(
+                "flaghook_tap_uninspected_total",
+                "Bodies of inspected routes that were not inspected (over the cap, incomplete).",
+                &["direction", "reason"],
+            ),
+            tap_dropped: counter_vec(
+                "flaghook_tap_dropped_total",
+                "Exchanges not handed to derivation because a channel was full.",
+                &["stage"],
+            ),
+            derive_errors: counter_vec(
+                "flaghook_derive_errors_total",
+                "Mutations whose events could not be derived, by reason.",
+                &["reason"],
+            ),
+            mutations_seen: counter_vec(
+                "flaghook_mutations_total",
+                "Mutating calls seen, by Flagr status class.",
+                &["status_class"],
+            ),
+            events_derived: counter_vec(
+                "flaghook_events_derived_total",
+                "Change events derived, by event name.",
+                &["event"],
+            ),
+            deliveries: counter_vec(
+                "flaghook_deliveries_total",
+                "Delivery attempts, by endpoint and outcome.",
+                &["endpoint", "outcome"],
+            ),
+            delivery_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "flaghook_delivery_duration_seconds",
+                        "Duration of one delivery attempt, by endpoint.",
+                    )
+                    .buckets(buckets),
+                    &["endpoint"],
+                )
+                .expect("valid metric"),
+            ),
+            delivery_retries: counter_vec(
+                "flaghook_delivery_retries_total",
+                "Retries scheduled, by endpoint.",
+                &["endpoint"],
+            ),
+            queue_depth: gauge_vec(
+                "flaghook_queue_depth",
+                "Requests queued or in flight, by endpoint.",
+                &["endpoint"],
+            ),
+            queue_bytes: gauge_vec(
+                "flaghook_queue_bytes",
+                "Body bytes queued or in flight, by endpoint.",
+                &["endpoint"],
+            ),
+            dropped: counter_vec(
+                "flaghook_dropped_total",
+                "Requests given up on, by endpoint and reason.",
+                &["endpoint", "reason"],
+            ),
+            upstream_legacy: reg(
+                r,
+                IntGauge::new(
+                    "flaghook_upstream_legacy",
+                    "1 when Flagr has no snapshot history (1.1.x) and flags are pre-fetched.",
+                )
+                .expect("valid metric"),
+            ),
+            config_webhooks: reg(
+                r,
+                IntGauge::new("flaghook_webhooks", "Change-event webhooks configured.")
+                    .expect("valid metric"),
+            ),
+            build_info: reg(
+                r,
+                IntCounter::with_opts(
+                    Opts::new("flaghook_build_info", "Always 1; the version is a label.")
+                        .const_label("version", env!("CARGO_PKG_VERSION")),
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        m.build_info.inc();
+        m
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts a delivery attempt's outcome.
+    pub fn delivery(&self, endpoint: &str, outcome: &str) {
+        self.deliveries.with_label_values(&[endpoint, outcome]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`, ...: a bounded label for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The method as a bounded label.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
