@@ -1,0 +1,436 @@
+//! Real parts for the integration tests: a real Flagr, the real flaghook binary, real HTTP
+//! receivers. Everything listens on 127.0.0.1 and every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::Value;
+
+/// A free loopback port (bound and released; the small race is acceptable on loopback).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Where the Flagr binary is: `FLAGHOOK_FLAGR_BIN`, the project's `.cache/bin`, or `PATH`.
+pub fn flagr_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("FLAGHOOK_FLAGR_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let cached = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/flagr-server");
+    if cached.exists() {
+        return Some(cached);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("flagr-server"))
+            .find(|p| p.exists())
+    })
+}
+
+/// A real Flagr on SQLite in a temporary folder; killed on drop.
+pub struct Flagr {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a Flagr, or returns `None` (the test then skips, loudly) when no Flagr binary is
+/// installed and `FLAGHOOK_ALLOW_NO_FLAGR=1` says that is expected. Otherwise a missing Flagr
+/// fails the test.
+pub async fn flagr(extra_env: &[(&str, &str)]) -> Option<Flagr> {
+    let Some(bin) = flagr_bin() else {
+        if std::env::var("FLAGHOOK_ALLOW_NO_FLAGR").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no flagr-server binary (see scripts/install-test-deps)");
+            return None;
+        }
+        panic!("no flagr-server: run scripts/install-test-deps or set FLAGHOOK_FLAGR_BIN");
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("FLAGR_DB_DBDRIVER", "sqlite3")
+        .env("FLAGR_DB_DBCONNECTIONSTR", dir.path().join("flagr.sqlite"))
+        .env("FLAGR_UI_ENABLED", "false")
+        .env("FLAGR_EVALCACHE_REFRESHINTERVAL", "200ms")
+        .env("FLAGR_HEADER_AUTH_ENABLED", "true")
+        .env("FLAGR_PPROF_ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("flagr.log")).expect("log file"),
+        ));
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("flagr starts");
+    let f = Flagr {
+        child,
+        port,
+        _dir: dir,
+    };
+    let health = format!("{}/api/v1/health", f.url());
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            matches!(client().get(&health).send().await, Ok(r) if r.status() == 200)
+        })
+        .await,
+        "flagr did not become healthy"
+    );
+    Some(f)
+}
+
+impl Flagr {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn api(&self) -> String {
+        format!("{}/api/v1", self.url())
+    }
+}
+
+impl Drop for Flagr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real flaghook binary with a config written for the test.
+pub struct Flaghook {
+    child: Option<Child>,
+    pub proxy: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Flaghook {
+    /// Starts flaghook in front of `upstream`; `extra` is appended to the config (webhooks, ...).
+    pub async fn start(upstream: &str, extra: &str) -> Flaghook {
+        Self::start_with_env(upstream, extra, &[]).await
+    }
+
+    pub async fn start_with_env(upstream: &str, extra: &str, env: &[(&str, &str)]) -> Flaghook {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pp, ap) = (free_port(), free_port());
+        let cfg = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{pp}\"\nupstream = \"{upstream}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{ap}\"\n{extra}\n"
+        );
+        let cfg = merge_sections(&cfg);
+        let path = dir.path().join("flaghook.toml");
+        std::fs::write(&path, cfg).expect("config written");
+        let log = std::fs::File::create(dir.path().join("flaghook.log")).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaghook"));
+        cmd.arg("--config")
+            .arg(&path)
+            .env("FLAGHOOK_LOG__LEVEL", "flaghook=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("flaghook starts");
+        let fh = Flaghook {
+            child: Some(child),
+            proxy: format!("http://127.0.0.1:{pp}"),
+            admin: format!("http://127.0.0.1:{ap}"),
+            dir,
+        };
+        let health = format!("{}/healthz", fh.admin);
+        let ok = wait_until(Duration::from_secs(20), || async {
+            matches!(client().get(&health).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(ok, "flaghook did not start:\n{}", fh.log());
+        fh
+    }
+
+    pub fn api(&self) -> String {
+        format!("{}/api/v1", self.proxy)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("flaghook.log")).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of one series, e.g. `flaghook_deliveries_total{endpoint="a",outcome="success"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("flaghook did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Flaghook {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// TOML forbids a table twice; tests append `[delivery]` etc., so fold repeated headers.
+fn merge_sections(cfg: &str) -> String {
+    let mut sections: Vec<(String, Vec<String>)> = vec![(String::new(), vec![])];
+    for line in cfg.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            if let Some(pos) = sections.iter().position(|(h, _)| h == t) {
+                let s = sections.remove(pos);
+                sections.push(s);
+            } else {
+                sections.push((t.to_string(), vec![]));
+            }
+            continue;
+        }
+        if t.starts_with("[[") {
+            sections.push((t.to_string(), vec![]));
+            continue;
+        }
+        sections.last_mut().expect("one section").1.push(line.to_string());
+    }
+    let mut out = String::new();
+    for (h, lines) in sections {
+        if !h.is_empty() {
+            out.push_str(&h);
+            out.push('\n');
+        }
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A client that never decompresses, never follows redirects, and talks to loopback only.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_gzip()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Polls `f` until it is true or `limit` passes. Returns whether it became true.
+pub async fn wait_until<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JSON call; returns status and parsed body (Null when empty or not JSON).
+pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    call_as(method, url, body, None).await
+}
+
+pub async fn call_as(method: &str, url: &str, body: Option<Value>, user: Option<&str>) -> (u16, Value) {
+    let mut req = client().request(method.parse().expect("method"), url);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    if let Some(u) = user {
+        req = req.header("X-Email", u);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// How a receiver answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// Status with a `Retry-After` header.
+    RetryAfter(u16, u64),
+    /// Never answers (until the test ends).
+    Hang,
+    /// A 302 to another URL.
+    Redirect(String),
+}
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub path: String,
+}
+
+impl Hit {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("receiver got JSON")
+    }
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+#[derive(Default)]
+struct RecvState {
+    hits: Vec<Hit>,
+    script: VecDeque<Reply>,
+}
+
+/// A real HTTP receiver on loopback that records every request and answers from a script
+/// (then 200).
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub addr: SocketAddr,
+    state: Arc<Mutex<RecvState>>,
+}
+
+impl Receiver {
+    pub async fn start(script: Vec<Reply>) -> Receiver {
+        let state = Arc::new(Mutex::new(RecvState {
+            hits: vec![],
+            script: script.into(),
+        }));
+        let st = state.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let st = st.clone();
+                async move {
+                    let reply = {
+                        let mut s = st.lock().expect("lock");
+                        s.hits.push(Hit {
+                            headers,
+                            body,
+                            path: uri.path().to_string(),
+                        });
+                        s.script.pop_front().unwrap_or(Reply::Status(200))
+                    };
+                    match reply {
+                        Reply::Status(c) => {
+                            (StatusCode::from_u16(c).expect("status"), "ok").into_response()
+                        }
+                        Reply::RetryAfter(c, s) => (
+                            StatusCode::from_u16(c).expect("status"),
+                            [("retry-after", s.to_string())],
+                            "later",
+                        )
+                            .into_response(),
+                        Reply::Redirect(to) => {
+                            (StatusCode::FOUND, [("location", to)], "moved").into_response()
+                        }
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            StatusCode::OK.into_response()
+                        }
+                    }
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            addr,
+            state,
+        }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.lock().expect("lock").hits.clone()
+    }
+
+    /// Waits (bounded) until at least `n` requests arrived; returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Hit> {
+        let ok = wait_until(Duration::from_secs(30), || async { self.hits().len() >= n }).await;
+        let hits = self.hits();
+        assert!(ok, "receiver got {} of {n} requests", hits.len());
+        hits
+    }
+
+    /// Events (the `event` field) received so far, in arrival order.
+    pub fn events(&self) -> Vec<String> {
+        self.hits()
+            .iter()
+            .map(|h| h.json()["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// Config for one webhook pointing at `r`.
+pub fn webhook(id: &str, r: &Receiver, extra: &str) -> String {
+    format!(
+        "[[webhooks]]\nid = \"{id}\"\nurl = \"{}\"\n{extra}\n",
+        r.url
+    )
+}
+
+/// Delivery settings for tests: loopback allowed, short retries.
+pub const FAST_DELIVERY: &str = "[delivery]\nallow_loopback = true\nretry_schedule = [\"0s\", \"200ms\", \"200ms\", \"200ms\"]\ntimeout = \"2s\"\n";
