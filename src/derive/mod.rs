@@ -186,6 +186,9 @@ async fn derive_one(
     }))
 }
 
+/// How far back derivation reads a flag's history to find a mutation's snapshot.
+const MAX_SNAPSHOT_WINDOW: usize = 1000;
+
 /// Flagr 1.2.x: the snapshot the mutation wrote is "after", the one before it is "before".
 async fn states_by_snapshot(
     d: &Deriver,
@@ -202,7 +205,20 @@ async fn states_by_snapshot(
         v.truncate(1);
         v
     } else {
-        d.flagr.snapshots(w.flag, (2 + later_same_flag).min(100) + 2).await?
+        // Enough history to reach back past the last attributed snapshot: when derivation lags
+        // behind a burst, more snapshots than the queued mutations may already exist.
+        let mut limit = later_same_flag + 4;
+        loop {
+            let v = d.flagr.snapshots(w.flag, limit).await?;
+            let reaches_back = match (last.get(&w.flag), v.last()) {
+                (Some(&l), Some(oldest)) => oldest.id <= l,
+                _ => true,
+            };
+            if reaches_back || v.len() < limit || limit >= MAX_SNAPSHOT_WINDOW {
+                break v;
+            }
+            limit = (limit * 4).min(MAX_SNAPSHOT_WINDOW);
+        }
     };
     // Newest first. Find ours: the first after the last one attributed, or else the one that
     // leaves room for the mutations of this flag still queued behind this one.

@@ -126,7 +126,7 @@ impl FlagrClient {
         let mut v: Vec<Snapshot> = self
             .get_json(&format!("/flags/{flag}/snapshots?limit={limit}&sort=DESC"))
             .await?;
-        v.sort_by(|a, b| b.id.cmp(&a.id));
+        v.sort_by_key(|s| std::cmp::Reverse(s.id));
         Ok(v)
     }
 
