@@ -42,7 +42,10 @@ async fn main() {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 println!(
                     "<- {} flag={} ({}) by {:?} [{verdict}]\n   changes: {}",
-                    v["event"].as_str().or(v["operation"].as_str()).unwrap_or("?"),
+                    v["event"]
+                        .as_str()
+                        .or(v["operation"].as_str())
+                        .unwrap_or("?"),
                     v["flag_key"].as_str().unwrap_or("?"),
                     v["flag_id"],
                     v["actor"].as_str().or(v["user"].as_str()).unwrap_or(""),

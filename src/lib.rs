@@ -59,13 +59,26 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let routes = RouteTable::new(&cfg.proxy.path_prefix);
-        let flagr = FlagrClient::new(&cfg.proxy.upstream, routes.api_root(), cfg.flagr.api_timeout);
+        let flagr = FlagrClient::new(
+            &cfg.proxy.upstream,
+            routes.api_root(),
+            cfg.flagr.api_timeout,
+        );
 
-        let legacy = Arc::new(AtomicBool::new(cfg.flagr.snapshot_mode == SnapshotMode::Prefetch));
+        let legacy = Arc::new(AtomicBool::new(
+            cfg.flagr.snapshot_mode == SnapshotMode::Prefetch,
+        ));
         if cfg.flagr.snapshot_mode == SnapshotMode::Auto {
-            tokio::spawn(detect_legacy(flagr.clone(), legacy.clone(), metrics.clone(), shutdown.clone()));
+            tokio::spawn(detect_legacy(
+                flagr.clone(),
+                legacy.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
         }
-        metrics.upstream_legacy.set(legacy.load(Ordering::Relaxed) as i64);
+        metrics
+            .upstream_legacy
+            .set(legacy.load(Ordering::Relaxed) as i64);
 
         let delivery_shutdown = CancellationToken::new();
         let policy = Arc::new(cfg.delivery.clone());
@@ -108,12 +121,12 @@ impl App {
         )
         .map_err(anyhow::Error::msg)?;
 
-        let proxy_listener = TcpListener::bind(cfg.proxy.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", cfg.proxy.listen))?;
-        let admin_listener = TcpListener::bind(cfg.admin.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen))?;
+        let proxy_listener = TcpListener::bind(cfg.proxy.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", cfg.proxy.listen)
+        })?;
+        let admin_listener = TcpListener::bind(cfg.admin.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen)
+        })?;
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
@@ -165,7 +178,11 @@ impl App {
         while let Some(r) = self.delivery_tasks.join_next().await {
             report.undelivered += r.unwrap_or(0);
         }
-        tracing::info!(undelivered = report.undelivered, drained = report.requests_drained, "flaghook stopped");
+        tracing::info!(
+            undelivered = report.undelivered,
+            drained = report.requests_drained,
+            "flaghook stopped"
+        );
         report
     }
 }
@@ -183,7 +200,15 @@ async fn detect_legacy(
                 let is_legacy = v.is_none();
                 legacy.store(is_legacy, Ordering::Relaxed);
                 metrics.upstream_legacy.set(is_legacy as i64);
-                tracing::info!(legacy = is_legacy, "flagr snapshot history {}", if is_legacy { "absent: pre-fetching flags before mutations" } else { "present" });
+                tracing::info!(
+                    legacy = is_legacy,
+                    "flagr snapshot history {}",
+                    if is_legacy {
+                        "absent: pre-fetching flags before mutations"
+                    } else {
+                        "present"
+                    }
+                );
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "flagr not answering yet; will probe again"),

@@ -11,7 +11,10 @@ use flaghook::config::{Config, Overrides};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(version, about = "Reverse-proxy sidecar for Flagr: change events and webhooks")]
+#[command(
+    version,
+    about = "Reverse-proxy sidecar for Flagr: change events and webhooks"
+)]
 struct Cli {
     /// Config file (TOML). Without it, the built-in defaults of config/flaghook.toml apply.
     #[arg(long, short, global = true)]
@@ -95,7 +98,10 @@ fn main() -> ExitCode {
         tracing::info!("signal received: shutting down");
         let report = app.shutdown().await;
         if report.undelivered > 0 {
-            tracing::warn!(undelivered = report.undelivered, "webhook requests were not delivered before the deadline");
+            tracing::warn!(
+                undelivered = report.undelivered,
+                "webhook requests were not delivered before the deadline"
+            );
         }
         ExitCode::SUCCESS
     })
@@ -105,7 +111,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

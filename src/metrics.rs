@@ -4,8 +4,8 @@
 //! Never: uses an unbounded label value (URLs, error texts); endpoint labels are configured ids.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics. Cheap to share (`Arc`), lock-free to update.
@@ -185,7 +185,9 @@ impl Metrics {
 
     /// Counts a delivery attempt's outcome.
     pub fn delivery(&self, endpoint: &str, outcome: &str) {
-        self.deliveries.with_label_values(&[endpoint, outcome]).inc();
+        self.deliveries
+            .with_label_values(&[endpoint, outcome])
+            .inc();
     }
 }
 

@@ -289,11 +289,15 @@ impl Config {
             .collect();
         let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(file);
         for (k, v) in &env_pairs {
-            let key = k["FLAGHOOK_".len()..].to_ascii_lowercase().replace("__", ".");
+            let key = k["FLAGHOOK_".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
             let value = parse_env_value(v);
             fig = fig.merge(Serialized::global(&key, value));
         }
-        let mut cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(describe(&e)))?;
+        let mut cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(&e)))?;
         if let Some(u) = &overrides.upstream {
             cfg.proxy.upstream = u.clone();
         }
@@ -356,7 +360,10 @@ impl Config {
             return Err(ConfigError::invalid("delivery.timeout", "must be above 0"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::invalid("log.format", "must be `text` or `json`"));
+            return Err(ConfigError::invalid(
+                "log.format",
+                "must be `text` or `json`",
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;

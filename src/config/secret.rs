@@ -30,7 +30,11 @@ impl Secret {
     }
 
     /// Reads `env:` and `file:` references. An empty reference stays empty.
-    pub(crate) fn resolve(&mut self, key: &str, env: &[(String, String)]) -> Result<(), ConfigError> {
+    pub(crate) fn resolve(
+        &mut self,
+        key: &str,
+        env: &[(String, String)],
+    ) -> Result<(), ConfigError> {
         let r = self.reference.trim();
         let value = if r.is_empty() {
             return Ok(());

@@ -1,7 +1,10 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn load_str(toml: &str, e: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -101,8 +104,14 @@ fn event_patterns() {
     use super::webhook::event_matches;
     assert!(event_matches("*", "flag.created"));
     assert!(event_matches("flag.*", "flag.created"));
-    assert!(event_matches("segment.*", "segment.rollout_percent.updated"));
+    assert!(event_matches(
+        "segment.*",
+        "segment.rollout_percent.updated"
+    ));
     assert!(!event_matches("flag.*", "flagx.created"));
     assert!(!event_matches("flag.created", "flag.updated"));
-    assert!(event_matches("variant.attachment.updated", "variant.attachment.updated"));
+    assert!(event_matches(
+        "variant.attachment.updated",
+        "variant.attachment.updated"
+    ));
 }

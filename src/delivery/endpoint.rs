@@ -247,7 +247,10 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize) -> Attempt
         req = req.header(k.as_str(), v.as_str());
     }
     if let Some(secret) = w.secret.expose() {
-        req = req.header("x-flagr-signature", sign::flagr_signature(secret, &job.body));
+        req = req.header(
+            "x-flagr-signature",
+            sign::flagr_signature(secret, &job.body),
+        );
         let mut secrets = vec![secret];
         secrets.extend(w.previous_secret.expose());
         req = req.header(

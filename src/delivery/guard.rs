@@ -96,9 +96,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let cfg = self.cfg.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let ok: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()

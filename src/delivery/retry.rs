@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 pub enum Verdict {
     Success,
     /// Worth another try; the receiver may have said when (`Retry-After`).
-    Retry { retry_after: Option<Duration> },
+    Retry {
+        retry_after: Option<Duration>,
+    },
     /// Another try would get the same answer (4xx other than 408/429, redirects).
     Final,
 }
@@ -73,10 +75,20 @@ mod tests {
 
     #[test]
     fn schedule_with_jitter_and_retry_after() {
-        let s = [Duration::ZERO, Duration::from_secs(5), Duration::from_secs(30)];
+        let s = [
+            Duration::ZERO,
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        ];
         let max = Duration::from_secs(3600);
-        assert_eq!(delay_before(&s, 1, 0.2, 0.5, None, max), Some(Duration::from_secs(5)));
-        assert_eq!(delay_before(&s, 1, 0.2, 0.0, None, max), Some(Duration::from_secs(4)));
+        assert_eq!(
+            delay_before(&s, 1, 0.2, 0.5, None, max),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            delay_before(&s, 1, 0.2, 0.0, None, max),
+            Some(Duration::from_secs(4))
+        );
         let hi = delay_before(&s, 2, 0.2, 0.999_999, None, max).unwrap();
         assert!(hi > Duration::from_secs(35) && hi <= Duration::from_secs(36));
         assert_eq!(delay_before(&s, 3, 0.2, 0.5, None, max), None);
@@ -93,13 +105,19 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         // 2015-10-21 07:28:00 GMT is now; 30 s later:
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -59,7 +59,8 @@ pub fn verify_hex(secret: &str, body: &[u8], received_hex: &str) -> bool {
     let Ok(received) = hex::decode(received_hex.trim()) else {
         return false;
     };
-    let mut mac = HmacSha256::new_from_slice(&key_bytes(secret)).expect("HMAC takes any key length");
+    let mut mac =
+        HmacSha256::new_from_slice(&key_bytes(secret)).expect("HMAC takes any key length");
     mac.update(body);
     mac.verify_slice(&received).is_ok()
 }

@@ -71,16 +71,30 @@ pub async fn run(
         if ex.status != http::StatusCode::OK {
             continue;
         }
-        let response = json_of(&ex.response_body, ex.response_encoding.as_ref(), deriver.inspect_cap);
+        let response = json_of(
+            &ex.response_body,
+            ex.response_encoding.as_ref(),
+            deriver.inspect_cap,
+        );
         // Create and duplicate: the new flag's id is in the response, and events belong to it.
         let flag = if mutation.creates_flag() {
-            response.as_ref().and_then(|r| r.get("id")).and_then(Value::as_i64)
+            response
+                .as_ref()
+                .and_then(|r| r.get("id"))
+                .and_then(Value::as_i64)
         } else {
             mutation.path_flag()
         };
         let Some(flag) = flag else {
-            deriver.metrics.derive_errors.with_label_values(&["no_flag_id"]).inc();
-            tracing::warn!(mutation = mutation.name(), "flag id not readable from Flagr's response; no event");
+            deriver
+                .metrics
+                .derive_errors
+                .with_label_values(&["no_flag_id"])
+                .inc();
+            tracing::warn!(
+                mutation = mutation.name(),
+                "flag id not readable from Flagr's response; no event"
+            );
             continue;
         };
         let lane = (flag.unsigned_abs() as usize) % senders.len();
@@ -91,7 +105,11 @@ pub async fn run(
             response,
         };
         if senders[lane].try_send(work).is_err() {
-            deriver.metrics.tap_dropped.with_label_values(&["lane"]).inc();
+            deriver
+                .metrics
+                .tap_dropped
+                .with_label_values(&["lane"])
+                .inc();
             tracing::warn!(flag, "derivation lane full: mutation dropped");
         }
     }
@@ -117,7 +135,9 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
         while let Ok(w) = rx.try_recv() {
             backlog.push_back(w);
         }
-        let Some(w) = backlog.pop_front() else { continue };
+        let Some(w) = backlog.pop_front() else {
+            continue;
+        };
         let later_same_flag = backlog.iter().filter(|x| x.flag == w.flag).count();
         match derive_one(&d, &w, &mut last, later_same_flag).await {
             Ok(Some(set)) => {
@@ -198,10 +218,7 @@ async fn states_by_snapshot(
 ) -> Result<(Option<FlagState>, FlagState, String), FlagrError> {
     let snaps: Vec<Snapshot> = if w.mutation.creates_flag() {
         // A new flag's first snapshot is the one its creation wrote.
-        let mut v: Vec<Snapshot> = d
-            .flagr
-            .snapshots_oldest(w.flag, 1)
-            .await?;
+        let mut v: Vec<Snapshot> = d.flagr.snapshots_oldest(w.flag, 1).await?;
         v.truncate(1);
         v
     } else {
@@ -337,7 +354,12 @@ mod tests {
         let v = json_of(&Captured::Complete(gz.clone()), Some(&h), 1024).unwrap();
         assert_eq!(v["id"], 5);
         assert!(json_of(&Captured::Complete(gz), Some(&h), 4).is_none());
-        assert!(json_of(&Captured::Complete(Bytes::from_static(b"{not json")), None, 64).is_none());
+        assert!(json_of(
+            &Captured::Complete(Bytes::from_static(b"{not json")),
+            None,
+            64
+        )
+        .is_none());
         assert!(json_of(&Captured::TooLarge, None, 64).is_none());
     }
 
@@ -345,7 +367,8 @@ mod tests {
     fn actor_prefers_jwt_claim_then_header() {
         let cfg = FlagrConfig::default();
         // {"sub":"jwt-user"}
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"jwt-user"}"#);
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"jwt-user"}"#);
         let meta = RequestMeta {
             authorization: Some(format!("Bearer h.{payload}.s").parse().unwrap()),
             user: Some("alice@example.com".parse().unwrap()),

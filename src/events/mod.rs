@@ -136,7 +136,10 @@ pub fn diff(b: &Flag, a: &Flag) -> Vec<Draft> {
     let av: BTreeMap<i64, _> = a.variants.iter().map(|v| (v.id, v)).collect();
     for (id, v) in &av {
         match bv.get(id) {
-            None => out.push(draft("variant.created", json!({"variant": ba(None::<()>, v)}))),
+            None => out.push(draft(
+                "variant.created",
+                json!({"variant": ba(None::<()>, v)}),
+            )),
             Some(old) => {
                 if old.key != v.key {
                     out.push(draft(
@@ -155,7 +158,10 @@ pub fn diff(b: &Flag, a: &Flag) -> Vec<Draft> {
     }
     for (id, old) in &bv {
         if !av.contains_key(id) {
-            out.push(draft("variant.deleted", json!({"variant": ba(old, None::<()>)})));
+            out.push(draft(
+                "variant.deleted",
+                json!({"variant": ba(old, None::<()>)}),
+            ));
         }
     }
 
@@ -165,7 +171,10 @@ pub fn diff(b: &Flag, a: &Flag) -> Vec<Draft> {
     let mut distribution_events = Vec::new();
     for (id, s) in &as_ {
         let Some(old) = bs.get(id) else {
-            out.push(draft("segment.created", json!({"segment": ba(None::<()>, s)})));
+            out.push(draft(
+                "segment.created",
+                json!({"segment": ba(None::<()>, s)}),
+            ));
             continue;
         };
         let mut seg = serde_json::Map::new();
@@ -228,7 +237,10 @@ pub fn diff(b: &Flag, a: &Flag) -> Vec<Draft> {
     }
     for (id, old) in &bs {
         if !as_.contains_key(id) {
-            out.push(draft("segment.deleted", json!({"segment": ba(old, None::<()>)})));
+            out.push(draft(
+                "segment.deleted",
+                json!({"segment": ba(old, None::<()>)}),
+            ));
         }
     }
     out.extend(constraint_events);
@@ -297,9 +309,7 @@ pub fn flagr_notice(m: &Mutation, after: &Flag, response: Option<&Value>) -> Fla
         DeleteSegment { segment, .. } => n("delete", "segment", segment, String::new()),
         CreateConstraint { .. } => n("create", "constraint", rid(), String::new()),
         PutConstraint { constraint, .. } => n("update", "constraint", constraint, String::new()),
-        DeleteConstraint { constraint, .. } => {
-            n("delete", "constraint", constraint, String::new())
-        }
+        DeleteConstraint { constraint, .. } => n("delete", "constraint", constraint, String::new()),
         PutDistributions { .. } => n("update", "distribution", 0, String::new()),
     }
 }

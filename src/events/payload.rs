@@ -103,7 +103,11 @@ fn is_zero(v: &i64) -> bool {
 pub fn flagr_body(set: &ChangeSet, detailed: bool) -> Bytes {
     let (pre, post, diff) = if detailed {
         let post = set.data.to_string();
-        let pre = set.before.as_ref().map(|b| b.to_string()).unwrap_or_default();
+        let pre = set
+            .before
+            .as_ref()
+            .map(|b| b.to_string())
+            .unwrap_or_default();
         let diff = if pre.is_empty() {
             String::new()
         } else {
@@ -175,7 +179,17 @@ mod tests {
     fn seed_shape_has_exact_field_names() {
         let s = set();
         let v: Value = serde_json::from_slice(&seed_body(&s, &s.events[0])).unwrap();
-        for k in ["event", "flag_id", "flag_key", "timestamp", "data", "id", "actor", "changes", "source"] {
+        for k in [
+            "event",
+            "flag_id",
+            "flag_key",
+            "timestamp",
+            "data",
+            "id",
+            "actor",
+            "changes",
+            "source",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["event"], "flag.updated");

@@ -47,7 +47,10 @@ fn enabled_and_disabled() {
     let a = with(|v| v["enabled"] = json!(true));
     let d = derive(&Mutation::SetEnabled { flag: 1 }, Some(&b), &a);
     assert_eq!(names(&d), ["flag.enabled"]);
-    assert_eq!(d[0].changes["enabled"], json!({"before": false, "after": true}));
+    assert_eq!(
+        d[0].changes["enabled"],
+        json!({"before": false, "after": true})
+    );
     assert_eq!(names(&diff(&a, &b)), ["flag.disabled"]);
     // Setting the same value is a no-op Flagr still records: no event.
     assert!(derive(&Mutation::SetEnabled { flag: 1 }, Some(&b), &b).is_empty());
@@ -62,7 +65,10 @@ fn flag_fields_and_tags_are_flag_updated() {
     });
     let d = diff(&b, &a);
     assert_eq!(names(&d), ["flag.updated"]);
-    assert_eq!(d[0].changes["description"], json!({"before": "d", "after": "new"}));
+    assert_eq!(
+        d[0].changes["description"],
+        json!({"before": "d", "after": "new"})
+    );
     assert_eq!(d[0].changes["tags"]["after"], json!(["beta", "web"]));
 }
 
@@ -73,12 +79,28 @@ fn segment_description_and_rollout_give_two_events() {
         v["segments"][0]["description"] = json!("some");
         v["segments"][0]["rolloutPercent"] = json!(70);
     });
-    let d = derive(&Mutation::PutSegment { flag: 1, segment: 10 }, Some(&b), &a);
-    assert_eq!(names(&d), ["segment.updated", "segment.rollout_percent.updated"]);
-    assert_eq!(d[1].changes["rolloutPercent"], json!({"before": 50, "after": 70}));
+    let d = derive(
+        &Mutation::PutSegment {
+            flag: 1,
+            segment: 10,
+        },
+        Some(&b),
+        &a,
+    );
+    assert_eq!(
+        names(&d),
+        ["segment.updated", "segment.rollout_percent.updated"]
+    );
+    assert_eq!(
+        d[1].changes["rolloutPercent"],
+        json!({"before": 50, "after": 70})
+    );
     assert_eq!(d[1].changes["segment_id"], 10);
     let only_rollout = with(|v| v["segments"][0]["rolloutPercent"] = json!(70));
-    assert_eq!(names(&diff(&b, &only_rollout)), ["segment.rollout_percent.updated"]);
+    assert_eq!(
+        names(&diff(&b, &only_rollout)),
+        ["segment.rollout_percent.updated"]
+    );
 }
 
 #[test]
@@ -108,20 +130,37 @@ fn variant_rename_cascades_to_distributions() {
         v["variants"][1]["key"] = json!("x");
         v["variants"][1]["attachment"] = json!({"a": 1});
     });
-    assert_eq!(names(&diff(&b, &both)), ["variant.updated", "variant.attachment.updated"]);
+    assert_eq!(
+        names(&diff(&b, &both)),
+        ["variant.updated", "variant.attachment.updated"]
+    );
 }
 
 #[test]
 fn creates_and_deletes_of_children() {
     let b = flag(base());
     let a = with(|v| {
-        v["variants"].as_array_mut().unwrap().push(json!({"id": 3, "key": "new"}));
-        v["segments"][0]["constraints"].as_array_mut().unwrap().push(
-            json!({"id": 101, "property": "age", "operator": "GT", "value": "18"}));
-        v["segments"].as_array_mut().unwrap().push(json!({"id": 12, "description": "x", "rank": 999, "rolloutPercent": 0}));
+        v["variants"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": 3, "key": "new"}));
+        v["segments"][0]["constraints"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": 101, "property": "age", "operator": "GT", "value": "18"}));
+        v["segments"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": 12, "description": "x", "rank": 999, "rolloutPercent": 0}));
     });
-    assert_eq!(names(&diff(&b, &a)), ["variant.created", "segment.created", "constraint.created"]);
-    assert_eq!(names(&diff(&a, &b)), ["variant.deleted", "segment.deleted", "constraint.deleted"]);
+    assert_eq!(
+        names(&diff(&b, &a)),
+        ["variant.created", "segment.created", "constraint.created"]
+    );
+    assert_eq!(
+        names(&diff(&a, &b)),
+        ["variant.deleted", "segment.deleted", "constraint.deleted"]
+    );
     let c = with(|v| v["segments"][0]["constraints"][0]["value"] = json!("\"NY\""));
     let d = diff(&b, &c);
     assert_eq!(names(&d), ["constraint.updated"]);
@@ -146,8 +185,14 @@ fn distributions_compare_by_variant_not_row_id() {
 #[test]
 fn lifecycle_routes() {
     let f = flag(base());
-    assert_eq!(names(&derive(&Mutation::CreateFlag, None, &f)), ["flag.created"]);
-    assert_eq!(names(&derive(&Mutation::DeleteFlag { flag: 1 }, Some(&f), &f)), ["flag.deleted"]);
+    assert_eq!(
+        names(&derive(&Mutation::CreateFlag, None, &f)),
+        ["flag.created"]
+    );
+    assert_eq!(
+        names(&derive(&Mutation::DeleteFlag { flag: 1 }, Some(&f), &f)),
+        ["flag.deleted"]
+    );
     let r = derive(&Mutation::RestoreFlag { flag: 1 }, None, &f);
     assert_eq!(names(&r), ["flag.created"]);
     assert_eq!(r[0].changes["restored"], true);
@@ -156,16 +201,32 @@ fn lifecycle_routes() {
         names(&derive(&Mutation::DuplicateFlag { flag: 1 }, None, &on)),
         ["flag.created", "flag.enabled"]
     );
-    assert_eq!(names(&derive(&Mutation::DuplicateFlag { flag: 1 }, None, &f)), ["flag.created"]);
+    assert_eq!(
+        names(&derive(&Mutation::DuplicateFlag { flag: 1 }, None, &f)),
+        ["flag.created"]
+    );
 }
 
 #[test]
 fn without_before_the_route_decides() {
     let f = flag(base());
-    assert_eq!(names(&derive(&Mutation::PutFlag { flag: 1 }, None, &f)), ["flag.updated"]);
-    assert_eq!(names(&derive(&Mutation::SetEnabled { flag: 1 }, None, &f)), ["flag.disabled"]);
     assert_eq!(
-        names(&derive(&Mutation::PutDistributions { flag: 1, segment: 10 }, None, &f)),
+        names(&derive(&Mutation::PutFlag { flag: 1 }, None, &f)),
+        ["flag.updated"]
+    );
+    assert_eq!(
+        names(&derive(&Mutation::SetEnabled { flag: 1 }, None, &f)),
+        ["flag.disabled"]
+    );
+    assert_eq!(
+        names(&derive(
+            &Mutation::PutDistributions {
+                flag: 1,
+                segment: 10
+            },
+            None,
+            &f
+        )),
         ["distribution.updated"]
     );
 }
@@ -173,13 +234,39 @@ fn without_before_the_route_decides() {
 #[test]
 fn flagr_notice_matches_crud_go() {
     let f = flag(base());
-    let n = flagr_notice(&Mutation::PutVariant { flag: 1, variant: 2 }, &f, None);
-    assert_eq!((n.operation, n.component_type, n.component_id, n.component_key.as_str()), ("update", "variant", 2, "off"));
+    let n = flagr_notice(
+        &Mutation::PutVariant {
+            flag: 1,
+            variant: 2,
+        },
+        &f,
+        None,
+    );
+    assert_eq!(
+        (
+            n.operation,
+            n.component_type,
+            n.component_id,
+            n.component_key.as_str()
+        ),
+        ("update", "variant", 2, "off")
+    );
     let tag = json!({"id": 5, "value": "beta"});
     let n = flagr_notice(&Mutation::CreateTag { flag: 1 }, &f, Some(&tag));
-    assert_eq!((n.operation, n.component_type, n.component_id, n.component_key.as_str()), ("create", "tag", 5, "beta"));
+    assert_eq!(
+        (
+            n.operation,
+            n.component_type,
+            n.component_id,
+            n.component_key.as_str()
+        ),
+        ("create", "tag", 5, "beta")
+    );
     let n = flagr_notice(&Mutation::ReorderSegments { flag: 1 }, &f, None);
-    assert_eq!((n.operation, n.component_type, n.component_id), ("update", "segment", 0));
+    assert_eq!(
+        (n.operation, n.component_type, n.component_id),
+        ("update", "segment", 0)
+    );
     let n = flagr_notice(&Mutation::RestoreFlag { flag: 1 }, &f, None);
     assert_eq!((n.operation, n.component_key.as_str()), ("restore", "k"));
 }
@@ -187,7 +274,9 @@ fn flagr_notice_matches_crud_go() {
 #[test]
 fn every_event_name_is_reachable_and_listed() {
     for n in EVENT_NAMES {
-        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'));
+        assert!(n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'));
     }
     assert_eq!(EVENT_NAMES.len(), 17);
 }

@@ -57,7 +57,10 @@ impl FlagrClient {
             .map_err(|e: http::uri::InvalidUri| FlagrError::Transport(e.to_string()))?;
         let req = Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("flaghook/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("flaghook/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|e| FlagrError::Transport(e.to_string()))?;
         let fut = async {

@@ -265,13 +265,11 @@ impl RouteTable {
                     segment,
                     constraint,
                 }),
-                (Some(flag), Some(segment), Some(constraint)) if delete => {
-                    m(M::DeleteConstraint {
-                        flag,
-                        segment,
-                        constraint,
-                    })
-                }
+                (Some(flag), Some(segment), Some(constraint)) if delete => m(M::DeleteConstraint {
+                    flag,
+                    segment,
+                    constraint,
+                }),
                 _ => Route::Passthrough,
             },
             _ => Route::Passthrough,
@@ -300,39 +298,69 @@ mod tests {
         assert_eq!(mu("POST", b), M::CreateFlag);
         assert_eq!(mu("PUT", &format!("{b}/7")), M::PutFlag { flag: 7 });
         assert_eq!(mu("DELETE", &format!("{b}/7")), M::DeleteFlag { flag: 7 });
-        assert_eq!(mu("PUT", &format!("{b}/7/restore")), M::RestoreFlag { flag: 7 });
-        assert_eq!(mu("POST", &format!("{b}/7/duplicate")), M::DuplicateFlag { flag: 7 });
-        assert_eq!(mu("PUT", &format!("{b}/7/enabled")), M::SetEnabled { flag: 7 });
+        assert_eq!(
+            mu("PUT", &format!("{b}/7/restore")),
+            M::RestoreFlag { flag: 7 }
+        );
+        assert_eq!(
+            mu("POST", &format!("{b}/7/duplicate")),
+            M::DuplicateFlag { flag: 7 }
+        );
+        assert_eq!(
+            mu("PUT", &format!("{b}/7/enabled")),
+            M::SetEnabled { flag: 7 }
+        );
         assert_eq!(mu("POST", &format!("{b}/7/tags")), M::CreateTag { flag: 7 });
         assert_eq!(
             mu("DELETE", &format!("{b}/7/tags/3")),
             M::DeleteTag { flag: 7, tag: 3 }
         );
-        assert_eq!(mu("POST", &format!("{b}/7/variants")), M::CreateVariant { flag: 7 });
+        assert_eq!(
+            mu("POST", &format!("{b}/7/variants")),
+            M::CreateVariant { flag: 7 }
+        );
         assert_eq!(
             mu("PUT", &format!("{b}/7/variants/2")),
-            M::PutVariant { flag: 7, variant: 2 }
+            M::PutVariant {
+                flag: 7,
+                variant: 2
+            }
         );
         assert_eq!(
             mu("DELETE", &format!("{b}/7/variants/2")),
-            M::DeleteVariant { flag: 7, variant: 2 }
+            M::DeleteVariant {
+                flag: 7,
+                variant: 2
+            }
         );
-        assert_eq!(mu("POST", &format!("{b}/7/segments")), M::CreateSegment { flag: 7 });
+        assert_eq!(
+            mu("POST", &format!("{b}/7/segments")),
+            M::CreateSegment { flag: 7 }
+        );
         assert_eq!(
             mu("PUT", &format!("{b}/7/segments/reorder")),
             M::ReorderSegments { flag: 7 }
         );
         assert_eq!(
             mu("PUT", &format!("{b}/7/segments/4")),
-            M::PutSegment { flag: 7, segment: 4 }
+            M::PutSegment {
+                flag: 7,
+                segment: 4
+            }
         );
         assert_eq!(
             mu("DELETE", &format!("{b}/7/segments/4")),
-            M::DeleteSegment { flag: 7, segment: 4 }
+            M::DeleteSegment {
+                flag: 7,
+                segment: 4
+            }
         );
         assert_eq!(
             mu("POST", &format!("{b}/7/segments/4/constraints")),
-            M::CreateConstraint { flag: 7, segment: 4 }
+            M::CreateConstraint {
+                flag: 7,
+                segment: 4
+            }
         );
         assert_eq!(
             mu("PUT", &format!("{b}/7/segments/4/constraints/9")),
@@ -352,17 +380,29 @@ mod tests {
         );
         assert_eq!(
             mu("PUT", &format!("{b}/7/segments/4/distributions")),
-            M::PutDistributions { flag: 7, segment: 4 }
+            M::PutDistributions {
+                flag: 7,
+                segment: 4
+            }
         );
     }
 
     #[test]
     fn literals_beat_ids() {
         // reorder is not segment id "reorder", and DELETE on it is nothing Flagr has.
-        assert_eq!(c("DELETE", "/api/v1/flags/7/segments/reorder"), Route::Passthrough);
-        assert_eq!(c("GET", "/api/v1/flags/snapshots/max_id"), Route::Passthrough);
+        assert_eq!(
+            c("DELETE", "/api/v1/flags/7/segments/reorder"),
+            Route::Passthrough
+        );
+        assert_eq!(
+            c("GET", "/api/v1/flags/snapshots/max_id"),
+            Route::Passthrough
+        );
         assert_eq!(c("PUT", "/api/v1/flags/snapshots"), Route::Passthrough);
-        assert_eq!(c("DELETE", "/api/v1/flags/entity_types"), Route::Passthrough);
+        assert_eq!(
+            c("DELETE", "/api/v1/flags/entity_types"),
+            Route::Passthrough
+        );
         assert_eq!(c("GET", "/api/v1/flags/entity_types"), Route::Passthrough);
     }
 
@@ -400,8 +440,14 @@ mod tests {
         use Evaluation::*;
         assert_eq!(c("POST", "/api/v1/evaluation"), Route::Evaluation(Single));
         assert_eq!(c("GET", "/api/v1/evaluation"), Route::Evaluation(Single));
-        assert_eq!(c("POST", "/api/v1/evaluation/batch"), Route::Evaluation(Batch));
-        assert_eq!(c("GET", "/api/v1/evaluation/batch"), Route::Evaluation(Batch));
+        assert_eq!(
+            c("POST", "/api/v1/evaluation/batch"),
+            Route::Evaluation(Batch)
+        );
+        assert_eq!(
+            c("GET", "/api/v1/evaluation/batch"),
+            Route::Evaluation(Batch)
+        );
         assert_eq!(c("POST", "/api/v1/exposures"), Route::Exposure);
     }
 
@@ -412,8 +458,14 @@ mod tests {
             t.classify(&Method::POST, "/flagr/api/v1/flags"),
             Route::Mutation(M::CreateFlag)
         );
-        assert_eq!(t.classify(&Method::POST, "/api/v1/flags"), Route::Passthrough);
-        assert_eq!(t.classify(&Method::POST, "/flagrx/api/v1/flags"), Route::Passthrough);
+        assert_eq!(
+            t.classify(&Method::POST, "/api/v1/flags"),
+            Route::Passthrough
+        );
+        assert_eq!(
+            t.classify(&Method::POST, "/flagrx/api/v1/flags"),
+            Route::Passthrough
+        );
         assert_eq!(t.api_root(), "/flagr/api/v1");
     }
 

@@ -62,5 +62,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tokio::time::timeout(grace, graceful.shutdown()).await.is_ok()
+    tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok()
 }

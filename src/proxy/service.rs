@@ -60,10 +60,7 @@ impl Proxy {
             .upstream
             .parse()
             .map_err(|e| format!("proxy.upstream: {e}"))?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or("proxy.upstream: no host")?;
+        let authority = uri.authority().cloned().ok_or("proxy.upstream: no host")?;
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(cfg.connect_timeout));
@@ -172,7 +169,13 @@ impl Proxy {
             .build()
         {
             Ok(u) => u,
-            Err(_) => return error_response(StatusCode::BAD_REQUEST, "bad_request", "invalid request URI"),
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid request URI",
+                )
+            }
         };
         let method = parts.method.clone();
         let body = match &tapped {
@@ -306,14 +309,23 @@ mod tests {
     #[test]
     fn strips_connection_listed_and_fixed_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         strip_hop_by_hop(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();

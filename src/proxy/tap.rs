@@ -324,7 +324,11 @@ mod tests {
     async fn copies_while_passing_bytes_through() {
         let (s, mut rx) = sender(1024);
         let slot = RequestSlot::default();
-        let req = TapBody::request(Full::new(Bytes::from_static(b"{\"a\":1}")), slot.clone(), 1024);
+        let req = TapBody::request(
+            Full::new(Bytes::from_static(b"{\"a\":1}")),
+            slot.clone(),
+            1024,
+        );
         assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"a\":1}");
         let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
             Ok(Frame::data(Bytes::from_static(b"he"))),
@@ -347,7 +351,10 @@ mod tests {
         *slot.lock().unwrap() = Captured::Complete(Bytes::new());
         let resp = TapBody::response(Full::new(Bytes::from_static(b"hello")), pending(s, slot));
         assert_eq!(resp.collect().await.unwrap().to_bytes(), "hello");
-        assert!(matches!(rx.try_recv().unwrap().response_body, Captured::TooLarge));
+        assert!(matches!(
+            rx.try_recv().unwrap().response_body,
+            Captured::TooLarge
+        ));
     }
 
     #[tokio::test]
@@ -364,7 +371,10 @@ mod tests {
         let first = resp.frame().await.unwrap().unwrap();
         assert_eq!(first.data_ref().unwrap(), "he");
         drop(resp);
-        assert!(matches!(rx.try_recv().unwrap().response_body, Captured::Incomplete));
+        assert!(matches!(
+            rx.try_recv().unwrap().response_body,
+            Captured::Incomplete
+        ));
     }
 
     #[tokio::test]
@@ -373,7 +383,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let s = TapSender::new(tx, metrics.clone(), 16);
         for _ in 0..3 {
-            let b = TapBody::response(Full::new(Bytes::new()), pending(s.clone(), RequestSlot::default()));
+            let b = TapBody::response(
+                Full::new(Bytes::new()),
+                pending(s.clone(), RequestSlot::default()),
+            );
             drop(b.collect().await);
         }
         assert_eq!(metrics.tap_dropped.with_label_values(&["tap"]).get(), 2);

@@ -1,6 +1,10 @@
 //! Integration tests: the real flaghook binary in front of a real Flagr, with real receivers.
+//! Everything under `with_flagr::` needs a Flagr binary (see `support::flagr_bin`).
 
 mod support;
 
-mod events;
-mod proxy;
+mod with_flagr {
+    mod events;
+    mod proxy;
+}
+mod standalone;

@@ -46,17 +46,11 @@ pub struct Flagr {
     _dir: tempfile::TempDir,
 }
 
-/// Starts a Flagr, or returns `None` (the test then skips, loudly) when no Flagr binary is
-/// installed and `FLAGHOOK_ALLOW_NO_FLAGR=1` says that is expected. Otherwise a missing Flagr
-/// fails the test.
-pub async fn flagr(extra_env: &[(&str, &str)]) -> Option<Flagr> {
-    let Some(bin) = flagr_bin() else {
-        if std::env::var("FLAGHOOK_ALLOW_NO_FLAGR").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: no flagr-server binary (see scripts/install-test-deps)");
-            return None;
-        }
-        panic!("no flagr-server: run scripts/install-test-deps or set FLAGHOOK_FLAGR_BIN");
-    };
+/// Starts a Flagr. A missing binary fails the test: `scripts/test` leaves the `with_flagr::` tests
+/// out, and says so, only when `scripts/install-test-deps` could not install it.
+pub async fn flagr(extra_env: &[(&str, &str)]) -> Flagr {
+    let bin = flagr_bin()
+        .expect("no flagr-server: run scripts/install-test-deps or set FLAGHOOK_FLAGR_BIN");
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let mut cmd = Command::new(bin);
@@ -88,7 +82,7 @@ pub async fn flagr(extra_env: &[(&str, &str)]) -> Option<Flagr> {
         .await,
         "flagr did not become healthy"
     );
-    Some(f)
+    f
 }
 
 impl Flagr {
@@ -228,7 +222,11 @@ fn merge_sections(cfg: &str) -> String {
             sections.push((t.to_string(), vec![]));
             continue;
         }
-        sections.last_mut().expect("one section").1.push(line.to_string());
+        sections
+            .last_mut()
+            .expect("one section")
+            .1
+            .push(line.to_string());
     }
     let mut out = String::new();
     for (h, lines) in sections {
@@ -284,7 +282,12 @@ pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) 
     call_as(method, url, body, None).await
 }
 
-pub async fn call_as(method: &str, url: &str, body: Option<Value>, user: Option<&str>) -> (u16, Value) {
+pub async fn call_as(
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+    user: Option<&str>,
+) -> (u16, Value) {
     let mut req = client().request(method.parse().expect("method"), url);
     if let Some(b) = body {
         req = req
@@ -297,7 +300,10 @@ pub async fn call_as(method: &str, url: &str, body: Option<Value>, user: Option<
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// How a receiver answers one request.

@@ -1,0 +1,168 @@
+//! Tests that need no Flagr: an upstream written in the test, or none at all.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_a_prompt_502_and_not_ready() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let fh = Flaghook::start(&dead, "").await;
+    let (s, v) = call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "x"})),
+    )
+    .await;
+    assert_eq!(s, 502);
+    assert_eq!(v["error"], "upstream_unavailable");
+    let r = client()
+        .get(format!("{}/readyz", fh.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        fh.metric("flaghook_proxy_upstream_errors_total{kind=\"connect\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_that_never_answers_is_a_504() {
+    // Accepts connections, reads, never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let fh = Flaghook::start(
+        &format!("http://{addr}"),
+        "[proxy]\nupstream_timeout = \"1s\"\n",
+    )
+    .await;
+    let (s, v) = call("GET", &format!("{}/flags", fh.api()), None).await;
+    assert_eq!(s, 504);
+    assert_eq!(v["error"], "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_hop_by_hop_and_forwarded() {
+    // An upstream that echoes what it received.
+    let echo = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(&format!("http://{}", echo.addr), "").await;
+    let r = client()
+        .post(format!("{}/anything?q=1", fh.proxy))
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .header("x-end", "kept")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // flaghook's own probe for snapshot support also lands here; pick the client's request.
+    let hits = echo.hits();
+    let hit = hits
+        .iter()
+        .find(|h| h.path == "/anything")
+        .expect("request forwarded");
+    assert_eq!(hit.header("x-end"), "kept");
+    assert_eq!(hit.header("x-hop"), "");
+    assert_eq!(hit.header("x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(hit.header("x-forwarded-proto"), "http");
+    assert_eq!(&hit.body[..], b"payload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+    // An upstream that answers after a pause, so a request is in flight at SIGTERM.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+                    .await;
+            });
+        }
+    });
+    let mut fh = Flaghook::start(&format!("http://{addr}"), "").await;
+    let url = format!("{}/slow", fh.proxy);
+    let pending = tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    // Let the request reach the upstream before the signal.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = fh.terminate();
+        (s, fh.log())
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "exit {:?}\n{}", status.0, status.1);
+    assert_eq!(pending.await.unwrap(), "done");
+    assert!(status.1.contains("flaghook stopped"));
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[proxy]\nupstream = \"not a url\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.upstream"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    std::fs::write(&p, "[proxy]\nlisten = \"127.0.0.1:1\"\n[nope]\nx = 1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .args(["check-config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/flaghook.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .args(["check-config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .args(["check-config", shipped])
+        .env("FLAGHOOK_PROXY__UPSTREAM_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream_timeout"));
+}

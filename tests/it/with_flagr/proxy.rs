@@ -1,0 +1,343 @@
+//! The proxy against a real Flagr: transparency, streaming, hang-ups, admin endpoints.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Removes what differs between two Flagr servers doing the same thing (clock readings).
+fn normalise(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for k in ["updatedAt", "createdAt", "timestamp"] {
+                m.remove(k);
+            }
+            m.values_mut().for_each(normalise);
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalise),
+        _ => {}
+    }
+}
+
+/// The admin workflow of the issue, as (method, path, body).
+fn workflow() -> Vec<(&'static str, &'static str, Option<Value>)> {
+    vec![
+        (
+            "POST",
+            "/flags",
+            Some(json!({"description": "checkout button", "key": "checkout"})),
+        ),
+        (
+            "POST",
+            "/flags",
+            Some(
+                json!({"description": "templated", "key": "tmpl", "template": "simple_boolean_flag"}),
+            ),
+        ),
+        ("POST", "/flags", Some(json!({"key": "no-description"}))),
+        (
+            "PUT",
+            "/flags/1",
+            Some(json!({"description": "checkout button v2", "notes": "owner: growth"})),
+        ),
+        ("POST", "/flags/1/tags", Some(json!({"value": "web"}))),
+        ("POST", "/flags/1/tags", Some(json!({"value": "beta"}))),
+        ("GET", "/flags/1/tags", None),
+        ("DELETE", "/flags/1/tags/2", None),
+        ("POST", "/flags/1/variants", Some(json!({"key": "control"}))),
+        (
+            "POST",
+            "/flags/1/variants",
+            Some(json!({"key": "treatment", "attachment": {"color": "green"}})),
+        ),
+        (
+            "PUT",
+            "/flags/1/variants/3",
+            Some(json!({"key": "treatment", "attachment": {"color": "blue"}})),
+        ),
+        (
+            "POST",
+            "/flags/1/segments",
+            Some(json!({"description": "CA users", "rolloutPercent": 100})),
+        ),
+        (
+            "POST",
+            "/flags/1/segments",
+            Some(json!({"description": "everyone", "rolloutPercent": 20})),
+        ),
+        (
+            "PUT",
+            "/flags/1/segments/reorder",
+            Some(json!({"segmentIDs": [3, 2]})),
+        ),
+        (
+            "PUT",
+            "/flags/1/segments/2",
+            Some(json!({"description": "CA users", "rolloutPercent": 90})),
+        ),
+        (
+            "POST",
+            "/flags/1/segments/2/constraints",
+            Some(json!({"property": "state", "operator": "EQ", "value": "\"CA\""})),
+        ),
+        (
+            "PUT",
+            "/flags/1/segments/2/constraints/1",
+            Some(json!({"property": "state", "operator": "IN", "value": "[\"CA\",\"NY\"]"})),
+        ),
+        (
+            "POST",
+            "/flags/1/segments/2/constraints",
+            Some(json!({"property": "age", "operator": "GT", "value": "18"})),
+        ),
+        ("DELETE", "/flags/1/segments/2/constraints/2", None),
+        (
+            "PUT",
+            "/flags/1/segments/2/distributions",
+            Some(json!({"distributions": [
+            {"variantID": 2, "variantKey": "control", "percent": 50},
+            {"variantID": 3, "variantKey": "treatment", "percent": 50}]})),
+        ),
+        (
+            "PUT",
+            "/flags/1/segments/3/distributions",
+            Some(json!({"distributions": [
+            {"variantID": 2, "variantKey": "control", "percent": 100}]})),
+        ),
+        ("PUT", "/flags/1/enabled", Some(json!({"enabled": true}))),
+        ("GET", "/flags/1", None),
+        ("GET", "/flags?preload=true", None),
+        ("GET", "/flags/snapshots/max_id", None),
+        ("GET", "/flags/1/snapshots?limit=2", None),
+        ("PUT", "/flags/999/enabled", Some(json!({"enabled": true}))),
+        (
+            "PUT",
+            "/flags/1/segments/2/distributions",
+            Some(json!({"distributions": [
+            {"variantID": 2, "variantKey": "control", "percent": 10}]})),
+        ),
+        (
+            "POST",
+            "/flags/1/duplicate",
+            Some(json!({"key": "checkout-copy"})),
+        ),
+        ("DELETE", "/flags/1/segments/3", None),
+        ("DELETE", "/flags/4", None),
+        ("PUT", "/flags/4/restore", None),
+        ("DELETE", "/flags/2", None),
+        ("GET", "/flags/2", None),
+        ("GET", "/flags?deleted=true", None),
+        ("GET", "/nope", None),
+    ]
+}
+
+async fn eval_ready(api: &String) -> bool {
+    let (s, v) = call(
+        "POST",
+        &format!("{api}/evaluation"),
+        Some(json!({"entityID": "u1", "entityContext": {"state": "CA"}, "flagKey": "checkout"})),
+    )
+    .await;
+    s == 200 && v["variantKey"].is_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_workflow_is_identical_through_flaghook() {
+    let a = flagr(&[]).await;
+    let b = flagr(&[]).await;
+    let fh = Flaghook::start(&a.url(), "").await;
+    for (method, path, body) in workflow() {
+        let (s1, mut v1) = call(method, &format!("{}{path}", fh.api()), body.clone()).await;
+        let (s2, mut v2) = call(method, &format!("{}{path}", b.api()), body).await;
+        normalise(&mut v1);
+        normalise(&mut v2);
+        assert_eq!(s1, s2, "{method} {path}");
+        assert_eq!(v1, v2, "{method} {path}");
+    }
+    // Evaluations once both eval caches have the enabled flag.
+    let (fa, ba) = (fh.api(), b.api());
+    assert!(wait_until(Duration::from_secs(20), || eval_ready(&fa)).await);
+    assert!(wait_until(Duration::from_secs(20), || eval_ready(&ba)).await);
+    let single = json!({"entityID": "u1", "entityContext": {"state": "CA"}, "flagKey": "checkout"});
+    let batch = json!({"entities": [{"entityID": "u1", "entityContext": {"state": "CA"}},
+                                    {"entityID": "u2", "entityContext": {"state": "TX"}}],
+                       "flagKeys": ["checkout", "checkout-copy"]});
+    for (path, body) in [("/evaluation", single), ("/evaluation/batch", batch)] {
+        let (s1, mut v1) = call("POST", &format!("{}{path}", fh.api()), Some(body.clone())).await;
+        let (s2, mut v2) = call("POST", &format!("{}{path}", b.api()), Some(body)).await;
+        normalise(&mut v1);
+        normalise(&mut v2);
+        assert_eq!((s1, &v1), (s2, &v2), "{path}");
+    }
+    let m = fh.metrics().await;
+    assert!(metric_value(&m, "flaghook_proxy_requests_total{method=\"POST\",route_class=\"mutation\",status_class=\"2xx\"}") >= 10.0, "{m}");
+    assert!(metric_value(&m, "flaghook_proxy_requests_total{method=\"POST\",route_class=\"evaluation\",status_class=\"2xx\"}") >= 2.0);
+    assert!(metric_value(&m, "flaghook_proxy_requests_total{method=\"GET\",route_class=\"passthrough\",status_class=\"4xx\"}") >= 1.0);
+    assert!(m.contains("flaghook_proxy_request_duration_seconds_bucket{route_class=\"evaluation\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bodies_arrive_byte_for_byte() {
+    let f = flagr(&[]).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    for i in 0..30 {
+        call(
+            "POST",
+            &format!("{}/flags", f.api()),
+            Some(json!({"description": format!("flag number {i}"), "key": format!("f{i}")})),
+        )
+        .await;
+    }
+    let get = |base: String| async move {
+        let r = client()
+            .get(format!("{base}/flags?preload=true"))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        let enc = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        (enc, r.bytes().await.unwrap())
+    };
+    let (e1, b1) = get(fh.api()).await;
+    let (e2, b2) = get(f.api()).await;
+    assert_eq!(e1.as_deref(), Some("gzip"));
+    assert_eq!(e1, e2);
+    let gunzip = |b: &[u8]| {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+    assert_eq!(gunzip(&b1), gunzip(&b2));
+    // A gzipped mutation response is decoded on the copy: the event derivation still sees it.
+    let r = client()
+        .post(format!("{}/flags", fh.api()))
+        .header("accept-encoding", "gzip")
+        .header("content-type", "application/json")
+        .body(json!({"description": "zipped", "key": "zipped"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let v: Value = serde_json::from_str(&gunzip(&r.bytes().await.unwrap())).unwrap();
+    assert_eq!(v["key"], "zipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_mib_request_passes_and_is_counted_uninspected() {
+    let f = flagr(&[]).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    let big = "x".repeat(5 << 20);
+    let body =
+        json!({"entityID": "u1", "entityContext": {"blob": big}, "flagKey": "missing"}).to_string();
+    assert!(body.len() > 5 << 20);
+    let send = |url: String, body: String| async move {
+        let r = client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let mut v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+        normalise(&mut v);
+        (s, v)
+    };
+    let via = send(format!("{}/evaluation", fh.api()), body.clone()).await;
+    let direct = send(format!("{}/evaluation", f.api()), body).await;
+    assert_eq!(via, direct);
+    assert_eq!(via.0, 200);
+    assert_eq!(
+        via.1["evalContext"]["entityContext"]["blob"]
+            .as_str()
+            .map(str::len),
+        Some(5 << 20)
+    );
+    let fh2 = &fh;
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            fh2.metric("flaghook_tap_uninspected_total{direction=\"request\",reason=\"too_large\"}")
+                .await
+                >= 1.0
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hanging_up_mid_response_harms_nothing() {
+    let f = flagr(&[]).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    for i in 0..200 {
+        call(
+            "POST",
+            &format!("{}/flags", f.api()),
+            Some(
+                json!({"description": format!("{i} {}", "d".repeat(200)), "key": format!("h{i}")}),
+            ),
+        )
+        .await;
+    }
+    let addr = fh.proxy.trim_start_matches("http://").to_string();
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /api/v1/flags?preload=true HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        drop(s);
+    }
+    // Mutations too: the client leaves before reading the answer.
+    for i in 0..5 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let body = json!({"description": "left early", "key": format!("early{i}")}).to_string();
+        write!(s, "POST /api/v1/flags HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        drop(s);
+    }
+    let (s, v) = call("GET", &format!("{}/flags?preload=true", fh.api()), None).await;
+    assert_eq!(s, 200);
+    assert!(v.as_array().unwrap().len() >= 200);
+    let h = client()
+        .get(format!("{}/healthz", fh.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served() {
+    let f = flagr(&[]).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(format!("{}/health", fh.api())).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["status"], "OK");
+    let r = h2
+        .post(format!("{}/flags", fh.api()))
+        .header("content-type", "application/json")
+        .body(json!({"description": "over h2"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(format!("{}/readyz", fh.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
