@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SnapshotMode};
@@ -40,7 +39,7 @@ pub struct App {
     proxy_task: tokio::task::JoinHandle<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     derive_task: tokio::task::JoinHandle<()>,
-    delivery_tasks: JoinSet<usize>,
+    deliveries: Arc<delivery::Deliveries>,
     shutdown_deadline: Duration,
 }
 
@@ -82,22 +81,21 @@ impl App {
 
         let delivery_shutdown = CancellationToken::new();
         let policy = Arc::new(cfg.delivery.clone());
-        let mut delivery_tasks = JoinSet::new();
         let deliveries = Arc::new(
             delivery::Deliveries::start(
                 &cfg.webhooks,
-                policy,
+                policy.clone(),
                 metrics.clone(),
                 delivery_shutdown.clone(),
-                &mut delivery_tasks,
             )
             .map_err(anyhow::Error::msg)?,
         );
+        let store = open_store(&cfg, &deliveries)?;
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
         let deriver = Arc::new(derive::Deriver {
             flagr: flagr.clone(),
-            deliveries,
+            deliveries: deliveries.clone(),
             metrics: metrics.clone(),
             flagr_cfg: cfg.flagr.clone(),
             legacy: legacy.clone(),
@@ -140,6 +138,10 @@ impl App {
         let admin = admin::router(admin::AdminState {
             metrics: metrics.clone(),
             flagr,
+            deliveries: deliveries.clone(),
+            token: cfg.admin.token.clone(),
+            store,
+            delivery: policy,
         });
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn(async move {
@@ -159,14 +161,14 @@ impl App {
             proxy_task,
             admin_task,
             derive_task,
-            delivery_tasks,
+            deliveries,
             shutdown_deadline: cfg.delivery.shutdown_deadline,
         })
     }
 
     /// Stops accepting, lets requests finish, derives what was tapped, delivers within the
     /// deadline, and reports what was left.
-    pub async fn shutdown(mut self) -> ShutdownReport {
+    pub async fn shutdown(self) -> ShutdownReport {
         let mut report = ShutdownReport::default();
         // Stop the proxy first so nothing new is tapped; the tap channel then closes and the
         // derive task finishes what it holds before delivery starts its deadline.
@@ -175,9 +177,7 @@ impl App {
         let _ = self.admin_task.await;
         let _ = tokio::time::timeout(self.shutdown_deadline, self.derive_task).await;
         self.delivery_shutdown.cancel();
-        while let Some(r) = self.delivery_tasks.join_next().await {
-            report.undelivered += r.unwrap_or(0);
-        }
+        report.undelivered = self.deliveries.shutdown().await;
         tracing::info!(
             undelivered = report.undelivered,
             drained = report.requests_drained,
@@ -185,6 +185,36 @@ impl App {
         );
         report
     }
+}
+
+/// Opens the runtime webhook store (when configured) and starts the webhooks kept in it.
+fn open_store(
+    cfg: &Config,
+    deliveries: &delivery::Deliveries,
+) -> anyhow::Result<Option<Arc<admin::store::Store>>> {
+    if cfg.admin.store.is_empty() {
+        return Ok(None);
+    }
+    let store = admin::store::Store::open(std::path::Path::new(&cfg.admin.store))
+        .map_err(|e| anyhow::anyhow!("admin.store ({}): {e}", cfg.admin.store))?;
+    for w in store.all()? {
+        let id = w.id.clone();
+        let mut wc = w.to_config();
+        let started = wc
+            .validate(0, &[], &cfg.delivery)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                deliveries
+                    .add(wc, delivery::Origin::Runtime)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = started {
+            // A stored webhook that no longer validates (a tightened SSRF guard, an id now
+            // taken by the config file) is kept in the store but not started.
+            tracing::error!(webhook = %id, error = %e, "stored webhook not started");
+        }
+    }
+    Ok(Some(Arc::new(store)))
 }
 
 /// Probes Flagr until it answers, then decides between snapshots and prefetch.

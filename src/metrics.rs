@@ -26,6 +26,7 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub queue_bytes: IntGaugeVec,
     pub dropped: IntCounterVec,
+    pub endpoint_paused: IntGaugeVec,
     pub upstream_legacy: IntGauge,
     pub config_webhooks: IntGauge,
     pub build_info: IntCounter,
@@ -147,6 +148,11 @@ impl Metrics {
                 "flaghook_dropped_total",
                 "Requests given up on, by endpoint and reason.",
                 &["endpoint", "reason"],
+            ),
+            endpoint_paused: gauge_vec(
+                "flaghook_endpoint_paused",
+                "1 while an endpoint is paused or being probed, by endpoint.",
+                &["endpoint"],
             ),
             upstream_legacy: reg(
                 r,

@@ -1,7 +1,11 @@
-//! The admin listener: liveness, readiness and metrics, open for probes and Prometheus.
+//! The admin listener: liveness, readiness and metrics (open, for probes and Prometheus), the
+//! admin API under `/api` (bearer token) and the web page at `/`.
 //!
-//! In: HTTP requests on the admin port. Out: `/healthz`, `/readyz`, `/metrics`.
-//! Never: shares a port or a task budget with the proxy, or shows a secret.
+//! In: HTTP requests on the admin port. Out: JSON, metrics text, the page.
+//! Never: shares a port with the proxy, or shows a secret.
+
+pub mod api;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -12,6 +16,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::config::{DeliveryConfig, Secret};
+use crate::delivery::Deliveries;
 use crate::flagr::FlagrClient;
 use crate::metrics::Metrics;
 
@@ -20,6 +26,10 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub flagr: FlagrClient,
+    pub deliveries: Arc<Deliveries>,
+    pub token: Secret,
+    pub store: Option<Arc<store::Store>>,
+    pub delivery: Arc<DeliveryConfig>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -27,7 +37,21 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(page))
+        .route("/ui", get(page))
+        .nest("/api", api::router(state.clone()))
         .with_state(state)
+}
+
+/// The web page: one self-contained file, no build step.
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("page.html"),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -94,6 +94,9 @@ pub struct AdminConfig {
     /// Timeout of the upstream health probe behind `/readyz`.
     #[serde(with = "humantime_serde")]
     pub ready_timeout: Duration,
+    /// File of the embedded store for webhooks created through the admin API. Empty: webhooks
+    /// can only come from this file.
+    pub store: String,
 }
 
 impl Default for AdminConfig {
@@ -102,6 +105,7 @@ impl Default for AdminConfig {
             listen: ([0, 0, 0, 0], 18081).into(),
             token: Secret::default(),
             ready_timeout: Duration::from_secs(2),
+            store: String::new(),
         }
     }
 }
@@ -189,6 +193,16 @@ pub struct DeliveryConfig {
     pub shutdown_deadline: Duration,
     /// Response body bytes kept for errors and the delivery log.
     pub response_excerpt_bytes: usize,
+    /// Attempts kept in each endpoint's delivery log.
+    pub log_size: usize,
+    /// Allow destinations in these networks (CIDR), e.g. `10.1.0.0/16`.
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// Allow these host names whatever they resolve to.
+    pub allow_hosts: Vec<String>,
+    /// Refuse `http://` webhook URLs.
+    pub require_https: bool,
+    /// Pausing endpoints that keep failing.
+    pub protection: crate::delivery::breaker::Policy,
 }
 
 impl Default for DeliveryConfig {
@@ -216,6 +230,11 @@ impl Default for DeliveryConfig {
             allow_private: false,
             shutdown_deadline: Duration::from_secs(20),
             response_excerpt_bytes: 4096,
+            log_size: 100,
+            allow_cidrs: Vec::new(),
+            allow_hosts: Vec::new(),
+            require_https: false,
+            protection: Default::default(),
         }
     }
 }
@@ -344,6 +363,25 @@ impl Config {
         positive("delivery.queue_max_events", self.delivery.queue_max_events)?;
         positive("delivery.queue_max_bytes", self.delivery.queue_max_bytes)?;
         positive("delivery.max_in_flight", self.delivery.max_in_flight)?;
+        positive("delivery.log_size", self.delivery.log_size)?;
+        let pr = &self.delivery.protection;
+        positive(
+            "delivery.protection.consecutive_failures",
+            pr.consecutive_failures as usize,
+        )?;
+        positive("delivery.protection.min_attempts", pr.min_attempts)?;
+        if !(pr.failure_ratio > 0.0 && pr.failure_ratio <= 1.0) {
+            return Err(ConfigError::invalid(
+                "delivery.protection.failure_ratio",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if pr.cooldown.is_zero() || pr.max_cooldown < pr.cooldown {
+            return Err(ConfigError::invalid(
+                "delivery.protection.max_cooldown",
+                "cooldown must be above 0 and max_cooldown at least cooldown",
+            ));
+        }
         if self.delivery.retry_schedule.is_empty() {
             return Err(ConfigError::invalid(
                 "delivery.retry_schedule",

@@ -72,7 +72,7 @@ pub fn event_matches(pattern: &str, event: &str) -> bool {
 }
 
 impl WebhookConfig {
-    pub(crate) fn validate(
+    pub fn validate(
         &mut self,
         i: usize,
         env: &[(String, String)],

@@ -1,22 +1,26 @@
-//! One endpoint's delivery worker: a bounded queue, per-flag ordering, concurrent flags, retries.
+//! One endpoint's delivery worker: a bounded queue, per-flag ordering, concurrent flags, retries,
+//! delivery protection (pause, probe, resume) and the delivery log.
 //!
-//! In: [`Job`]s on a channel. Out: signed POSTs to the endpoint, metrics, logs.
+//! In: [`Job`]s and [`Control`] messages on channels. Out: signed POSTs to the endpoint, the
+//! endpoint's [`Status`] for the admin API, metrics, logs.
 //! Never: sends two requests for the same order key at once (events of one flag keep their
-//! order), holds more than its bounds (the oldest unsent job is dropped and counted), or blocks
-//! another endpoint.
+//! order), sends while paused (except the one probe), holds more than its bounds (the oldest
+//! unsent job is dropped and counted), or blocks another endpoint.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
+use super::breaker::{Breaker, Permit, State, Transition};
 use super::retry::{classify, delay_before, parse_retry_after, Verdict};
 use super::sign;
 use crate::config::{DeliveryConfig, WebhookConfig};
@@ -34,6 +38,57 @@ pub struct Job {
     pub label: &'static str,
 }
 
+/// Operator commands for a worker.
+pub enum Control {
+    Pause,
+    Resume,
+    /// New URL, secret, headers, ...: the queue is kept.
+    Reconfigure(Arc<EndpointCtx>),
+    /// The webhook was deleted: drop the queue (counted) and stop.
+    Stop,
+}
+
+/// One delivery attempt as the log keeps it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEntry {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// The `webhook-id` of the request.
+    pub delivery_id: String,
+    pub event: &'static str,
+    pub attempt: usize,
+    pub probe: bool,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    /// The first bytes of the receiver's answer.
+    pub response: String,
+    #[serde(skip)]
+    pub body: Bytes,
+    #[serde(skip)]
+    pub order_key: i64,
+}
+
+/// What the admin API shows of an endpoint; updated by the worker.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// `active`, `paused` or `probing`.
+    pub state: &'static str,
+    /// RFC 3339: when the next probe may go (automatic pauses only).
+    pub paused_until: Option<String>,
+    pub paused_by_operator: bool,
+    pub queue_depth: usize,
+    pub queue_bytes: usize,
+    pub last_success: Option<String>,
+    pub last_failure: Option<String>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub log: VecDeque<LogEntry>,
+}
+
+/// The status shared between the worker (writer) and the admin API (reader).
+pub type SharedStatus = Arc<Mutex<Status>>;
+
 struct Queued {
     job: Job,
     seq: u64,
@@ -43,9 +98,9 @@ struct Queued {
 /// The result of one attempt, as the worker needs it.
 struct Attempt {
     key: i64,
+    probe: bool,
     verdict: Verdict,
-    status: Option<u16>,
-    error: Option<String>,
+    entry: LogEntry,
 }
 
 /// What an endpoint needs to send: its config, the shared client, the shared policy.
@@ -57,167 +112,357 @@ pub struct EndpointCtx {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs until `shutdown`, then delivers what it can within the shutdown deadline.
-/// Returns the number of jobs left undelivered.
-pub async fn run(
-    ctx: Arc<EndpointCtx>,
-    mut rx: mpsc::Receiver<Job>,
-    shutdown: CancellationToken,
-) -> usize {
-    let id = ctx.webhook.id.clone();
-    let policy = ctx.policy.clone();
-    let mut queues: HashMap<i64, VecDeque<Queued>> = HashMap::new();
-    // Unsent jobs by arrival, for dropping the oldest when a bound is hit.
-    let mut unsent: BTreeMap<u64, i64> = BTreeMap::new();
-    let mut in_flight: HashSet<i64> = HashSet::new();
-    let mut waiting: HashSet<i64> = HashSet::new();
-    let mut ready: VecDeque<i64> = VecDeque::new();
-    let mut delays: DelayQueue<i64> = DelayQueue::new();
-    let mut tasks: JoinSet<Attempt> = JoinSet::new();
-    let (mut count, mut bytes, mut seq) = (0usize, 0usize, 0u64);
-    let mut deadline: Option<Instant> = None;
-    let gauge = |count: usize, bytes: usize| {
-        ctx.metrics
-            .queue_depth
-            .with_label_values(&[&id])
-            .set(count as i64);
-        ctx.metrics
-            .queue_bytes
-            .with_label_values(&[&id])
-            .set(bytes as i64);
-    };
-    gauge(0, 0);
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
-    loop {
-        // Start what may start: one in flight per key, a bounded number per endpoint.
-        while tasks.len() < policy.max_in_flight {
-            let Some(key) = ready.pop_front() else { break };
-            if in_flight.contains(&key) || waiting.contains(&key) {
-                continue;
-            }
-            let Some(q) = queues.get_mut(&key).and_then(|q| q.front_mut()) else {
+fn instant_rfc3339(t: Instant) -> String {
+    let wall = chrono::Utc::now()
+        + chrono::Duration::from_std(t.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+    wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The worker's mutable world, apart from the channels.
+struct Worker {
+    ctx: Arc<EndpointCtx>,
+    status: SharedStatus,
+    breaker: Breaker,
+    queues: HashMap<i64, VecDeque<Queued>>,
+    /// Jobs never attempted, by arrival: the oldest is dropped when a bound is hit.
+    unsent: BTreeMap<u64, i64>,
+    in_flight: HashSet<i64>,
+    waiting: HashSet<i64>,
+    ready: VecDeque<i64>,
+    delays: DelayQueue<i64>,
+    tasks: JoinSet<Attempt>,
+    count: usize,
+    bytes: usize,
+    seq: u64,
+    /// When a pause ends and a probe may go.
+    wake: Option<Instant>,
+}
+
+impl Worker {
+    fn id(&self) -> &str {
+        &self.ctx.webhook.id
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        self.seq += 1;
+        self.count += 1;
+        self.bytes += job.body.len();
+        let key = job.order_key;
+        self.unsent.insert(self.seq, key);
+        let q = self.queues.entry(key).or_default();
+        q.push_back(Queued {
+            job,
+            seq: self.seq,
+            attempts: 0,
+        });
+        if q.len() == 1 {
+            self.ready.push_back(key);
+        }
+        let p = &self.ctx.policy;
+        while self.count > p.queue_max_events || self.bytes > p.queue_max_bytes {
+            let Some((old_seq, old_key)) = self.unsent.pop_first() else {
+                break;
+            };
+            let Some(q) = self.queues.get_mut(&old_key) else {
                 continue;
             };
-            unsent.remove(&q.seq);
-            q.attempts += 1;
-            in_flight.insert(key);
-            let (ctx, job, attempt) = (ctx.clone(), q.job.clone(), q.attempts);
-            tasks.spawn(async move { send(&ctx, key, &job, attempt).await });
+            if let Some(pos) = q.iter().position(|j| j.seq == old_seq) {
+                if let Some(d) = q.remove(pos) {
+                    self.count -= 1;
+                    self.bytes -= d.job.body.len();
+                    self.ctx
+                        .metrics
+                        .dropped
+                        .with_label_values(&[&self.ctx.webhook.id, "queue_full"])
+                        .inc();
+                    tracing::warn!(endpoint = %self.ctx.webhook.id, delivery_id = %d.job.id, "queue full: dropped the oldest undelivered request");
+                }
+            }
+            if q.is_empty() {
+                self.queues.remove(&old_key);
+            }
         }
-        if deadline.is_some() && tasks.is_empty() && (count == 0 || ready.is_empty()) {
+    }
+
+    /// Starts what may start: one in flight per key, a bounded number per endpoint, nothing
+    /// while paused but the one probe.
+    fn launch(&mut self) {
+        self.wake = None;
+        while self.tasks.len() < self.ctx.policy.max_in_flight {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            if self.in_flight.contains(&key)
+                || self.waiting.contains(&key)
+                || self.queues.get(&key).is_none_or(|q| q.is_empty())
+            {
+                continue;
+            }
+            let probe = match self.breaker.permit(Instant::now()) {
+                Permit::Send => false,
+                Permit::Probe => {
+                    tracing::info!(endpoint = %self.id(), "cooldown over: probing with one delivery");
+                    true
+                }
+                Permit::Wait(until) => {
+                    self.ready.push_front(key);
+                    self.wake = until;
+                    break;
+                }
+            };
+            let Some(q) = self.queues.get_mut(&key).and_then(|q| q.front_mut()) else {
+                continue;
+            };
+            self.unsent.remove(&q.seq);
+            q.attempts += 1;
+            self.in_flight.insert(key);
+            let (ctx, job, attempt) = (self.ctx.clone(), q.job.clone(), q.attempts);
+            self.tasks
+                .spawn(async move { send(&ctx, key, &job, attempt, probe).await });
+        }
+    }
+
+    fn finish(&mut self, a: Attempt, draining: bool) {
+        self.in_flight.remove(&a.key);
+        let failure = matches!(a.verdict, Verdict::Retry { .. });
+        match self.breaker.record(Instant::now(), failure, a.probe) {
+            Some(Transition::Paused { until }) => {
+                tracing::warn!(endpoint = %self.id(), until = %instant_rfc3339(until), "endpoint keeps failing: paused");
+            }
+            Some(Transition::ProbeFailed { until }) => {
+                tracing::warn!(endpoint = %self.id(), until = %instant_rfc3339(until), "probe failed: pause extended");
+            }
+            Some(Transition::Resumed) => {
+                tracing::info!(endpoint = %self.id(), "probe succeeded: endpoint resumed");
+            }
+            None => {}
+        }
+        self.log(a.entry.clone());
+        let id = self.ctx.webhook.id.clone();
+        let Some(q) = self.queues.get_mut(&a.key) else {
+            return;
+        };
+        let Some(front) = q.front_mut() else { return };
+        if failure && self.breaker.state() != State::Active && !draining {
+            // The endpoint is paused (this failure may have paused it, or it was the probe):
+            // the failure is the endpoint's, not the request's, so it does not use up the
+            // request's attempts. It waits for the endpoint to recover.
+            front.attempts = front.attempts.saturating_sub(1);
+            self.ready.push_back(a.key);
+            return;
+        }
+        let retry_delay = match &a.verdict {
+            Verdict::Retry { retry_after } if !draining => delay_before(
+                &self.ctx.policy.retry_schedule,
+                front.attempts,
+                self.ctx.policy.jitter,
+                fastrand::f64(),
+                *retry_after,
+                self.ctx.policy.max_retry_after,
+            ),
+            _ => None,
+        };
+        if let Some(delay) = retry_delay {
+            self.ctx
+                .metrics
+                .delivery_retries
+                .with_label_values(&[&id])
+                .inc();
+            tracing::info!(endpoint = %id, delivery_id = %front.job.id, attempt = front.attempts, status = ?a.entry.status, error = ?a.entry.error, ?delay, "delivery failed; will retry");
+            self.waiting.insert(a.key);
+            self.delays.insert(a.key, delay);
+            return;
+        }
+        let Some(done) = q.pop_front() else { return };
+        self.count -= 1;
+        self.bytes -= done.job.body.len();
+        match a.verdict {
+            Verdict::Success => {}
+            Verdict::Final => {
+                self.ctx
+                    .metrics
+                    .dropped
+                    .with_label_values(&[&id, "rejected"])
+                    .inc();
+                tracing::warn!(endpoint = %id, delivery_id = %done.job.id, status = ?a.entry.status, "receiver rejected the request; not retried");
+            }
+            Verdict::Retry { .. } => {
+                let reason = if draining {
+                    "shutdown"
+                } else {
+                    "retries_exhausted"
+                };
+                self.ctx
+                    .metrics
+                    .dropped
+                    .with_label_values(&[&id, reason])
+                    .inc();
+                tracing::warn!(endpoint = %id, delivery_id = %done.job.id, attempts = done.attempts, status = ?a.entry.status, error = ?a.entry.error, reason, "gave up on a request");
+            }
+        }
+        if q.is_empty() {
+            self.queues.remove(&a.key);
+        } else {
+            self.ready.push_back(a.key);
+        }
+    }
+
+    fn log(&mut self, e: LogEntry) {
+        let max = self.ctx.policy.log_size;
+        if let Ok(mut s) = self.status.lock() {
+            if e.error.is_none() {
+                s.last_success = Some(e.at.clone());
+            } else {
+                s.last_failure = Some(e.at.clone());
+                s.last_error = e.error.clone();
+            }
+            s.log.push_back(e);
+            while s.log.len() > max {
+                s.log.pop_front();
+            }
+        }
+    }
+
+    /// Publishes queue sizes and breaker state to metrics and the admin API.
+    fn publish(&self) {
+        let id = &self.ctx.webhook.id;
+        let m = &self.ctx.metrics;
+        m.queue_depth
+            .with_label_values(&[id])
+            .set(self.count as i64);
+        m.queue_bytes
+            .with_label_values(&[id])
+            .set(self.bytes as i64);
+        let (state, until, manual) = match self.breaker.state() {
+            State::Active => ("active", None, false),
+            State::Paused { until, manual, .. } => {
+                ("paused", (!manual).then(|| instant_rfc3339(until)), manual)
+            }
+            State::Probing { .. } => ("probing", None, false),
+        };
+        m.endpoint_paused
+            .with_label_values(&[id])
+            .set((state != "active") as i64);
+        if let Ok(mut s) = self.status.lock() {
+            s.state = state;
+            s.paused_until = until;
+            s.paused_by_operator = manual;
+            s.queue_depth = self.count;
+            s.queue_bytes = self.bytes;
+        }
+    }
+}
+
+/// Runs until `shutdown` (or until its job channel closes), then delivers what it can within
+/// the shutdown deadline. Returns the number of jobs left undelivered.
+pub async fn run(
+    ctx: Arc<EndpointCtx>,
+    status: SharedStatus,
+    mut rx: mpsc::Receiver<Job>,
+    mut ctl: mpsc::Receiver<Control>,
+    shutdown: CancellationToken,
+) -> usize {
+    let breaker = Breaker::new(ctx.policy.protection.clone());
+    let mut w = Worker {
+        ctx,
+        status,
+        breaker,
+        queues: HashMap::new(),
+        unsent: BTreeMap::new(),
+        in_flight: HashSet::new(),
+        waiting: HashSet::new(),
+        ready: VecDeque::new(),
+        delays: DelayQueue::new(),
+        tasks: JoinSet::new(),
+        count: 0,
+        bytes: 0,
+        seq: 0,
+        wake: None,
+    };
+    let mut deadline: Option<Instant> = None;
+    let mut stopped = false;
+    w.publish();
+    loop {
+        w.launch();
+        w.publish();
+        if deadline.is_some() && w.tasks.is_empty() && (w.count == 0 || w.ready.is_empty()) {
             break;
         }
-
         tokio::select! {
-            job = rx.recv(), if deadline.is_none() => {
-                let Some(job) = job else {
-                    deadline = Some(Instant::now() + policy.shutdown_deadline);
-                    continue;
-                };
-                seq += 1;
-                count += 1;
-                bytes += job.body.len();
-                let key = job.order_key;
-                unsent.insert(seq, key);
-                let q = queues.entry(key).or_default();
-                q.push_back(Queued { job, seq, attempts: 0 });
-                if q.len() == 1 {
-                    ready.push_back(key);
+            job = rx.recv(), if deadline.is_none() => match job {
+                Some(job) => w.enqueue(job),
+                None => deadline = Some(Instant::now() + w.ctx.policy.shutdown_deadline),
+            },
+            Some(c) = ctl.recv() => match c {
+                Control::Pause => {
+                    w.breaker.pause(Instant::now());
+                    tracing::warn!(endpoint = %w.id(), "paused by an operator");
                 }
-                // Over a bound: drop the oldest job not yet attempted.
-                while count > policy.queue_max_events || bytes > policy.queue_max_bytes {
-                    let Some((old_seq, old_key)) = unsent.pop_first() else { break };
-                    if let Some(q) = queues.get_mut(&old_key) {
-                        if let Some(pos) = q.iter().position(|j| j.seq == old_seq) {
-                            if let Some(d) = q.remove(pos) {
-                                count -= 1;
-                                bytes -= d.job.body.len();
-                                ctx.metrics.dropped.with_label_values(&[&id, "queue_full"]).inc();
-                                tracing::warn!(endpoint = %id, event_id = %d.job.id, "queue full: dropped the oldest undelivered request");
-                            }
-                        }
-                        if q.is_empty() {
-                            queues.remove(&old_key);
-                        }
+                Control::Resume => {
+                    w.breaker.resume();
+                    tracing::info!(endpoint = %w.id(), "resumed by an operator");
+                    // Requests waiting for a retry go now.
+                    for key in w.waiting.drain() {
+                        w.ready.push_back(key);
                     }
+                    w.delays.clear();
                 }
-                gauge(count, bytes);
+                Control::Reconfigure(new) => w.ctx = new,
+                Control::Stop => {
+                    stopped = true;
+                    break;
+                }
+            },
+            Some(done) = w.tasks.join_next() => {
+                if let Ok(a) = done {
+                    w.finish(a, deadline.is_some());
+                }
             }
-            Some(done) = tasks.join_next() => {
-                let Ok(a) = done else { continue };
-                in_flight.remove(&a.key);
-                let Some(q) = queues.get_mut(&a.key) else { continue };
-                let Some(front) = q.front() else { continue };
-                let retry_delay = match &a.verdict {
-                    Verdict::Retry { retry_after } if deadline.is_none() => delay_before(
-                        &policy.retry_schedule,
-                        front.attempts,
-                        policy.jitter,
-                        fastrand::f64(),
-                        *retry_after,
-                        policy.max_retry_after,
-                    ),
-                    _ => None,
-                };
-                if let Some(delay) = retry_delay {
-                    ctx.metrics.delivery_retries.with_label_values(&[&id]).inc();
-                    tracing::info!(endpoint = %id, event_id = %front.job.id, attempt = front.attempts, status = ?a.status, error = ?a.error, ?delay, "delivery failed; will retry");
-                    waiting.insert(a.key);
-                    delays.insert(a.key, delay);
-                    continue;
-                }
-                let Some(done) = q.pop_front() else { continue };
-                count -= 1;
-                bytes -= done.job.body.len();
-                match a.verdict {
-                    Verdict::Success => {}
-                    Verdict::Final => {
-                        ctx.metrics.dropped.with_label_values(&[&id, "rejected"]).inc();
-                        tracing::warn!(endpoint = %id, event_id = %done.job.id, status = ?a.status, "receiver rejected the request; not retried");
-                    }
-                    Verdict::Retry { .. } => {
-                        let reason = if deadline.is_some() { "shutdown" } else { "retries_exhausted" };
-                        ctx.metrics.dropped.with_label_values(&[&id, reason]).inc();
-                        tracing::warn!(endpoint = %id, event_id = %done.job.id, attempts = done.attempts, status = ?a.status, error = ?a.error, reason, "gave up on a request");
-                    }
-                }
-                if q.is_empty() {
-                    queues.remove(&a.key);
-                } else {
-                    ready.push_back(a.key);
-                }
-                gauge(count, bytes);
-            }
-            Some(expired) = delays.next(), if !delays.is_empty() => {
+            Some(expired) = w.delays.next(), if !w.delays.is_empty() => {
                 let key = expired.into_inner();
-                waiting.remove(&key);
-                ready.push_front(key);
+                w.waiting.remove(&key);
+                w.ready.push_front(key);
             }
+            () = sleep_until(w.wake), if w.wake.is_some() && deadline.is_none() => {}
             () = shutdown.cancelled(), if deadline.is_none() => {
                 // Take what is already queued, then stop accepting.
                 rx.close();
-                deadline = Some(Instant::now() + policy.shutdown_deadline);
+                while let Ok(job) = rx.try_recv() {
+                    w.enqueue(job);
+                }
+                deadline = Some(Instant::now() + w.ctx.policy.shutdown_deadline);
             }
             () = sleep_until(deadline) => break,
         }
         if deadline.is_some() {
-            // Draining: waiting retries go now, once.
-            for key in waiting.drain() {
-                ready.push_back(key);
+            // Draining: waiting retries go now, once, and a pause no longer holds them back.
+            for key in w.waiting.drain() {
+                w.ready.push_back(key);
             }
-            delays.clear();
+            w.delays.clear();
+            w.breaker.resume();
         }
     }
-    tasks.abort_all();
-    if count > 0 {
-        ctx.metrics
+    w.tasks.abort_all();
+    let left = w.count;
+    if left > 0 {
+        let reason = if stopped { "deleted" } else { "shutdown" };
+        w.ctx
+            .metrics
             .dropped
-            .with_label_values(&[&id, "shutdown"])
-            .inc_by(count as u64);
-        tracing::warn!(endpoint = %id, undelivered = count, "shutdown deadline: requests left undelivered");
+            .with_label_values(&[&w.ctx.webhook.id, reason])
+            .inc_by(left as u64);
+        tracing::warn!(endpoint = %w.id(), undelivered = left, reason, "requests left undelivered");
     }
-    gauge(0, 0);
-    count
+    w.count = 0;
+    w.bytes = 0;
+    w.publish();
+    left
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -227,9 +472,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// One attempt: sign, POST, classify.
-async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize) -> Attempt {
+/// One attempt: sign, POST, classify, and the log entry for it.
+async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: bool) -> Attempt {
     let w = &ctx.webhook;
+    let at = now_rfc3339();
     let ts = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -260,12 +506,7 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize) -> Attempt
     }
     let started = Instant::now();
     let result = req.body(job.body.clone()).send().await;
-    let elapsed = started.elapsed();
-    ctx.metrics
-        .delivery_duration
-        .with_label_values(&[&w.id])
-        .observe(elapsed.as_secs_f64());
-    let (verdict, status, error) = match result {
+    let (verdict, status, error, response) = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -276,8 +517,8 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize) -> Attempt
             // Read (a bounded part of) the answer so the connection can be reused.
             let excerpt = read_excerpt(resp, ctx.policy.response_excerpt_bytes).await;
             let verdict = classify(status, retry_after);
-            let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}: {excerpt}"));
-            (verdict, Some(status), error)
+            let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}"));
+            (verdict, Some(status), error, excerpt)
         }
         Err(e) => {
             let kind = if e.is_timeout() {
@@ -291,21 +532,39 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize) -> Attempt
                 Verdict::Retry { retry_after: None },
                 None,
                 Some(format!("{kind}: {}", error_chain(&e))),
+                String::new(),
             )
         }
     };
+    let elapsed = started.elapsed();
+    ctx.metrics
+        .delivery_duration
+        .with_label_values(&[&w.id])
+        .observe(elapsed.as_secs_f64());
     let outcome = match verdict {
         Verdict::Success => "success",
         Verdict::Retry { .. } => "error_retryable",
         Verdict::Final => "error_final",
     };
     ctx.metrics.delivery(&w.id, outcome);
-    tracing::debug!(endpoint = %w.id, event_id = %job.id, attempt, ?status, ?elapsed, outcome, "delivery attempt");
+    tracing::debug!(endpoint = %w.id, delivery_id = %job.id, attempt, probe, ?status, ?elapsed, outcome, "delivery attempt");
     Attempt {
         key,
+        probe,
         verdict,
-        status,
-        error,
+        entry: LogEntry {
+            at,
+            delivery_id: job.id.clone(),
+            event: job.label,
+            attempt,
+            probe,
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            error,
+            response,
+            body: job.body.clone(),
+            order_key: job.order_key,
+        },
     }
 }
 

@@ -54,6 +54,9 @@ pub fn classify(ip: IpAddr) -> Option<(&'static str, &'static str)> {
 
 /// True when config allows connecting to `ip`.
 pub fn allowed(ip: IpAddr, cfg: &DeliveryConfig) -> Result<(), GuardError> {
+    if cfg.allow_cidrs.iter().any(|n| n.contains(&ip)) {
+        return Ok(());
+    }
     match classify(ip) {
         None => Ok(()),
         Some((_, "loopback")) if cfg.allow_loopback => Ok(()),
@@ -67,6 +70,14 @@ pub fn check_url(url: &str, cfg: &DeliveryConfig) -> Result<reqwest::Url, GuardE
     let u = reqwest::Url::parse(url).map_err(|e| GuardError::BadUrl(e.to_string()))?;
     if !matches!(u.scheme(), "http" | "https") {
         return Err(GuardError::BadUrl(format!("scheme `{}`", u.scheme())));
+    }
+    if cfg.require_https && u.scheme() != "https" {
+        return Err(GuardError::BadUrl(
+            "https is required (delivery.require_https)".into(),
+        ));
+    }
+    if u.host_str().is_some_and(|h| host_allowed(h, cfg)) {
+        return Ok(u);
     }
     match u.host() {
         None => return Err(GuardError::BadUrl("no host".into())),
@@ -83,6 +94,11 @@ pub fn check_url(url: &str, cfg: &DeliveryConfig) -> Result<reqwest::Url, GuardE
         }
     }
     Ok(u)
+}
+
+/// True when `host` is listed in `delivery.allow_hosts`.
+pub fn host_allowed(host: &str, cfg: &DeliveryConfig) -> bool {
+    cfg.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
 }
 
 /// A resolver for reqwest that drops refused addresses, so names cannot sneak past the guard.
@@ -162,5 +178,38 @@ mod tests {
         };
         assert!(check_url("http://10.0.0.1/", &cfg).is_ok());
         assert!(check_url("http://127.0.0.1/", &cfg).is_err());
+        let cfg = DeliveryConfig {
+            allow_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            allow_hosts: vec!["hooks.internal".into()],
+            ..Default::default()
+        };
+        assert!(check_url("http://10.1.2.3/", &cfg).is_ok());
+        assert!(check_url("http://10.2.0.1/", &cfg).is_err());
+        assert!(check_url("http://hooks.internal/x", &cfg).is_ok());
+        let cfg = DeliveryConfig {
+            require_https: true,
+            ..Default::default()
+        };
+        assert!(check_url("http://hooks.example.com/", &cfg).is_err());
+        assert!(check_url("https://hooks.example.com/", &cfg).is_ok());
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_names_that_resolve_inward() {
+        use reqwest::dns::Resolve;
+        let r = GuardedResolver {
+            cfg: std::sync::Arc::new(DeliveryConfig::default()),
+        };
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = r.resolve(name).await.err().expect("refused");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let r = GuardedResolver {
+            cfg: std::sync::Arc::new(DeliveryConfig {
+                allow_loopback: true,
+                ..Default::default()
+            }),
+        };
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(r.resolve(name).await.is_ok());
     }
 }

@@ -1,36 +1,72 @@
 //! Delivery: fans change events out to the webhooks that want them and runs one worker per
-//! endpoint.
+//! endpoint. Endpoints come from config or, at runtime, from the admin API.
 //!
-//! In: [`ChangeSet`]s from derivation. Out: signed HTTP requests to webhook URLs.
+//! In: [`ChangeSet`]s from derivation; operator commands. Out: signed HTTP requests to webhook
+//! URLs; each endpoint's status and delivery log.
 //! Never: blocks the caller (`publish` uses `try_send`; a full queue drops and counts), follows a
 //! redirect, or lets one endpoint's trouble delay another.
 
+pub mod breaker;
 pub mod endpoint;
 pub mod guard;
 pub mod retry;
 pub mod sign;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use endpoint::Job;
+pub use endpoint::{Control, Job, LogEntry, SharedStatus, Status};
 
 use crate::config::{DeliveryConfig, PayloadFormat, WebhookConfig};
 use crate::events::payload::{flagr_body, seed_body, ChangeSet};
 use crate::metrics::Metrics;
 
-struct Endpoint {
-    webhook: Arc<WebhookConfig>,
+/// Where an endpoint was defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The config file: read-only at runtime.
+    Config,
+    /// The admin API or the web page: stored, editable.
+    Runtime,
+}
+
+/// One endpoint as delivery and the admin API see it.
+pub struct Endpoint {
+    pub webhook: Arc<WebhookConfig>,
+    pub origin: Origin,
+    pub status: SharedStatus,
     tx: mpsc::Sender<Job>,
+    ctl: mpsc::Sender<Control>,
+}
+
+/// Why an operator command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("no webhook `{0}`")]
+    NotFound(String),
+    #[error("webhook `{0}` exists already")]
+    Exists(String),
+    #[error("webhook `{0}` comes from the config file and is read-only")]
+    ReadOnly(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the queue of `{0}` is full")]
+    Full(String),
 }
 
 /// The fan-out in front of the endpoint workers.
 pub struct Deliveries {
-    endpoints: Vec<Endpoint>,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    client: reqwest::Client,
+    policy: Arc<DeliveryConfig>,
     metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: Mutex<JoinSet<usize>>,
 }
 
 /// The HTTP client every endpoint shares: no redirects, the SSRF guard as resolver, rustls.
@@ -49,39 +85,152 @@ pub fn http_client(policy: &Arc<DeliveryConfig>) -> Result<reqwest::Client, Stri
 }
 
 impl Deliveries {
-    /// Starts one worker per webhook on `tasks`; each returns how many requests it left behind.
+    /// Starts one worker per configured webhook.
     pub fn start(
         webhooks: &[WebhookConfig],
         policy: Arc<DeliveryConfig>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-        tasks: &mut JoinSet<usize>,
     ) -> Result<Self, String> {
-        let client = http_client(&policy)?;
-        let mut endpoints = Vec::new();
+        let d = Self {
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            client: http_client(&policy)?,
+            policy,
+            metrics,
+            shutdown,
+            tasks: Mutex::new(JoinSet::new()),
+        };
         for w in webhooks {
-            let url = guard::check_url(&w.url, &policy).map_err(|e| e.to_string())?;
-            let webhook = Arc::new(w.clone());
-            let (tx, rx) = mpsc::channel(policy.queue_max_events);
-            let ctx = Arc::new(endpoint::EndpointCtx {
-                webhook: webhook.clone(),
-                url,
-                client: client.clone(),
-                policy: policy.clone(),
-                metrics: metrics.clone(),
-            });
-            tasks.spawn(endpoint::run(ctx, rx, shutdown.clone()));
-            endpoints.push(Endpoint { webhook, tx });
+            d.add(w.clone(), Origin::Config)
+                .map_err(|e| e.to_string())?;
         }
-        metrics.config_webhooks.set(endpoints.len() as i64);
-        Ok(Self { endpoints, metrics })
+        Ok(d)
+    }
+
+    fn ctx(&self, w: Arc<WebhookConfig>) -> Result<Arc<endpoint::EndpointCtx>, DeliveryError> {
+        let url = guard::check_url(&w.url, &self.policy)
+            .map_err(|e| DeliveryError::Invalid(format!("url: {e}")))?;
+        Ok(Arc::new(endpoint::EndpointCtx {
+            webhook: w,
+            url,
+            client: self.client.clone(),
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    /// The endpoints now (a snapshot; cheap).
+    pub fn list(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Endpoint>> {
+        self.list().iter().find(|e| e.webhook.id == id).cloned()
+    }
+
+    fn swap(&self, f: impl FnOnce(&mut Vec<Arc<Endpoint>>)) {
+        if let Ok(mut g) = self.endpoints.write() {
+            let mut v: Vec<Arc<Endpoint>> = g.as_ref().clone();
+            f(&mut v);
+            self.metrics.config_webhooks.set(v.len() as i64);
+            *g = Arc::new(v);
+        }
+    }
+
+    /// Adds an endpoint and starts its worker.
+    pub fn add(&self, w: WebhookConfig, origin: Origin) -> Result<(), DeliveryError> {
+        if self.get(&w.id).is_some() {
+            return Err(DeliveryError::Exists(w.id));
+        }
+        let webhook = Arc::new(w);
+        let ctx = self.ctx(webhook.clone())?;
+        let (tx, rx) = mpsc::channel(self.policy.queue_max_events);
+        let (ctl, ctl_rx) = mpsc::channel(16);
+        let status = SharedStatus::default();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.spawn(endpoint::run(
+                ctx,
+                status.clone(),
+                rx,
+                ctl_rx,
+                self.shutdown.clone(),
+            ));
+        }
+        let ep = Arc::new(Endpoint {
+            webhook,
+            origin,
+            status,
+            tx,
+            ctl,
+        });
+        self.swap(|v| v.push(ep));
+        Ok(())
+    }
+
+    /// Replaces a runtime endpoint's settings; its queue and state are kept.
+    pub fn update(&self, w: WebhookConfig) -> Result<(), DeliveryError> {
+        let old = self
+            .get(&w.id)
+            .ok_or_else(|| DeliveryError::NotFound(w.id.clone()))?;
+        if old.origin == Origin::Config {
+            return Err(DeliveryError::ReadOnly(w.id));
+        }
+        let webhook = Arc::new(w);
+        let ctx = self.ctx(webhook.clone())?;
+        let _ = old.ctl.try_send(Control::Reconfigure(ctx));
+        let ep = Arc::new(Endpoint {
+            webhook,
+            origin: old.origin,
+            status: old.status.clone(),
+            tx: old.tx.clone(),
+            ctl: old.ctl.clone(),
+        });
+        self.swap(|v| {
+            if let Some(slot) = v.iter_mut().find(|e| e.webhook.id == ep.webhook.id) {
+                *slot = ep;
+            }
+        });
+        Ok(())
+    }
+
+    /// Removes a runtime endpoint; what it had queued is dropped and counted.
+    pub fn remove(&self, id: &str) -> Result<(), DeliveryError> {
+        let old = self
+            .get(id)
+            .ok_or_else(|| DeliveryError::NotFound(id.into()))?;
+        if old.origin == Origin::Config {
+            return Err(DeliveryError::ReadOnly(id.into()));
+        }
+        let _ = old.ctl.try_send(Control::Stop);
+        self.swap(|v| v.retain(|e| e.webhook.id != id));
+        Ok(())
+    }
+
+    /// Sends an operator command to an endpoint's worker.
+    pub fn control(&self, id: &str, c: Control) -> Result<(), DeliveryError> {
+        let ep = self
+            .get(id)
+            .ok_or_else(|| DeliveryError::NotFound(id.into()))?;
+        ep.ctl
+            .try_send(c)
+            .map_err(|_| DeliveryError::Full(id.into()))
+    }
+
+    /// Queues a request for one endpoint, whatever its filters (test events, replays).
+    pub fn send_to(&self, id: &str, job: Job) -> Result<(), DeliveryError> {
+        let ep = self
+            .get(id)
+            .ok_or_else(|| DeliveryError::NotFound(id.into()))?;
+        ep.tx
+            .try_send(job)
+            .map_err(|_| DeliveryError::Full(id.into()))
     }
 
     /// Queues the change set for every webhook that wants any of its events.
     pub fn publish(&self, set: &ChangeSet) {
         // Seed bodies are the same for every endpoint: build each at most once.
         let mut seed: Vec<Option<bytes::Bytes>> = vec![None; set.events.len()];
-        for ep in &self.endpoints {
+        for ep in self.list().iter() {
             let w = &ep.webhook;
             match w.format {
                 PayloadFormat::Flaghook => {
@@ -136,7 +285,18 @@ impl Deliveries {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
+    /// Stops every worker (they deliver within the shutdown deadline) and returns how many
+    /// requests were left undelivered.
+    pub async fn shutdown(&self) -> usize {
+        self.shutdown.cancel();
+        let mut tasks = match self.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return 0,
+        };
+        let mut left = 0;
+        while let Some(r) = tasks.join_next().await {
+            left += r.unwrap_or(0);
+        }
+        left
     }
 }

@@ -1,0 +1,405 @@
+//! The admin API (JSON, bearer token): webhooks and their state, delivery logs, test events,
+//! replays, pause and resume, and webhooks created, changed and deleted at runtime.
+//!
+//! In: authenticated HTTP requests. Out: JSON answers; commands to the delivery workers; writes
+//! to the webhook store.
+//! Never: shows a secret or a header value; compares the token in anything but constant time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use super::AdminState;
+use crate::config::{ConfigError, PayloadFormat, Secret, WebhookConfig};
+use crate::delivery::{Control, DeliveryError, Endpoint, Job, Origin};
+
+/// A webhook as the API takes it (and as the store keeps it).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookInput {
+    #[serde(default)]
+    pub id: String,
+    pub url: String,
+    #[serde(default = "all_events")]
+    pub events: Vec<String>,
+    /// Omitted on update: keep the current secret. Empty: unsigned.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    #[serde(default)]
+    pub detailed_diff: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub flag_keys: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl WebhookInput {
+    /// The webhook this input describes (secrets as literals), not yet validated.
+    pub fn to_config(&self) -> WebhookConfig {
+        let secret = |s: &Option<String>| match s.as_deref() {
+            Some(v) if !v.is_empty() => Secret::literal(v),
+            _ => Secret::default(),
+        };
+        WebhookConfig {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            events: self.events.clone(),
+            secret: secret(&self.secret),
+            previous_secret: secret(&self.previous_secret),
+            format: self.format,
+            detailed_diff: self.detailed_diff,
+            description: self.description.clone(),
+            flag_keys: self.flag_keys.clone(),
+            tags: self.tags.clone(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// An API error: status, a stable code, a message for people.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1, "message": self.2}))).into_response()
+    }
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(e: DeliveryError) -> Self {
+        let (s, c) = match &e {
+            DeliveryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DeliveryError::Exists(_) => (StatusCode::CONFLICT, "exists"),
+            DeliveryError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
+            DeliveryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            DeliveryError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+        };
+        ApiError(s, c, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        // `webhooks[0].url: problem` → `url: problem`: the API has no index.
+        let msg = match e {
+            ConfigError::Invalid { key, problem } => {
+                let field = key.rsplit('.').next().unwrap_or(&key).to_string();
+                format!("{field}: {problem}")
+            }
+            other => other.to_string(),
+        };
+        ApiError(StatusCode::BAD_REQUEST, "invalid", msg)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(state: AdminState) -> Router<AdminState> {
+    Router::new()
+        .route("/webhooks", get(list).post(create))
+        .route("/webhooks/{id}", get(one).put(update).delete(remove))
+        .route("/webhooks/{id}/deliveries", get(deliveries))
+        .route("/webhooks/{id}/deliveries/{delivery}/replay", post(replay))
+        .route("/webhooks/{id}/test", post(test_event))
+        .route("/webhooks/{id}/pause", post(pause))
+        .route("/webhooks/{id}/resume", post(resume))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state, auth))
+}
+
+/// Bearer-token guard. With no token configured the API is closed.
+async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let expected = s.token.expose().unwrap_or("");
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()));
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            if expected.is_empty() {
+                "the admin API is closed: set admin.token".into()
+            } else {
+                "missing or wrong bearer token".into()
+            },
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The URL without user info (it may hold credentials).
+fn safe_url(u: &str) -> String {
+    match reqwest::Url::parse(u) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username("***");
+                let _ = url.set_password(None);
+            }
+            url.to_string()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+fn describe(ep: &Endpoint) -> Value {
+    let w = &ep.webhook;
+    let st = ep.status.lock().map(|s| s.clone()).unwrap_or_default();
+    json!({
+        "id": w.id,
+        "url": safe_url(&w.url),
+        "description": w.description,
+        "events": w.events,
+        "format": w.format,
+        "detailed_diff": w.detailed_diff,
+        "flag_keys": w.flag_keys,
+        "tags": w.tags,
+        "headers": w.headers.keys().collect::<Vec<_>>(),
+        "signed": !w.secret.is_empty(),
+        "rotating": !w.previous_secret.is_empty(),
+        "origin": ep.origin,
+        "state": if st.state.is_empty() { "active" } else { st.state },
+        "paused_until": st.paused_until,
+        "paused_by_operator": st.paused_by_operator,
+        "queue_depth": st.queue_depth,
+        "queue_bytes": st.queue_bytes,
+        "last_success": st.last_success,
+        "last_failure": st.last_failure,
+        "last_error": st.last_error,
+    })
+}
+
+fn endpoint(s: &AdminState, id: &str) -> Result<Arc<Endpoint>, ApiError> {
+    s.deliveries
+        .get(id)
+        .ok_or_else(|| DeliveryError::NotFound(id.into()).into())
+}
+
+async fn list(State(s): State<AdminState>) -> ApiResult {
+    let v: Vec<Value> = s.deliveries.list().iter().map(|e| describe(e)).collect();
+    Ok(Json(json!({"webhooks": v})).into_response())
+}
+
+async fn one(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let ep = endpoint(&s, &id)?;
+    Ok(Json(describe(&ep)).into_response())
+}
+
+async fn deliveries(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let ep = endpoint(&s, &id)?;
+    let log: Vec<Value> = ep
+        .status
+        .lock()
+        .map(|st| {
+            st.log
+                .iter()
+                .rev()
+                .map(|e| serde_json::to_value(e).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Json(json!({"webhook": id, "deliveries": log})).into_response())
+}
+
+async fn replay(
+    State(s): State<AdminState>,
+    Path((id, delivery)): Path<(String, String)>,
+) -> ApiResult {
+    let ep = endpoint(&s, &id)?;
+    let entry = ep
+        .status
+        .lock()
+        .ok()
+        .and_then(|st| {
+            st.log
+                .iter()
+                .rev()
+                .find(|e| e.delivery_id == delivery)
+                .cloned()
+        })
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no delivery `{delivery}` in the log of `{id}`"),
+            )
+        })?;
+    s.deliveries.send_to(
+        &id,
+        Job {
+            id: entry.delivery_id.clone(),
+            order_key: entry.order_key,
+            body: entry.body.clone(),
+            label: entry.event,
+        },
+    )?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"queued": entry.delivery_id})),
+    )
+        .into_response())
+}
+
+async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    endpoint(&s, &id)?;
+    let msg_id = format!("ping_{}", uuid::Uuid::now_v7().simple());
+    let body = json!({
+        "id": msg_id,
+        "event": "ping",
+        "flag_id": 0,
+        "flag_key": "",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "actor": "",
+        "source": "test",
+        "changes": {},
+        "data": {},
+    });
+    s.deliveries.send_to(
+        &id,
+        Job {
+            id: msg_id.clone(),
+            order_key: 0,
+            body: bytes::Bytes::from(body.to_string()),
+            label: "ping",
+        },
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"queued": msg_id}))).into_response())
+}
+
+async fn pause(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    s.deliveries.control(&id, Control::Pause)?;
+    Ok(Json(json!({"webhook": id, "requested": "pause"})).into_response())
+}
+
+async fn resume(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    s.deliveries.control(&id, Control::Resume)?;
+    Ok(Json(json!({"webhook": id, "requested": "resume"})).into_response())
+}
+
+fn no_store() -> ApiError {
+    ApiError(
+        StatusCode::CONFLICT,
+        "no_store",
+        "webhooks can be managed at runtime only with admin.store set".into(),
+    )
+}
+
+fn validated(s: &AdminState, input: &WebhookInput) -> Result<WebhookConfig, ApiError> {
+    let mut cfg = input.to_config();
+    cfg.validate(0, &[], &s.delivery)?;
+    Ok(cfg)
+}
+
+async fn create(
+    State(s): State<AdminState>,
+    body: Result<Json<WebhookInput>, JsonRejection>,
+) -> ApiResult {
+    let Json(mut input) = body?;
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    if input.id.is_empty() {
+        input.id = format!("wh_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    }
+    let cfg = validated(&s, &input)?;
+    if s.deliveries.get(&input.id).is_some() {
+        return Err(DeliveryError::Exists(input.id).into());
+    }
+    store
+        .put(&input)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    s.deliveries.add(cfg, Origin::Runtime)?;
+    let ep = endpoint(&s, &input.id)?;
+    Ok((StatusCode::CREATED, Json(describe(&ep))).into_response())
+}
+
+async fn update(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    body: Result<Json<WebhookInput>, JsonRejection>,
+) -> ApiResult {
+    let Json(mut input) = body?;
+    let ep = endpoint(&s, &id)?;
+    if ep.origin == Origin::Config {
+        return Err(DeliveryError::ReadOnly(id).into());
+    }
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    if !input.id.is_empty() && input.id != id {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "id: cannot be changed".into(),
+        ));
+    }
+    input.id = id.clone();
+    // Secrets are never shown, so an edit that does not mention them keeps them.
+    let stored = store
+        .all()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
+        .into_iter()
+        .find(|w| w.id == id);
+    if let Some(old) = stored {
+        if input.secret.is_none() {
+            input.secret = old.secret;
+        }
+        if input.previous_secret.is_none() {
+            input.previous_secret = old.previous_secret;
+        }
+    }
+    let cfg = validated(&s, &input)?;
+    store
+        .put(&input)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    s.deliveries.update(cfg)?;
+    let ep = endpoint(&s, &id)?;
+    Ok(Json(describe(&ep)).into_response())
+}
+
+async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let ep = endpoint(&s, &id)?;
+    if ep.origin == Origin::Config {
+        return Err(DeliveryError::ReadOnly(id).into());
+    }
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    store
+        .delete(&id)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    s.deliveries.remove(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
