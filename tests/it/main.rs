@@ -4,6 +4,7 @@
 mod support;
 
 mod with_flagr {
+    mod admin;
     mod events;
     mod proxy;
 }
