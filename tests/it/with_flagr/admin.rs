@@ -24,7 +24,9 @@ async fn admin_with(
         req = req.bearer_auth(t);
     }
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let r = req.send().await.unwrap();
     let s = r.status().as_u16();
@@ -55,15 +57,28 @@ async fn failing_endpoint_pauses_probes_resumes_and_loses_nothing() {
     );
     let fh = Flaghook::start(&f.url(), &cfg).await;
     let api = fh.api();
-    call("POST", &format!("{api}/flags"), Some(json!({"description": "d", "key": "k"}))).await;
+    call(
+        "POST",
+        &format!("{api}/flags"),
+        Some(json!({"description": "d", "key": "k"})),
+    )
+    .await;
     for i in 0..4 {
-        call("PUT", &format!("{api}/flags/1"), Some(json!({"description": format!("d{i}")}))).await;
+        call(
+            "PUT",
+            &format!("{api}/flags/1"),
+            Some(json!({"description": format!("d{i}")})),
+        )
+        .await;
     }
     // The healthy endpoint is not held back by the other one's trouble.
     healthy.wait_for(5).await;
     let fh2 = &fh;
     assert!(
-        wait_until(Duration::from_secs(20), || async move { state(fh2, "flaky").await == "paused" }).await,
+        wait_until(Duration::from_secs(20), || async move {
+            state(fh2, "flaky").await == "paused"
+        })
+        .await,
         "flaky endpoint never paused"
     );
     // While paused, nothing is sent: the failures stop at the trip point until a probe.
@@ -71,25 +86,58 @@ async fn failing_endpoint_pauses_probes_resumes_and_loses_nothing() {
     assert!(seen >= 3, "{seen}");
     // Eventually: probes, one fails, one succeeds, everything is delivered in order.
     let hits = flaky.wait_for(8 + 5).await;
-    assert!(wait_until(Duration::from_secs(20), || async move { state(fh2, "flaky").await == "active" }).await);
+    assert!(
+        wait_until(Duration::from_secs(20), || async move {
+            state(fh2, "flaky").await == "active"
+        })
+        .await
+    );
     let delivered: Vec<String> = hits[8..]
         .iter()
-        .map(|h| h.json()["changes"]["description"]["after"].as_str().unwrap_or("created").to_string())
+        .map(|h| {
+            h.json()["changes"]["description"]["after"]
+                .as_str()
+                .unwrap_or("created")
+                .to_string()
+        })
         .collect();
-    assert_eq!(delivered, ["created", "d0", "d1", "d2", "d3"], "nothing lost, order kept");
+    assert_eq!(
+        delivered,
+        ["created", "d0", "d1", "d2", "d3"],
+        "nothing lost, order kept"
+    );
     let log = fh.log();
     assert!(log.contains("endpoint keeps failing: paused"), "{log}");
     assert!(log.contains("probe failed: pause extended"), "{log}");
     assert!(log.contains("probe succeeded: endpoint resumed"), "{log}");
     let m = fh.metrics().await;
-    assert_eq!(metric_value(&m, "flaghook_dropped_total{endpoint=\"flaky\",reason=\"retries_exhausted\"}"), 0.0);
-    assert_eq!(metric_value(&m, "flaghook_endpoint_paused{endpoint=\"flaky\"}"), 0.0);
-    assert_eq!(metric_value(&m, "flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"success\"}"), 5.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "flaghook_dropped_total{endpoint=\"flaky\",reason=\"retries_exhausted\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&m, "flaghook_endpoint_paused{endpoint=\"flaky\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"success\"}"
+        ),
+        5.0
+    );
     // The delivery log shows the probes.
     let (_, d) = admin(&fh, "GET", "/webhooks/flaky/deliveries", None).await;
     let entries = d["deliveries"].as_array().unwrap();
-    assert!(entries.iter().any(|e| e["probe"] == true && e["status"] == 503));
-    assert!(entries.iter().any(|e| e["probe"] == true && e["status"] == 200));
+    assert!(entries
+        .iter()
+        .any(|e| e["probe"] == true && e["status"] == 503));
+    assert!(entries
+        .iter()
+        .any(|e| e["probe"] == true && e["status"] == 200));
     assert_eq!(entries.len(), 13);
 }
 
@@ -104,9 +152,30 @@ async fn admin_api_guards_lists_and_steers() {
     let fh = Flaghook::start_with_env(&f.url(), &cfg, &[("ADMIN_TOKEN", TOKEN)]).await;
     // Token: missing or wrong is 401; probes and metrics stay open.
     assert_eq!(admin_with(&fh, "GET", "/webhooks", None, None).await.0, 401);
-    assert_eq!(admin_with(&fh, "GET", "/webhooks", None, Some("nope")).await.0, 401);
-    assert_eq!(client().get(format!("{}/healthz", fh.admin)).send().await.unwrap().status(), 200);
-    assert_eq!(client().get(format!("{}/metrics", fh.admin)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        admin_with(&fh, "GET", "/webhooks", None, Some("nope"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        client()
+            .get(format!("{}/healthz", fh.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(format!("{}/metrics", fh.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (s, list) = admin(&fh, "GET", "/webhooks", None).await;
     assert_eq!(s, 200);
     let w = &list["webhooks"][0];
@@ -115,13 +184,24 @@ async fn admin_api_guards_lists_and_steers() {
     assert_eq!(w["state"], "active");
     assert_eq!(w["signed"], true);
     let text = list.to_string();
-    assert!(!text.contains("super-secret-value") && !text.contains("header-secret"), "{text}");
+    assert!(
+        !text.contains("super-secret-value") && !text.contains("header-secret"),
+        "{text}"
+    );
     assert_eq!(admin(&fh, "GET", "/webhooks/nope", None).await.0, 404);
     assert_eq!(admin(&fh, "POST", "/webhooks/nope/test", None).await.0, 404);
-    assert_eq!(admin(&fh, "POST", "/webhooks/nope/pause", None).await.0, 404);
+    assert_eq!(
+        admin(&fh, "POST", "/webhooks/nope/pause", None).await.0,
+        404
+    );
     // Config webhooks are read-only; without a store nothing can be created.
     assert_eq!(admin(&fh, "DELETE", "/webhooks/cfg", None).await.0, 409);
-    assert_eq!(admin(&fh, "POST", "/webhooks", Some(json!({"url": r.url}))).await.0, 409);
+    assert_eq!(
+        admin(&fh, "POST", "/webhooks", Some(json!({"url": r.url})))
+            .await
+            .0,
+        409
+    );
 
     // Test event, then replay it: the same webhook-id twice.
     let (s, t) = admin(&fh, "POST", "/webhooks/cfg/test", None).await;
@@ -131,9 +211,14 @@ async fn admin_api_guards_lists_and_steers() {
     assert_eq!(hits[0].json()["event"], "ping");
     assert_eq!(hits[0].header("webhook-id"), ping_id);
     let fh2 = &fh;
-    assert!(wait_until(Duration::from_secs(10), || async move {
-        admin(fh2, "GET", "/webhooks/cfg/deliveries", None).await.1["deliveries"].as_array().is_some_and(|a| !a.is_empty())
-    }).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            admin(fh2, "GET", "/webhooks/cfg/deliveries", None).await.1["deliveries"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .await
+    );
     let (_, log) = admin(&fh, "GET", "/webhooks/cfg/deliveries", None).await;
     let e = &log["deliveries"][0];
     assert_eq!(e["delivery_id"], ping_id.as_str());
@@ -141,21 +226,52 @@ async fn admin_api_guards_lists_and_steers() {
     assert_eq!(e["attempt"], 1);
     assert_eq!(e["response"], "ok");
     assert!(e["latency_ms"].as_f64().is_some());
-    assert_eq!(admin(&fh, "POST", &format!("/webhooks/cfg/deliveries/{ping_id}/replay"), None).await.0, 202);
-    assert_eq!(admin(&fh, "POST", "/webhooks/cfg/deliveries/unknown/replay", None).await.0, 404);
+    assert_eq!(
+        admin(
+            &fh,
+            "POST",
+            &format!("/webhooks/cfg/deliveries/{ping_id}/replay"),
+            None
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        admin(&fh, "POST", "/webhooks/cfg/deliveries/unknown/replay", None)
+            .await
+            .0,
+        404
+    );
     let hits = r.wait_for(2).await;
     assert_eq!(hits[1].header("webhook-id"), ping_id);
     assert_eq!(hits[1].body, hits[0].body);
 
     // Pause by hand: events wait; resume: they arrive.
     assert_eq!(admin(&fh, "POST", "/webhooks/cfg/pause", None).await.0, 200);
-    assert!(wait_until(Duration::from_secs(10), || async move { state(fh2, "cfg").await == "paused" }).await);
-    call("POST", &format!("{}/flags", fh.api()), Some(json!({"description": "d", "key": "k"}))).await;
-    assert!(wait_until(Duration::from_secs(10), || async move {
-        admin(fh2, "GET", "/webhooks/cfg", None).await.1["queue_depth"] == 1
-    }).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            state(fh2, "cfg").await == "paused"
+        })
+        .await
+    );
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "d", "key": "k"})),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            admin(fh2, "GET", "/webhooks/cfg", None).await.1["queue_depth"] == 1
+        })
+        .await
+    );
     assert_eq!(r.hits().len(), 2);
-    assert_eq!(admin(&fh, "POST", "/webhooks/cfg/resume", None).await.0, 200);
+    assert_eq!(
+        admin(&fh, "POST", "/webhooks/cfg/resume", None).await.0,
+        200
+    );
     let hits = r.wait_for(3).await;
     assert_eq!(hits[2].json()["event"], "flag.created");
     assert!(!fh.log().contains("super-secret-value"));
@@ -195,7 +311,10 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     ] {
         let (s, e) = admin(&fh, "POST", "/webhooks", Some(body.clone())).await;
         assert_eq!(s, 400, "{body}: {e}");
-        assert!(e["message"].as_str().unwrap().contains(needle), "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{body}: {e}"
+        );
     }
     // Create: picked up at once, signed with the given secret, never shown.
     let (s, w) = admin(
@@ -208,16 +327,42 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     assert_eq!(s, 201, "{w}");
     assert_eq!(w["origin"], "runtime");
     assert!(!w.to_string().contains("rt-secret"));
-    assert_eq!(admin(&fh, "POST", "/webhooks", Some(json!({"id": "rt", "url": r.url}))).await.0, 409);
-    call("POST", &format!("{}/flags", fh.api()), Some(json!({"description": "d", "key": "k"}))).await;
+    assert_eq!(
+        admin(
+            &fh,
+            "POST",
+            "/webhooks",
+            Some(json!({"id": "rt", "url": r.url}))
+        )
+        .await
+        .0,
+        409
+    );
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "d", "key": "k"})),
+    )
+    .await;
     let hits = r.wait_for(1).await;
     assert_eq!(hits[0].json()["event"], "flag.created");
     assert!(!hits[0].header("x-flagr-signature").is_empty());
     // Update: new URL; the secret is kept because the edit did not mention it.
-    let (s, w) = admin(&fh, "PUT", "/webhooks/rt", Some(json!({"url": r2.url, "events": ["*"], "description": "moved"}))).await;
+    let (s, w) = admin(
+        &fh,
+        "PUT",
+        "/webhooks/rt",
+        Some(json!({"url": r2.url, "events": ["*"], "description": "moved"})),
+    )
+    .await;
     assert_eq!(s, 200, "{w}");
     assert_eq!(w["signed"], true);
-    call("PUT", &format!("{}/flags/1/enabled", fh.api()), Some(json!({"enabled": true}))).await;
+    call(
+        "PUT",
+        &format!("{}/flags/1/enabled", fh.api()),
+        Some(json!({"enabled": true})),
+    )
+    .await;
     let hits2 = r2.wait_for(1).await;
     assert_eq!(hits2[0].json()["event"], "flag.enabled");
     // Survives a restart.
@@ -225,13 +370,23 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     let fh = Flaghook::start(&f.url(), &cfg).await;
     let (_, w) = admin(&fh, "GET", "/webhooks/rt", None).await;
     assert_eq!(w["description"], "moved");
-    call("PUT", &format!("{}/flags/1/enabled", fh.api()), Some(json!({"enabled": false}))).await;
+    call(
+        "PUT",
+        &format!("{}/flags/1/enabled", fh.api()),
+        Some(json!({"enabled": false})),
+    )
+    .await;
     let hits2 = r2.wait_for(2).await;
     assert_eq!(hits2[1].json()["event"], "flag.disabled");
     // Delete: gone, and nothing more arrives.
     assert_eq!(admin(&fh, "DELETE", "/webhooks/rt", None).await.0, 204);
     assert_eq!(admin(&fh, "GET", "/webhooks/rt", None).await.0, 404);
-    call("PUT", &format!("{}/flags/1/enabled", fh.api()), Some(json!({"enabled": true}))).await;
+    call(
+        "PUT",
+        &format!("{}/flags/1/enabled", fh.api()),
+        Some(json!({"enabled": true})),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(r2.hits().len(), 2);
 }
