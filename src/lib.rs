@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod derive;
 pub mod events;
 pub mod flagr;
+pub mod impressions;
 pub mod metrics;
 pub mod proxy;
 
@@ -39,6 +40,8 @@ pub struct App {
     proxy_task: tokio::task::JoinHandle<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     derive_task: tokio::task::JoinHandle<()>,
+    flusher_stop: CancellationToken,
+    flusher_task: Option<tokio::task::JoinHandle<()>>,
     deliveries: Arc<delivery::Deliveries>,
     shutdown_deadline: Duration,
 }
@@ -91,9 +94,39 @@ impl App {
             .map_err(anyhow::Error::msg)?,
         );
         let store = open_store(&cfg, &deliveries)?;
+        for w in &cfg.impression_webhooks {
+            deliveries
+                .add_kind(
+                    w.as_webhook(),
+                    delivery::Origin::Config,
+                    delivery::Kind::Impressions {
+                        retry_delay: w.retry_delay,
+                        park_max_bytes: w.park_max_bytes,
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("impression_webhooks: {e}"))?;
+        }
+        let impression_sink = (!cfg.impression_webhooks.is_empty()).then(|| {
+            let environment = if cfg.impressions.environment_name.is_empty() {
+                cfg.impressions.environment_id.clone()
+            } else {
+                cfg.impressions.environment_name.clone()
+            };
+            let batchers = Arc::new(impressions::batcher::Batchers::new(
+                &cfg.impression_webhooks,
+                &environment,
+                deliveries.clone(),
+                metrics.clone(),
+            ));
+            Arc::new(derive::ImpressionSink {
+                cfg: cfg.impressions.clone(),
+                batchers,
+            })
+        });
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
         let deriver = Arc::new(derive::Deriver {
+            impressions: impression_sink.clone(),
             flagr: flagr.clone(),
             deliveries: deliveries.clone(),
             metrics: metrics.clone(),
@@ -101,6 +134,10 @@ impl App {
             legacy: legacy.clone(),
             inspect_cap: cfg.proxy.inspect_max_bytes,
         });
+        let flusher_stop = CancellationToken::new();
+        let flusher_task = impression_sink
+            .as_ref()
+            .map(|s| tokio::spawn(s.batchers.clone().run(flusher_stop.clone())));
         let derive_task = tokio::spawn(derive::run(
             deriver,
             tap_rx,
@@ -112,6 +149,7 @@ impl App {
         let proxy = proxy::Proxy::new(
             &cfg.proxy,
             &cfg.flagr.user_header,
+            impression_sink.is_some(),
             tap,
             metrics.clone(),
             legacy,
@@ -161,6 +199,8 @@ impl App {
             proxy_task,
             admin_task,
             derive_task,
+            flusher_stop,
+            flusher_task,
             deliveries,
             shutdown_deadline: cfg.delivery.shutdown_deadline,
         })
@@ -176,6 +216,11 @@ impl App {
         report.requests_drained = self.proxy_task.await.unwrap_or(false);
         let _ = self.admin_task.await;
         let _ = tokio::time::timeout(self.shutdown_deadline, self.derive_task).await;
+        // The last impression batches go out before delivery starts its deadline.
+        self.flusher_stop.cancel();
+        if let Some(t) = self.flusher_task {
+            let _ = t.await;
+        }
         self.delivery_shutdown.cancel();
         report.undelivered = self.deliveries.shutdown().await;
         tracing::info!(

@@ -27,6 +27,13 @@ pub struct Metrics {
     pub queue_bytes: IntGaugeVec,
     pub dropped: IntCounterVec,
     pub endpoint_paused: IntGaugeVec,
+    pub impressions_derived: IntCounter,
+    pub impressions_batched: IntCounter,
+    pub impressions_delivered: IntCounter,
+    pub impressions_parked: IntCounter,
+    pub impressions_dropped: IntCounterVec,
+    pub impression_batch_records: prometheus::Histogram,
+    pub impression_compression_ratio: prometheus::Histogram,
     pub upstream_legacy: IntGauge,
     pub config_webhooks: IntGauge,
     pub build_info: IntCounter,
@@ -153,6 +160,65 @@ impl Metrics {
                 "flaghook_endpoint_paused",
                 "1 while an endpoint is paused or being probed, by endpoint.",
                 &["endpoint"],
+            ),
+            impressions_derived: reg(
+                r,
+                IntCounter::new(
+                    "flaghook_impressions_derived_total",
+                    "Impression records derived from evaluations and exposures.",
+                )
+                .expect("valid metric"),
+            ),
+            impressions_batched: reg(
+                r,
+                IntCounter::new(
+                    "flaghook_impressions_batched_total",
+                    "Impression records put into a batch (once per endpoint).",
+                )
+                .expect("valid metric"),
+            ),
+            impressions_delivered: reg(
+                r,
+                IntCounter::new(
+                    "flaghook_impressions_delivered_total",
+                    "Impression records in batches an endpoint accepted with 200.",
+                )
+                .expect("valid metric"),
+            ),
+            impressions_parked: reg(
+                r,
+                IntCounter::new(
+                    "flaghook_impressions_parked_total",
+                    "Impression records in batches parked after their retry failed.",
+                )
+                .expect("valid metric"),
+            ),
+            impressions_dropped: counter_vec(
+                "flaghook_impressions_dropped_total",
+                "Impression records given up on, by endpoint and reason.",
+                &["endpoint", "reason"],
+            ),
+            impression_batch_records: reg(
+                r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "flaghook_impression_batch_records",
+                        "Records per impression batch.",
+                    )
+                    .buckets(exponential_buckets(1.0, 4.0, 9).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            impression_compression_ratio: reg(
+                r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "flaghook_impression_compression_ratio",
+                        "Compressed size over JSON size of gzipped impression batches.",
+                    )
+                    .buckets(vec![0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]),
+                )
+                .expect("valid metric"),
             ),
             upstream_legacy: reg(
                 r,

@@ -269,6 +269,8 @@ async fn replay(
             order_key: entry.order_key,
             body: entry.body.clone(),
             label: entry.event,
+            encoding: entry.encoding,
+            records: entry.records,
         },
     )?;
     Ok((
@@ -299,6 +301,8 @@ async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiR
             order_key: 0,
             body: bytes::Bytes::from(body.to_string()),
             label: "ping",
+            encoding: None,
+            records: 0,
         },
     )?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": msg_id}))).into_response())

@@ -17,7 +17,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
-pub use webhook::{PayloadFormat, WebhookConfig};
+pub use webhook::{Compression, ImpressionWebhookConfig, ImpressionsConfig, PayloadFormat, WebhookConfig};
 
 /// The built-in defaults, as documented in `config/flaghook.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/flaghook.toml");
@@ -33,6 +33,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     pub webhooks: Vec<WebhookConfig>,
+    pub impressions: ImpressionsConfig,
+    pub impression_webhooks: Vec<ImpressionWebhookConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -412,6 +414,17 @@ impl Config {
             if !ids.insert(w.id.clone()) {
                 return Err(ConfigError::invalid(
                     format!("webhooks[{i}].id"),
+                    format!("`{}` is used twice", w.id),
+                ));
+            }
+        }
+        positive("impressions.workers", self.impressions.workers)?;
+        positive("impressions.queue", self.impressions.queue)?;
+        for (i, w) in self.impression_webhooks.iter_mut().enumerate() {
+            w.validate(i, env, &self.delivery)?;
+            if !ids.insert(w.id.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("impression_webhooks[{i}].id"),
                     format!("`{}` is used twice", w.id),
                 ));
             }

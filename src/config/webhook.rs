@@ -138,3 +138,142 @@ impl WebhookConfig {
             && (self.tags.is_empty() || self.tags.iter().any(|t| tags.contains(t)))
     }
 }
+
+/// Whether impression batches are gzipped.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip, except for Slack and Fivetran webhooks.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Where this flaghook's impressions come from, for every record.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpressionsConfig {
+    /// `environmentId` of every record (Flagr has no environments; this sidecar is one).
+    pub environment_id: String,
+    /// `environmentName` of every record.
+    pub environment_name: String,
+    /// `machineName`; empty: the client's address.
+    pub machine_name: String,
+    /// Parallel workers mapping evaluations to records (off the request path).
+    pub workers: usize,
+    /// Evaluations waiting for mapping; when full, dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for ImpressionsConfig {
+    fn default() -> Self {
+        Self {
+            environment_id: "default".into(),
+            environment_name: "default".into(),
+            machine_name: String::new(),
+            workers: 2,
+            queue: 8192,
+        }
+    }
+}
+
+/// One impressions webhook (seed 002).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImpressionWebhookConfig {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub secret: Secret,
+    /// Only impressions of these environments (`impressions.environment_name` or `_id`); empty: all.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub flush_interval: std::time::Duration,
+    /// A batch is flushed early at this many records ...
+    #[serde(default = "max_records")]
+    pub max_records: usize,
+    /// ... or this many bytes of JSON.
+    #[serde(default = "max_bytes")]
+    pub max_bytes: usize,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Wait before the one retry of a failed batch.
+    #[serde(default = "retry_delay", with = "humantime_serde")]
+    pub retry_delay: std::time::Duration,
+    /// Failed batches kept for when the endpoint recovers; beyond it the oldest is dropped.
+    #[serde(default = "park_max_bytes")]
+    pub park_max_bytes: usize,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn ten_seconds() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn max_records() -> usize {
+    5000
+}
+fn max_bytes() -> usize {
+    4 << 20
+}
+fn retry_delay() -> std::time::Duration {
+    std::time::Duration::from_millis(300)
+}
+fn park_max_bytes() -> usize {
+    64 << 20
+}
+
+impl ImpressionWebhookConfig {
+    pub(crate) fn validate(
+        &mut self,
+        i: usize,
+        env: &[(String, String)],
+        delivery: &DeliveryConfig,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("impression_webhooks[{i}].{k}");
+        // The id, URL, secret and header rules are those of change-event webhooks.
+        let mut as_webhook = self.as_webhook();
+        as_webhook
+            .validate(i, env, delivery)
+            .map_err(|e| match e {
+                ConfigError::Invalid { key: k, problem } => ConfigError::invalid(
+                    k.replace("webhooks[", "impression_webhooks["),
+                    problem,
+                ),
+                other => other,
+            })?;
+        self.secret = as_webhook.secret;
+        for (k, v) in [
+            ("max_records", self.max_records),
+            ("max_bytes", self.max_bytes),
+            ("park_max_bytes", self.park_max_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key(k), "must be above 0"));
+            }
+        }
+        if self.flush_interval.is_zero() {
+            return Err(ConfigError::invalid(key("flush_interval"), "must be above 0"));
+        }
+        Ok(())
+    }
+
+    /// The signing and addressing part, shaped like a change-event webhook.
+    pub fn as_webhook(&self) -> WebhookConfig {
+        WebhookConfig {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            events: all_events(),
+            secret: self.secret.clone(),
+            previous_secret: Secret::default(),
+            format: PayloadFormat::Flaghook,
+            detailed_diff: false,
+            description: "impressions".into(),
+            flag_keys: vec![],
+            tags: vec![],
+            headers: self.headers.clone(),
+        }
+    }
+}

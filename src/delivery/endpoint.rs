@@ -36,6 +36,10 @@ pub struct Job {
     pub body: Bytes,
     /// What it carries, for logs and the `X-Flaghook-Event` header.
     pub label: &'static str,
+    /// `Content-Encoding` of the body (impression batches: `gzip`).
+    pub encoding: Option<&'static str>,
+    /// Impression records in the body (0 for change events).
+    pub records: usize,
 }
 
 /// Operator commands for a worker.
@@ -63,10 +67,14 @@ pub struct LogEntry {
     pub error: Option<String>,
     /// The first bytes of the receiver's answer.
     pub response: String,
+    /// Impression records in the request (0 for change events).
+    pub records: usize,
     #[serde(skip)]
     pub body: Bytes,
     #[serde(skip)]
     pub order_key: i64,
+    #[serde(skip)]
+    pub encoding: Option<&'static str>,
 }
 
 /// What the admin API shows of an endpoint; updated by the worker.
@@ -103,8 +111,22 @@ struct Attempt {
     entry: LogEntry,
 }
 
+/// What an endpoint carries, which decides success, retries and what happens after them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Change events: 2xx succeeds, the retry ladder, then dropped.
+    Events,
+    /// Impression batches (seed 002): only 200 succeeds, one retry after `retry_delay`, then
+    /// parked (bounded) until the endpoint recovers.
+    Impressions {
+        retry_delay: Duration,
+        park_max_bytes: usize,
+    },
+}
+
 /// What an endpoint needs to send: its config, the shared client, the shared policy.
 pub struct EndpointCtx {
+    pub kind: Kind,
     pub webhook: Arc<WebhookConfig>,
     pub url: reqwest::Url,
     pub client: reqwest::Client,
@@ -141,6 +163,9 @@ struct Worker {
     seq: u64,
     /// When a pause ends and a probe may go.
     wake: Option<Instant>,
+    /// Impression batches that failed their retry, oldest first, for when the endpoint recovers.
+    parked: VecDeque<Job>,
+    parked_bytes: usize,
 }
 
 impl Worker {
@@ -181,6 +206,7 @@ impl Worker {
                         .with_label_values(&[&self.ctx.webhook.id, "queue_full"])
                         .inc();
                     tracing::warn!(endpoint = %self.ctx.webhook.id, delivery_id = %d.job.id, "queue full: dropped the oldest undelivered request");
+                    count_dropped(&self.ctx, &d.job, "queue_full");
                 }
             }
             if q.is_empty() {
@@ -256,8 +282,12 @@ impl Worker {
             self.ready.push_back(a.key);
             return;
         }
-        let retry_delay = match &a.verdict {
-            Verdict::Retry { retry_after } if !draining => delay_before(
+        let retry_delay = match (&a.verdict, self.ctx.kind) {
+            (Verdict::Retry { .. }, _) if draining => None,
+            (Verdict::Retry { .. }, Kind::Impressions { retry_delay, .. }) => {
+                (front.attempts < 2).then_some(retry_delay)
+            }
+            (Verdict::Retry { retry_after }, Kind::Events) => delay_before(
                 &self.ctx.policy.retry_schedule,
                 front.attempts,
                 self.ctx.policy.jitter,
@@ -281,8 +311,31 @@ impl Worker {
         let Some(done) = q.pop_front() else { return };
         self.count -= 1;
         self.bytes -= done.job.body.len();
+        if q.is_empty() {
+            self.queues.remove(&a.key);
+        } else {
+            self.ready.push_back(a.key);
+        }
         match a.verdict {
-            Verdict::Success => {}
+            Verdict::Success => {
+                if done.job.records > 0 {
+                    self.ctx
+                        .metrics
+                        .impressions_delivered
+                        .inc_by(done.job.records as u64);
+                }
+                // The endpoint answers again: what was parked goes back in the queue.
+                if !self.parked.is_empty() {
+                    tracing::info!(endpoint = %id, batches = self.parked.len(), "endpoint recovered: sending parked batches");
+                    self.parked_bytes = 0;
+                    for job in std::mem::take(&mut self.parked) {
+                        self.enqueue(job);
+                    }
+                }
+            }
+            Verdict::Retry { .. } if !draining && matches!(self.ctx.kind, Kind::Impressions { .. }) => {
+                self.park(done.job);
+            }
             Verdict::Final => {
                 self.ctx
                     .metrics
@@ -303,14 +356,38 @@ impl Worker {
                     .with_label_values(&[&id, reason])
                     .inc();
                 tracing::warn!(endpoint = %id, delivery_id = %done.job.id, attempts = done.attempts, status = ?a.entry.status, error = ?a.entry.error, reason, "gave up on a request");
+                count_dropped(&self.ctx, &done.job, reason);
             }
         }
-        if q.is_empty() {
-            self.queues.remove(&a.key);
-        } else {
-            self.ready.push_back(a.key);
+    }
+
+    /// Keeps a failed impression batch for later; beyond the bound the oldest is dropped.
+    fn park(&mut self, job: Job) {
+        let Kind::Impressions { park_max_bytes, .. } = self.ctx.kind else {
+            return;
+        };
+        let id = self.ctx.webhook.id.clone();
+        self.ctx
+            .metrics
+            .impressions_parked
+            .inc_by(job.records as u64);
+        tracing::warn!(endpoint = %id, delivery_id = %job.id, records = job.records, "batch failed its retry: parked until the endpoint recovers");
+        self.parked_bytes += job.body.len();
+        self.parked.push_back(job);
+        while self.parked_bytes > park_max_bytes {
+            let Some(old) = self.parked.pop_front() else { break };
+            self.parked_bytes -= old.body.len();
+            self.ctx
+                .metrics
+                .dropped
+                .with_label_values(&[&id, "parked_overflow"])
+                .inc();
+            count_dropped(&self.ctx, &old, "parked_overflow");
+            tracing::warn!(endpoint = %id, delivery_id = %old.id, records = old.records, "parking bound reached: dropped the oldest parked batch");
         }
     }
+
+
 
     fn log(&mut self, e: LogEntry) {
         let max = self.ctx.policy.log_size;
@@ -383,6 +460,8 @@ pub async fn run(
         bytes: 0,
         seq: 0,
         wake: None,
+        parked: VecDeque::new(),
+        parked_bytes: 0,
     };
     let mut deadline: Option<Instant> = None;
     let mut stopped = false;
@@ -449,7 +528,11 @@ pub async fn run(
         }
     }
     w.tasks.abort_all();
-    let left = w.count;
+    let parked = std::mem::take(&mut w.parked);
+    for job in &parked {
+        count_dropped(&w.ctx, job, "shutdown");
+    }
+    let left = w.count + parked.len();
     if left > 0 {
         let reason = if stopped { "deleted" } else { "shutdown" };
         w.ctx
@@ -463,6 +546,16 @@ pub async fn run(
     w.bytes = 0;
     w.publish();
     left
+}
+
+/// Counts the impression records of a batch given up on.
+fn count_dropped(ctx: &EndpointCtx, job: &Job, reason: &str) {
+    if job.records > 0 {
+        ctx.metrics
+            .impressions_dropped
+            .with_label_values(&[&ctx.webhook.id, reason])
+            .inc_by(job.records as u64);
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -489,6 +582,9 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
         .header("webhook-timestamp", ts.to_string())
         .header("x-flaghook-event", job.label)
         .header("x-flaghook-attempt", attempt.to_string());
+    if let Some(enc) = job.encoding {
+        req = req.header(http::header::CONTENT_ENCODING, enc);
+    }
     for (k, v) in &w.headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -516,7 +612,12 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             // Read (a bounded part of) the answer so the connection can be reused.
             let excerpt = read_excerpt(resp, ctx.policy.response_excerpt_bytes).await;
-            let verdict = classify(status, retry_after);
+            let verdict = match ctx.kind {
+                // Seed 002: a 200 is the only success; anything else is tried again.
+                Kind::Impressions { .. } if status != 200 => Verdict::Retry { retry_after: None },
+                Kind::Impressions { .. } => Verdict::Success,
+                Kind::Events => classify(status, retry_after),
+            };
             let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}"));
             (verdict, Some(status), error, excerpt)
         }
@@ -562,8 +663,10 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             error,
             response,
+            records: job.records,
             body: job.body.clone(),
             order_key: job.order_key,
+            encoding: job.encoding,
         },
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use endpoint::{Control, Job, LogEntry, SharedStatus, Status};
+pub use endpoint::{Control, Job, Kind, LogEntry, SharedStatus, Status};
 
 use crate::config::{DeliveryConfig, PayloadFormat, WebhookConfig};
 use crate::events::payload::{flagr_body, seed_body, ChangeSet};
@@ -38,6 +38,7 @@ pub enum Origin {
 /// One endpoint as delivery and the admin API see it.
 pub struct Endpoint {
     pub webhook: Arc<WebhookConfig>,
+    pub kind: Kind,
     pub origin: Origin,
     pub status: SharedStatus,
     tx: mpsc::Sender<Job>,
@@ -107,10 +108,15 @@ impl Deliveries {
         Ok(d)
     }
 
-    fn ctx(&self, w: Arc<WebhookConfig>) -> Result<Arc<endpoint::EndpointCtx>, DeliveryError> {
+    fn ctx(
+        &self,
+        w: Arc<WebhookConfig>,
+        kind: Kind,
+    ) -> Result<Arc<endpoint::EndpointCtx>, DeliveryError> {
         let url = guard::check_url(&w.url, &self.policy)
             .map_err(|e| DeliveryError::Invalid(format!("url: {e}")))?;
         Ok(Arc::new(endpoint::EndpointCtx {
+            kind,
             webhook: w,
             url,
             client: self.client.clone(),
@@ -137,13 +143,18 @@ impl Deliveries {
         }
     }
 
-    /// Adds an endpoint and starts its worker.
+    /// Adds a change-event endpoint and starts its worker.
     pub fn add(&self, w: WebhookConfig, origin: Origin) -> Result<(), DeliveryError> {
+        self.add_kind(w, origin, Kind::Events)
+    }
+
+    /// Adds an endpoint of either kind and starts its worker.
+    pub fn add_kind(&self, w: WebhookConfig, origin: Origin, kind: Kind) -> Result<(), DeliveryError> {
         if self.get(&w.id).is_some() {
             return Err(DeliveryError::Exists(w.id));
         }
         let webhook = Arc::new(w);
-        let ctx = self.ctx(webhook.clone())?;
+        let ctx = self.ctx(webhook.clone(), kind)?;
         let (tx, rx) = mpsc::channel(self.policy.queue_max_events);
         let (ctl, ctl_rx) = mpsc::channel(16);
         let status = SharedStatus::default();
@@ -158,6 +169,7 @@ impl Deliveries {
         }
         let ep = Arc::new(Endpoint {
             webhook,
+            kind,
             origin,
             status,
             tx,
@@ -176,10 +188,11 @@ impl Deliveries {
             return Err(DeliveryError::ReadOnly(w.id));
         }
         let webhook = Arc::new(w);
-        let ctx = self.ctx(webhook.clone())?;
+        let ctx = self.ctx(webhook.clone(), old.kind)?;
         let _ = old.ctl.try_send(Control::Reconfigure(ctx));
         let ep = Arc::new(Endpoint {
             webhook,
+            kind: old.kind,
             origin: old.origin,
             status: old.status.clone(),
             tx: old.tx.clone(),
@@ -231,6 +244,9 @@ impl Deliveries {
         // Seed bodies are the same for every endpoint: build each at most once.
         let mut seed: Vec<Option<bytes::Bytes>> = vec![None; set.events.len()];
         for ep in self.list().iter() {
+            if ep.kind != Kind::Events {
+                continue;
+            }
             let w = &ep.webhook;
             match w.format {
                 PayloadFormat::Flaghook => {
@@ -246,6 +262,8 @@ impl Deliveries {
                                 order_key: set.flag_id,
                                 body,
                                 label: ev.event,
+                                encoding: None,
+                                records: 0,
                             },
                         );
                     }
@@ -263,6 +281,8 @@ impl Deliveries {
                                 order_key: set.flag_id,
                                 body: flagr_body(set, w.detailed_diff),
                                 label: set.notice.operation,
+                                encoding: None,
+                                records: 0,
                             },
                         );
                     }

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::config::FlagrConfig;
+use crate::config::{FlagrConfig, ImpressionsConfig};
+use crate::impressions::batcher::Batchers;
+use crate::impressions::{self, Impression};
 use crate::delivery::Deliveries;
 use crate::events::payload::{ChangeEvent, ChangeSet};
 use crate::events::{self};
@@ -24,8 +26,15 @@ use crate::metrics::{status_class, Metrics};
 use crate::proxy::tap::RequestMeta;
 use crate::proxy::{Captured, Exchange};
 
+/// Where evaluations and exposures go: the mapping config and the batchers.
+pub struct ImpressionSink {
+    pub cfg: ImpressionsConfig,
+    pub batchers: Arc<Batchers>,
+}
+
 /// Shared by the dispatcher and its lanes.
 pub struct Deriver {
+    pub impressions: Option<Arc<ImpressionSink>>,
     pub flagr: FlagrClient,
     pub deliveries: Arc<Deliveries>,
     pub metrics: Arc<Metrics>,
@@ -57,9 +66,21 @@ pub async fn run(
         senders.push(tx);
         handles.push(tokio::spawn(lane(deriver.clone(), rx)));
     }
+    // Impression mapping is CPU work: a small pool shares one queue.
+    let imp_tx = deriver.impressions.as_ref().map(|sink| {
+        let (tx, rx) = async_channel(sink.cfg.queue);
+        for _ in 0..sink.cfg.workers {
+            handles.push(tokio::spawn(impression_worker(deriver.clone(), sink.clone(), rx.clone())));
+        }
+        tx
+    });
     while let Some(ex) = rx.recv().await {
         let Route::Mutation(mutation) = ex.route else {
-            // Evaluations and exposures feed impressions; nothing to derive here yet.
+            if let Some(tx) = &imp_tx {
+                if tx.try_send(ex).is_err() {
+                    deriver.metrics.tap_dropped.with_label_values(&["impressions"]).inc();
+                }
+            }
             continue;
         };
         deriver
@@ -114,8 +135,69 @@ pub async fn run(
         }
     }
     drop(senders);
+    drop(imp_tx);
     for h in handles {
         let _ = h.await;
+    }
+}
+
+/// A bounded multi-consumer queue (tokio's mpsc behind a mutex: consumers take turns).
+fn async_channel(cap: usize) -> (mpsc::Sender<Exchange>, SharedReceiver) {
+    let (tx, rx) = mpsc::channel(cap);
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Exchange>>>;
+
+async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: SharedReceiver) {
+    loop {
+        let ex = { rx.lock().await.recv().await };
+        let Some(ex) = ex else { return };
+        let records = impressions_of(&ex, &sink.cfg, d.inspect_cap);
+        if records.is_empty() && ex.status == http::StatusCode::OK {
+            d.metrics
+                .derive_errors
+                .with_label_values(&["impressions_unreadable"])
+                .inc();
+        }
+        sink.batchers.add(&records);
+    }
+}
+
+/// The impression records of one evaluation or exposure call (none unless Flagr said 200).
+pub fn impressions_of(ex: &Exchange, cfg: &ImpressionsConfig, cap: usize) -> Vec<Impression> {
+    if ex.status != http::StatusCode::OK {
+        return Vec::new();
+    }
+    let Some(response) = json_of(&ex.response_body, ex.response_encoding.as_ref(), cap) else {
+        return Vec::new();
+    };
+    let header = |v: &Option<http::HeaderValue>| v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string);
+    let ip = impressions::client_ip(header(&ex.meta.forwarded_for).as_deref(), ex.peer.ip());
+    let (sdk, sdk_version) = impressions::sdk_from_user_agent(header(&ex.meta.user_agent).as_deref());
+    let time_ms = ex
+        .responded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let ctx = impressions::Context {
+        environment_id: cfg.environment_id.clone(),
+        environment_name: cfg.environment_name.clone(),
+        machine_name: if cfg.machine_name.is_empty() { ip.clone() } else { cfg.machine_name.clone() },
+        machine_ip: ip,
+        sdk,
+        sdk_version,
+        time_ms,
+    };
+    match ex.route {
+        Route::Evaluation(_) => impressions::from_evaluation(&response, &ctx),
+        Route::Exposure => {
+            match json_of(&ex.request_body, ex.meta.content_encoding.as_ref(), cap) {
+                Some(request) => impressions::from_exposures(&request, &response, &ctx),
+                None => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -144,11 +144,6 @@ impl Route {
             Route::Passthrough => "passthrough",
         }
     }
-
-    /// True when bodies are copied for derivation.
-    pub fn inspected(&self) -> bool {
-        !matches!(self, Route::Passthrough)
-    }
 }
 
 /// Classifies requests; holds the API root (`{prefix}/api/v1`).

@@ -45,12 +45,16 @@ struct Inner {
     prefetch: Arc<AtomicBool>,
     flagr: FlagrClient,
     user_header: HeaderName,
+    /// Evaluations and exposures are copied only when an impression webhook wants them.
+    inspect_impressions: bool,
 }
 
 impl Proxy {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &ProxyConfig,
         user_header: &str,
+        inspect_impressions: bool,
         tap: TapSender,
         metrics: Arc<Metrics>,
         prefetch: Arc<AtomicBool>,
@@ -84,6 +88,7 @@ impl Proxy {
                 flagr,
                 user_header: HeaderName::try_from(user_header)
                     .map_err(|e| format!("flagr.user_header: {e}"))?,
+                inspect_impressions,
             }),
         })
     }
@@ -127,7 +132,12 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         // Only inspected routes pay for copies of headers and bodies.
-        let tapped = route.inspected().then(|| {
+        let inspect = match route {
+            Route::Mutation(_) => true,
+            Route::Evaluation(_) | Route::Exposure => me.inspect_impressions,
+            Route::Passthrough => false,
+        };
+        let tapped = inspect.then(|| {
             let h = &parts.headers;
             let meta = RequestMeta {
                 content_encoding: h.get(header::CONTENT_ENCODING).cloned(),

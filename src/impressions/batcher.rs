@@ -1,0 +1,229 @@
+//! Impression batching: records collect per endpoint into a JSON array that is flushed every
+//! `flush_interval`, or sooner when it reaches its record or byte bound, gzipped unless the
+//! endpoint is a Slack or Fivetran webhook (or compression is off).
+//!
+//! In: impression records from the mapping workers. Out: batch [`Job`]s for the endpoints'
+//! delivery workers (which retry once after 300 ms and park what still fails).
+//! Never: holds a lock while compressing or sending; never serialises a record twice.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::Impression;
+use crate::config::{Compression, ImpressionWebhookConfig};
+use crate::delivery::{Deliveries, Job};
+use crate::metrics::Metrics;
+
+struct Batch {
+    body: Vec<u8>,
+    records: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            body: b"[".to_vec(),
+            records: 0,
+        }
+    }
+}
+
+struct Endpoint {
+    cfg: Arc<ImpressionWebhookConfig>,
+    gzip: bool,
+    batch: Mutex<Batch>,
+    last_flush: Mutex<tokio::time::Instant>,
+}
+
+/// Every impression endpoint's open batch.
+pub struct Batchers {
+    endpoints: Vec<Endpoint>,
+    environment: String,
+    deliveries: Arc<Deliveries>,
+    metrics: Arc<Metrics>,
+}
+
+/// True when the endpoint should get gzip: `on`, or `auto` unless it is Slack or Fivetran
+/// (which do not accept compressed bodies).
+pub fn wants_gzip(compression: Compression, url: &str) -> bool {
+    match compression {
+        Compression::On => true,
+        Compression::Off => false,
+        Compression::Auto => {
+            let host = reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                .unwrap_or_default();
+            let plain = host == "hooks.slack.com"
+                || host.ends_with(".slack.com")
+                || host.contains("fivetran");
+            !plain
+        }
+    }
+}
+
+impl Batchers {
+    pub fn new(
+        cfgs: &[ImpressionWebhookConfig],
+        environment: &str,
+        deliveries: Arc<Deliveries>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let endpoints = cfgs
+            .iter()
+            .map(|c| Endpoint {
+                gzip: wants_gzip(c.compression, &c.url),
+                cfg: Arc::new(c.clone()),
+                batch: Mutex::new(Batch::new()),
+                last_flush: Mutex::new(tokio::time::Instant::now()),
+            })
+            .collect();
+        Self {
+            endpoints,
+            environment: environment.to_string(),
+            deliveries,
+            metrics,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Adds records to every endpoint that wants this environment; flushes full batches.
+    pub fn add(&self, records: &[Impression]) {
+        if records.is_empty() {
+            return;
+        }
+        self.metrics
+            .impressions_derived
+            .inc_by(records.len() as u64);
+        // Serialise once; every endpoint gets the same bytes.
+        let encoded: Vec<Vec<u8>> = records
+            .iter()
+            .filter_map(|r| serde_json::to_vec(r).ok())
+            .collect();
+        for ep in &self.endpoints {
+            let c = &ep.cfg;
+            if !c.environments.is_empty() && !c.environments.iter().any(|e| *e == self.environment)
+            {
+                continue;
+            }
+            let mut full = Vec::new();
+            if let Ok(mut b) = ep.batch.lock() {
+                for rec in &encoded {
+                    if b.records > 0 {
+                        b.body.push(b',');
+                    }
+                    b.body.extend_from_slice(rec);
+                    b.records += 1;
+                    if b.records >= c.max_records || b.body.len() >= c.max_bytes {
+                        full.push(std::mem::replace(&mut *b, Batch::new()));
+                    }
+                }
+            }
+            self.metrics
+                .impressions_batched
+                .inc_by(encoded.len() as u64);
+            for batch in full {
+                self.send(ep, batch);
+            }
+        }
+    }
+
+    /// Flushes every non-empty batch whose interval has passed (all of them with `force`).
+    pub fn flush_due(&self, force: bool) {
+        let now = tokio::time::Instant::now();
+        for ep in &self.endpoints {
+            if let Ok(mut last) = ep.last_flush.lock() {
+                if !force && now.duration_since(*last) < ep.cfg.flush_interval {
+                    continue;
+                }
+                *last = now;
+            }
+            let batch = match ep.batch.lock() {
+                Ok(mut b) if b.records > 0 => std::mem::replace(&mut *b, Batch::new()),
+                _ => continue,
+            };
+            self.send(ep, batch);
+        }
+    }
+
+    fn send(&self, ep: &Endpoint, mut batch: Batch) {
+        batch.body.push(b']');
+        let raw_len = batch.body.len();
+        let (body, encoding) = if ep.gzip {
+            let mut enc =
+                flate2::write::GzEncoder::new(Vec::with_capacity(raw_len / 4), flate2::Compression::fast());
+            let gz = enc.write_all(&batch.body).and_then(|()| enc.finish());
+            match gz {
+                Ok(gz) => (gz, Some("gzip")),
+                // Compressing into memory cannot fail in practice; send it plain if it does.
+                Err(_) => (batch.body, None),
+            }
+        } else {
+            (batch.body, None)
+        };
+        self.metrics
+            .impression_batch_records
+            .observe(batch.records as f64);
+        if encoding.is_some() {
+            self.metrics
+                .impression_compression_ratio
+                .observe(body.len() as f64 / raw_len.max(1) as f64);
+        }
+        let job = Job {
+            id: format!("batch_{}", uuid::Uuid::now_v7().simple()),
+            order_key: 0,
+            body: Bytes::from(body),
+            label: "impressions",
+            encoding,
+            records: batch.records,
+        };
+        if let Err(e) = self.deliveries.send_to(&ep.cfg.id, job) {
+            self.metrics
+                .impressions_dropped
+                .with_label_values(&[&ep.cfg.id, "queue_full"])
+                .inc_by(batch.records as u64);
+            tracing::warn!(endpoint = %ep.cfg.id, records = batch.records, error = %e, "impression batch not queued");
+        }
+    }
+
+    /// Flushes on each endpoint's interval until `shutdown`, then once more.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // Tick often enough for the shortest interval; each endpoint flushes on its own.
+        let every = self
+            .endpoints
+            .iter()
+            .map(|e| e.cfg.flush_interval)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(10))
+            .min(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.flush_due(false),
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.flush_due(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_and_fivetran_get_plain_json() {
+        assert!(!wants_gzip(Compression::Auto, "https://hooks.slack.com/services/T/B/x"));
+        assert!(!wants_gzip(Compression::Auto, "https://webhooks.fivetran.com/webhooks/abc"));
+        assert!(wants_gzip(Compression::Auto, "https://collector.example.com/i"));
+        assert!(wants_gzip(Compression::On, "https://hooks.slack.com/x"));
+        assert!(!wants_gzip(Compression::Off, "https://collector.example.com/i"));
+    }
+}
