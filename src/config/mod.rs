@@ -17,7 +17,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
-pub use webhook::{Compression, ImpressionWebhookConfig, ImpressionsConfig, PayloadFormat, WebhookConfig};
+pub use webhook::{
+    Compression, ImpressionWebhookConfig, ImpressionsConfig, PayloadFormat, WebhookConfig,
+};
 
 /// The built-in defaults, as documented in `config/flaghook.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/flaghook.toml");

@@ -235,15 +235,12 @@ impl ImpressionWebhookConfig {
         let key = |k: &str| format!("impression_webhooks[{i}].{k}");
         // The id, URL, secret and header rules are those of change-event webhooks.
         let mut as_webhook = self.as_webhook();
-        as_webhook
-            .validate(i, env, delivery)
-            .map_err(|e| match e {
-                ConfigError::Invalid { key: k, problem } => ConfigError::invalid(
-                    k.replace("webhooks[", "impression_webhooks["),
-                    problem,
-                ),
-                other => other,
-            })?;
+        as_webhook.validate(i, env, delivery).map_err(|e| match e {
+            ConfigError::Invalid { key: k, problem } => {
+                ConfigError::invalid(k.replace("webhooks[", "impression_webhooks["), problem)
+            }
+            other => other,
+        })?;
         self.secret = as_webhook.secret;
         for (k, v) in [
             ("max_records", self.max_records),
@@ -255,7 +252,10 @@ impl ImpressionWebhookConfig {
             }
         }
         if self.flush_interval.is_zero() {
-            return Err(ConfigError::invalid(key("flush_interval"), "must be above 0"));
+            return Err(ConfigError::invalid(
+                key("flush_interval"),
+                "must be above 0",
+            ));
         }
         Ok(())
     }

@@ -333,7 +333,9 @@ impl Worker {
                     }
                 }
             }
-            Verdict::Retry { .. } if !draining && matches!(self.ctx.kind, Kind::Impressions { .. }) => {
+            Verdict::Retry { .. }
+                if !draining && matches!(self.ctx.kind, Kind::Impressions { .. }) =>
+            {
                 self.park(done.job);
             }
             Verdict::Final => {
@@ -375,7 +377,9 @@ impl Worker {
         self.parked_bytes += job.body.len();
         self.parked.push_back(job);
         while self.parked_bytes > park_max_bytes {
-            let Some(old) = self.parked.pop_front() else { break };
+            let Some(old) = self.parked.pop_front() else {
+                break;
+            };
             self.parked_bytes -= old.body.len();
             self.ctx
                 .metrics
@@ -386,8 +390,6 @@ impl Worker {
             tracing::warn!(endpoint = %id, delivery_id = %old.id, records = old.records, "parking bound reached: dropped the oldest parked batch");
         }
     }
-
-
 
     fn log(&mut self, e: LogEntry) {
         let max = self.ctx.policy.log_size;

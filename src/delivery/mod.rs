@@ -149,7 +149,12 @@ impl Deliveries {
     }
 
     /// Adds an endpoint of either kind and starts its worker.
-    pub fn add_kind(&self, w: WebhookConfig, origin: Origin, kind: Kind) -> Result<(), DeliveryError> {
+    pub fn add_kind(
+        &self,
+        w: WebhookConfig,
+        origin: Origin,
+        kind: Kind,
+    ) -> Result<(), DeliveryError> {
         if self.get(&w.id).is_some() {
             return Err(DeliveryError::Exists(w.id));
         }

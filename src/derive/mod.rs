@@ -15,13 +15,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::{FlagrConfig, ImpressionsConfig};
-use crate::impressions::batcher::Batchers;
-use crate::impressions::{self, Impression};
 use crate::delivery::Deliveries;
 use crate::events::payload::{ChangeEvent, ChangeSet};
 use crate::events::{self};
 use crate::flagr::client::FlagrError;
 use crate::flagr::{FlagState, FlagrClient, Mutation, Route, Snapshot};
+use crate::impressions::batcher::Batchers;
+use crate::impressions::{self, Impression};
 use crate::metrics::{status_class, Metrics};
 use crate::proxy::tap::RequestMeta;
 use crate::proxy::{Captured, Exchange};
@@ -70,7 +70,11 @@ pub async fn run(
     let imp_tx = deriver.impressions.as_ref().map(|sink| {
         let (tx, rx) = async_channel(sink.cfg.queue);
         for _ in 0..sink.cfg.workers {
-            handles.push(tokio::spawn(impression_worker(deriver.clone(), sink.clone(), rx.clone())));
+            handles.push(tokio::spawn(impression_worker(
+                deriver.clone(),
+                sink.clone(),
+                rx.clone(),
+            )));
         }
         tx
     });
@@ -78,7 +82,11 @@ pub async fn run(
         let Route::Mutation(mutation) = ex.route else {
             if let Some(tx) = &imp_tx {
                 if tx.try_send(ex).is_err() {
-                    deriver.metrics.tap_dropped.with_label_values(&["impressions"]).inc();
+                    deriver
+                        .metrics
+                        .tap_dropped
+                        .with_label_values(&["impressions"])
+                        .inc();
                 }
             }
             continue;
@@ -172,9 +180,12 @@ pub fn impressions_of(ex: &Exchange, cfg: &ImpressionsConfig, cap: usize) -> Vec
     let Some(response) = json_of(&ex.response_body, ex.response_encoding.as_ref(), cap) else {
         return Vec::new();
     };
-    let header = |v: &Option<http::HeaderValue>| v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string);
+    let header = |v: &Option<http::HeaderValue>| {
+        v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string)
+    };
     let ip = impressions::client_ip(header(&ex.meta.forwarded_for).as_deref(), ex.peer.ip());
-    let (sdk, sdk_version) = impressions::sdk_from_user_agent(header(&ex.meta.user_agent).as_deref());
+    let (sdk, sdk_version) =
+        impressions::sdk_from_user_agent(header(&ex.meta.user_agent).as_deref());
     let time_ms = ex
         .responded_at
         .duration_since(std::time::UNIX_EPOCH)
@@ -183,7 +194,11 @@ pub fn impressions_of(ex: &Exchange, cfg: &ImpressionsConfig, cap: usize) -> Vec
     let ctx = impressions::Context {
         environment_id: cfg.environment_id.clone(),
         environment_name: cfg.environment_name.clone(),
-        machine_name: if cfg.machine_name.is_empty() { ip.clone() } else { cfg.machine_name.clone() },
+        machine_name: if cfg.machine_name.is_empty() {
+            ip.clone()
+        } else {
+            cfg.machine_name.clone()
+        },
         machine_ip: ip,
         sdk,
         sdk_version,

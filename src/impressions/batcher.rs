@@ -108,8 +108,7 @@ impl Batchers {
             .collect();
         for ep in &self.endpoints {
             let c = &ep.cfg;
-            if !c.environments.is_empty() && !c.environments.iter().any(|e| *e == self.environment)
-            {
+            if !c.environments.is_empty() && !c.environments.contains(&self.environment) {
                 continue;
             }
             let mut full = Vec::new();
@@ -156,8 +155,10 @@ impl Batchers {
         batch.body.push(b']');
         let raw_len = batch.body.len();
         let (body, encoding) = if ep.gzip {
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::with_capacity(raw_len / 4), flate2::Compression::fast());
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw_len / 4),
+                flate2::Compression::fast(),
+            );
             let gz = enc.write_all(&batch.body).and_then(|()| enc.finish());
             match gz {
                 Ok(gz) => (gz, Some("gzip")),
@@ -220,10 +221,22 @@ mod tests {
 
     #[test]
     fn slack_and_fivetran_get_plain_json() {
-        assert!(!wants_gzip(Compression::Auto, "https://hooks.slack.com/services/T/B/x"));
-        assert!(!wants_gzip(Compression::Auto, "https://webhooks.fivetran.com/webhooks/abc"));
-        assert!(wants_gzip(Compression::Auto, "https://collector.example.com/i"));
+        assert!(!wants_gzip(
+            Compression::Auto,
+            "https://hooks.slack.com/services/T/B/x"
+        ));
+        assert!(!wants_gzip(
+            Compression::Auto,
+            "https://webhooks.fivetran.com/webhooks/abc"
+        ));
+        assert!(wants_gzip(
+            Compression::Auto,
+            "https://collector.example.com/i"
+        ));
         assert!(wants_gzip(Compression::On, "https://hooks.slack.com/x"));
-        assert!(!wants_gzip(Compression::Off, "https://collector.example.com/i"));
+        assert!(!wants_gzip(
+            Compression::Off,
+            "https://collector.example.com/i"
+        ));
     }
 }

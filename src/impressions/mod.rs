@@ -163,7 +163,11 @@ pub fn from_exposures(request: &Value, response: &Value, ctx: &Context) -> Vec<I
     let rejected: std::collections::HashSet<i64> = response
         .get("errors")
         .and_then(Value::as_array)
-        .map(|e| e.iter().filter_map(|x| x.get("index").and_then(Value::as_i64)).collect())
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x.get("index").and_then(Value::as_i64))
+                .collect()
+        })
         .unwrap_or_default();
     rows.iter()
         .enumerate()
@@ -245,17 +249,42 @@ mod tests {
         let v = from_evaluation(&r, &ctx());
         assert_eq!(v.len(), 1);
         let i = &v[0];
-        assert_eq!((i.key.as_str(), i.split.as_str(), i.treatment.as_str()), ("user-42", "checkout-button", "treatment"));
-        assert_eq!((i.bucketing_key.as_str(), i.label.as_str()), ("user-42", "segment:4"));
+        assert_eq!(
+            (i.key.as_str(), i.split.as_str(), i.treatment.as_str()),
+            ("user-42", "checkout-button", "treatment")
+        );
+        assert_eq!(
+            (i.bucketing_key.as_str(), i.label.as_str()),
+            ("user-42", "segment:4")
+        );
         assert_eq!(i.split_version_number, 57);
         assert_eq!(i.time, 1_700_000_000_123);
         let p: Value = serde_json::from_str(&i.properties).unwrap();
         assert_eq!(p["entityContext"], json!({"state": "CA"}));
         assert_eq!(p["flagTags"], json!(["web"]));
         let wire = serde_json::to_value(i).unwrap();
-        let keys: Vec<&str> = wire.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut want = vec!["key", "split", "environmentId", "environmentName", "treatment", "time",
-            "bucketingKey", "label", "machineName", "machineIp", "splitVersionNumber", "sdk", "sdkVersion", "properties"];
+        let keys: Vec<&str> = wire
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = vec![
+            "key",
+            "split",
+            "environmentId",
+            "environmentName",
+            "treatment",
+            "time",
+            "bucketingKey",
+            "label",
+            "machineName",
+            "machineIp",
+            "splitVersionNumber",
+            "sdk",
+            "sdkVersion",
+            "properties",
+        ];
         let mut got = keys.clone();
         got.sort();
         want.sort();
@@ -283,7 +312,10 @@ mod tests {
             {"no": "context"}
         ]});
         let v = from_evaluation(&r, &ctx());
-        assert_eq!(v.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            v.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert!(from_evaluation(&json!({"evaluationResults": 5}), &ctx()).is_empty());
         assert!(from_evaluation(&json!([1, 2]), &ctx()).is_empty());
         assert!(from_evaluation(&json!("x"), &ctx()).is_empty());
@@ -299,7 +331,12 @@ mod tests {
         ]});
         let resp = json!({"errors": [{"index": 1, "message": "flag not found"}], "loggedCount": 2});
         let v = from_exposures(&req, &resp, &ctx());
-        assert_eq!(v.iter().map(|i| (i.key.as_str(), i.split.as_str())).collect::<Vec<_>>(), [("a", "k"), ("c", "3")]);
+        assert_eq!(
+            v.iter()
+                .map(|i| (i.key.as_str(), i.split.as_str()))
+                .collect::<Vec<_>>(),
+            [("a", "k"), ("c", "3")]
+        );
         assert_eq!(v[0].time, 1_786_096_805_000);
         assert_eq!(v[0].label, "exposure");
         assert_eq!(v[0].split_version_number, 9);
@@ -308,11 +345,26 @@ mod tests {
 
     #[test]
     fn user_agents() {
-        assert_eq!(sdk_from_user_agent(Some("pyflagr/1.1.0 python/3.11")), ("pyflagr".into(), "1.1.0".into()));
-        assert_eq!(sdk_from_user_agent(Some("Swagger-Codegen/1.0.0/go")), ("goflagr".into(), "1.0.0".into()));
-        assert_eq!(sdk_from_user_agent(None), ("flagr-http".into(), String::new()));
-        assert_eq!(sdk_from_user_agent(Some("curl/8.0")), ("curl".into(), "8.0".into()));
-        assert_eq!(client_ip(Some("203.0.113.9, 10.0.0.1"), [127, 0, 0, 1].into()), "203.0.113.9");
+        assert_eq!(
+            sdk_from_user_agent(Some("pyflagr/1.1.0 python/3.11")),
+            ("pyflagr".into(), "1.1.0".into())
+        );
+        assert_eq!(
+            sdk_from_user_agent(Some("Swagger-Codegen/1.0.0/go")),
+            ("goflagr".into(), "1.0.0".into())
+        );
+        assert_eq!(
+            sdk_from_user_agent(None),
+            ("flagr-http".into(), String::new())
+        );
+        assert_eq!(
+            sdk_from_user_agent(Some("curl/8.0")),
+            ("curl".into(), "8.0".into())
+        );
+        assert_eq!(
+            client_ip(Some("203.0.113.9, 10.0.0.1"), [127, 0, 0, 1].into()),
+            "203.0.113.9"
+        );
         assert_eq!(client_ip(None, [127, 0, 0, 1].into()), "127.0.0.1");
     }
 }

@@ -232,7 +232,13 @@ async fn gzip_bodies_arrive_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_mib_request_passes_and_is_counted_uninspected() {
     let f = flagr(&[]).await;
-    let fh = Flaghook::start(&f.url(), "").await;
+    // An impression webhook makes evaluations inspected routes.
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "{FAST_DELIVERY}[[impression_webhooks]]\nid = \"imp\"\nurl = \"{}\"\n",
+        r.url
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
     let big = "x".repeat(5 << 20);
     let body =
         json!({"entityID": "u1", "entityContext": {"blob": big}, "flagKey": "missing"}).to_string();

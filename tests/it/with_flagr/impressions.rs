@@ -1,0 +1,333 @@
+//! Impressions end to end: evaluations through flaghook in front of a real Flagr become
+//! gzipped batches at real receivers.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::support::*;
+
+fn records(h: &Hit) -> Vec<Value> {
+    let raw = if h.header("content-encoding") == "gzip" {
+        let mut s = Vec::new();
+        flate2::read::GzDecoder::new(&h.body[..])
+            .read_to_end(&mut s)
+            .unwrap();
+        s
+    } else {
+        h.body.to_vec()
+    };
+    serde_json::from_slice::<Vec<Value>>(&raw).expect("a JSON array")
+}
+
+/// Two enabled flags: one with a 100 % variant, one with a segment nobody matches.
+async fn seed(api: &str) {
+    call(
+        "POST",
+        &format!("{api}/flags"),
+        Some(json!({"description": "a", "key": "always-on", "template": "simple_boolean_flag"})),
+    )
+    .await;
+    call(
+        "PUT",
+        &format!("{api}/flags/1/enabled"),
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    call(
+        "POST",
+        &format!("{api}/flags"),
+        Some(json!({"description": "b", "key": "ca-only"})),
+    )
+    .await;
+    call(
+        "POST",
+        &format!("{api}/flags/2/variants"),
+        Some(json!({"key": "blue"})),
+    )
+    .await;
+    call(
+        "POST",
+        &format!("{api}/flags/2/segments"),
+        Some(json!({"description": "CA", "rolloutPercent": 100})),
+    )
+    .await;
+    call(
+        "POST",
+        &format!("{api}/flags/2/segments/2/constraints"),
+        Some(json!({"property": "state", "operator": "EQ", "value": "\"CA\""})),
+    )
+    .await;
+    call(
+        "PUT",
+        &format!("{api}/flags/2/segments/2/distributions"),
+        Some(json!({"distributions": [{"variantID": 2, "variantKey": "blue", "percent": 100}]})),
+    )
+    .await;
+    call(
+        "PUT",
+        &format!("{api}/flags/2/enabled"),
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    let url = format!("{api}/evaluation");
+    assert!(wait_until(Duration::from_secs(20), || async {
+        call("POST", &url, Some(json!({"entityID": "probe", "entityContext": {"state": "CA"}, "flagKey": "ca-only"}))).await.1["variantKey"] == "blue"
+    }).await);
+}
+
+fn imp_webhook(id: &str, r: &Receiver, extra: &str) -> String {
+    format!(
+        "[[impression_webhooks]]\nid = \"{id}\"\nurl = \"{}\"\n{extra}\n",
+        r.url
+    )
+}
+
+const ENV: &str = "[impressions]\nenvironment_id = \"env-7\"\nenvironment_name = \"staging\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
+    let f = flagr(&[]).await;
+    seed(&f.api()).await;
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "{ENV}{FAST_DELIVERY}{}",
+        imp_webhook(
+            "imp",
+            &r,
+            "secret = \"imp-secret\"\nflush_interval = \"300ms\""
+        )
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let mut answers = Vec::new();
+    for (entity, state, flag) in [
+        ("u1", "CA", "always-on"),
+        ("u2", "NY", "ca-only"),
+        ("u3", "CA", "ca-only"),
+        ("u4", "TX", "missing-flag"),
+    ] {
+        let resp = client()
+            .post(format!("{}/evaluation", fh.api()))
+            .header("content-type", "application/json")
+            .header("user-agent", "pyflagr/1.1.0")
+            .header("x-forwarded-for", "203.0.113.5")
+            .body(
+                json!({"entityID": entity, "entityContext": {"state": state}, "flagKey": flag})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        answers.push(resp.json::<Value>().await.unwrap());
+    }
+    let hits = r.wait_for(1).await;
+    let h = &hits[0];
+    assert_eq!(h.header("content-type"), "application/json");
+    assert_eq!(h.header("content-encoding"), "gzip");
+    // The signature covers the bytes on the wire: the gzipped ones.
+    let mut m = Hmac::<Sha256>::new_from_slice(b"imp-secret").unwrap();
+    m.update(&h.body);
+    assert_eq!(
+        h.header("x-flagr-signature"),
+        hex::encode(m.finalize().into_bytes())
+    );
+    let mut got: Vec<Value> = hits.iter().flat_map(records).collect();
+    got.sort_by_key(|v| v["key"].as_str().unwrap().to_string());
+    assert_eq!(got.len(), 4);
+    for (rec, ans) in got.iter().zip(&answers) {
+        assert_eq!(rec["key"], ans["evalContext"]["entityID"]);
+        assert_eq!(rec["bucketingKey"], ans["evalContext"]["entityID"]);
+        assert_eq!(rec["split"], ans["flagKey"]);
+        assert_eq!(
+            rec["treatment"],
+            ans.get("variantKey").cloned().unwrap_or(json!("control"))
+        );
+        assert_eq!(
+            rec["splitVersionNumber"],
+            ans.get("flagSnapshotID").cloned().unwrap_or(json!(0))
+        );
+        assert_eq!(
+            (
+                rec["environmentId"].as_str(),
+                rec["environmentName"].as_str()
+            ),
+            (Some("env-7"), Some("staging"))
+        );
+        assert_eq!(
+            (
+                rec["machineIp"].as_str(),
+                rec["sdk"].as_str(),
+                rec["sdkVersion"].as_str()
+            ),
+            (Some("203.0.113.5"), Some("pyflagr"), Some("1.1.0"))
+        );
+        let flagr_time = chrono::DateTime::parse_from_rfc3339(ans["timestamp"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
+        assert!(
+            (rec["time"].as_i64().unwrap() / 1000 - flagr_time).abs() <= 1,
+            "{rec} vs {ans}"
+        );
+        let props: Value = serde_json::from_str(rec["properties"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            props["segmentID"],
+            ans.get("segmentID").cloned().unwrap_or(json!(0))
+        );
+    }
+    assert_eq!(
+        got[0]["label"],
+        format!("segment:{}", answers[0]["segmentID"])
+    );
+    assert_eq!(got[1]["label"], "no rule matched");
+    assert_eq!(got[2]["treatment"], "blue");
+    assert!(got[3]["label"].as_str().unwrap().contains("not found"));
+    let m = fh.metrics().await;
+    assert_eq!(metric_value(&m, "flaghook_impressions_derived_total"), 4.0);
+    let fh2 = &fh;
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            fh2.metric("flaghook_impressions_delivered_total").await == 4.0
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_evaluation_exposures_and_a_flush_by_size() {
+    let f = flagr(&[]).await;
+    seed(&f.api()).await;
+    let r = Receiver::start(vec![]).await;
+    // An hour-long interval: only the size bound can flush.
+    let cfg = format!(
+        "{ENV}{FAST_DELIVERY}{}",
+        imp_webhook(
+            "imp",
+            &r,
+            "flush_interval = \"1h\"\nmax_records = 6\ncompression = \"off\""
+        )
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let (s, batch) = call("POST", &format!("{}/evaluation/batch", fh.api()), Some(json!({
+        "entities": [{"entityID": "a", "entityContext": {"state": "CA"}}, {"entityID": "b", "entityContext": {"state": "NY"}}],
+        "flagKeys": ["always-on", "ca-only"]}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(batch["evaluationResults"].as_array().unwrap().len(), 4);
+    let (s, exp) = call("POST", &format!("{}/exposures", fh.api()), Some(json!({"exposures": [
+        {"flagKey": "always-on", "variantKey": "on", "entityID": "x1", "timestamp": "2026-08-07T10:00:05Z"},
+        {"flagKey": "no-such-flag", "entityID": "x2"},
+        {"flagKey": "ca-only", "entityID": "x3"}]}))).await;
+    assert_eq!(s, 200, "{exp}");
+    assert_eq!(exp["errors"].as_array().map(Vec::len), Some(1), "{exp}");
+    let hits = r.wait_for(1).await;
+    assert_eq!(
+        hits[0].header("content-encoding"),
+        "",
+        "compression off: plain JSON"
+    );
+    let recs = records(&hits[0]);
+    assert_eq!(recs.len(), 6);
+    let keys: HashSet<String> = recs
+        .iter()
+        .map(|v| {
+            format!(
+                "{}:{}",
+                v["key"].as_str().unwrap(),
+                v["split"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let want: HashSet<String> = [
+        "a:always-on",
+        "a:ca-only",
+        "b:always-on",
+        "b:ca-only",
+        "x1:always-on",
+        "x3:ca-only",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(keys, want);
+    let x1 = recs.iter().find(|v| v["key"] == "x1").unwrap();
+    assert_eq!(
+        (
+            x1["label"].as_str(),
+            x1["treatment"].as_str(),
+            x1["time"].as_i64()
+        ),
+        (Some("exposure"), Some("on"), Some(1_786_096_805_000))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_receiver_gets_one_retry_then_the_batch_is_parked_and_delivered_later() {
+    let f = flagr(&[]).await;
+    seed(&f.api()).await;
+    let r = Receiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let cfg = format!(
+        "{ENV}{FAST_DELIVERY}{}",
+        imp_webhook("imp", &r, "flush_interval = \"1h\"\nmax_records = 2")
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let eval = |e: &'static str| {
+        let url = format!("{}/evaluation", fh.api());
+        async move {
+            call(
+                "POST",
+                &url,
+                Some(json!({"entityID": e, "flagKey": "always-on"})),
+            )
+            .await
+        }
+    };
+    eval("p1").await;
+    eval("p2").await;
+    let hits = r.wait_for(2).await;
+    assert_eq!(
+        hits[0].header("webhook-id"),
+        hits[1].header("webhook-id"),
+        "the retry is the same batch"
+    );
+    let fh2 = &fh;
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            fh2.metric("flaghook_impressions_parked_total").await == 2.0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(r.hits().len(), 2, "exactly one retry");
+    // The receiver works again: the next batch succeeds and the parked one follows.
+    eval("p3").await;
+    eval("p4").await;
+    let hits = r.wait_for(4).await;
+    let keys: Vec<String> = hits[2..]
+        .iter()
+        .flat_map(records)
+        .map(|v| v["key"].as_str().unwrap().to_string())
+        .collect();
+    let set: HashSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), 4, "no record duplicated: {keys:?}");
+    assert_eq!(set.len(), 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.hits().len(), 4);
+    assert_eq!(fh.metric("flaghook_impressions_delivered_total").await, 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_impression_webhooks_nothing_is_derived() {
+    let f = flagr(&[]).await;
+    seed(&f.api()).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    call(
+        "POST",
+        &format!("{}/evaluation", fh.api()),
+        Some(json!({"entityID": "u", "flagKey": "always-on"})),
+    )
+    .await;
+    assert_eq!(fh.metric("flaghook_impressions_derived_total").await, 0.0);
+}
