@@ -1,0 +1,247 @@
+//! Helpers for `scripts/bench`: seed Flagr, count what a webhook receives, time change events.
+//!
+//! ```text
+//! bench_tool seed <flagr-api> <flags>            create flags with segments, constraints, distributions
+//! bench_tool sink <addr>                         a receiver that answers 200 and counts; GET /count
+//! bench_tool events <api> <listen> <n> <mode>    n changes through <api>; a receiver on <listen>
+//!                                                timing each event (mode: flaghook | flagr)
+//! bench_tool micro <records>                     one core: map, serialise, batch and gzip records
+//! ```
+//! Everything talks to loopback only, in bounded loops.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use serde_json::{json, Value};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("seed") => seed(&args[1], args[2].parse().expect("flag count")).await,
+        Some("sink") => sink(&args[1]).await,
+        Some("events") => events(&args[1], &args[2], args[3].parse().expect("n"), &args[4]).await,
+        Some("micro") => micro(args[1].parse().expect("records")),
+        _ => eprintln!("usage: see the module docs"),
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = c
+        .request(reqwest::Method::POST, url)
+        .json(&body)
+        .send()
+        .await
+        .expect("flagr answers");
+    r.json().await.unwrap_or(Value::Null)
+}
+
+async fn put(c: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = c.put(url).json(&body).send().await.expect("flagr answers");
+    r.json().await.unwrap_or(Value::Null)
+}
+
+/// Realistic flags: three variants, two segments (one constrained), distributions, a tag.
+async fn seed(api: &str, n: usize) {
+    let c = http();
+    for i in 0..n {
+        let f = post(&c, format!("{api}/flags"), json!({"key": format!("flag-{i}"), "description": format!("benchmark flag {i}")})).await;
+        let id = f["id"].as_i64().expect("flag id");
+        let mut variants = vec![];
+        for k in ["control", "treatment-a", "treatment-b"] {
+            let v = post(&c, format!("{api}/flags/{id}/variants"), json!({"key": k, "attachment": {"color": k}})).await;
+            variants.push((v["id"].as_i64().expect("variant id"), k));
+        }
+        for (j, (desc, rollout)) in [("CA and NY users", 100), ("everyone else", 50)].iter().enumerate() {
+            let s = post(&c, format!("{api}/flags/{id}/segments"), json!({"description": desc, "rolloutPercent": rollout})).await;
+            let sid = s["id"].as_i64().expect("segment id");
+            if j == 0 {
+                post(&c, format!("{api}/flags/{id}/segments/{sid}/constraints"), json!({"property": "state", "operator": "IN", "value": "[\"CA\",\"NY\"]"})).await;
+                post(&c, format!("{api}/flags/{id}/segments/{sid}/constraints"), json!({"property": "age", "operator": "GTE", "value": "18"})).await;
+            }
+            let d: Vec<Value> = variants.iter().zip([34, 33, 33]).map(|((vid, k), p)| json!({"variantID": vid, "variantKey": k, "percent": p})).collect();
+            put(&c, format!("{api}/flags/{id}/segments/{sid}/distributions"), json!({"distributions": d})).await;
+        }
+        post(&c, format!("{api}/flags/{id}/tags"), json!({"value": "bench"})).await;
+        put(&c, format!("{api}/flags/{id}/enabled"), json!({"enabled": true})).await;
+    }
+    println!("seeded {n} flags");
+}
+
+/// Counts requests and impression records; answers 200 at once.
+async fn sink(addr: &str) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let records = Arc::new(AtomicU64::new(0));
+    let (rq, rc) = (requests.clone(), records.clone());
+    let app = axum::Router::new()
+        .route(
+            "/count",
+            axum::routing::get(move || {
+                let (rq, rc) = (rq.clone(), rc.clone());
+                async move {
+                    axum::Json(json!({"requests": rq.load(Ordering::Relaxed), "records": rc.load(Ordering::Relaxed)}))
+                }
+            }),
+        )
+        .fallback(move |headers: HeaderMap, body: Bytes| {
+            let (rq, rc) = (requests.clone(), records.clone());
+            async move {
+                rq.fetch_add(1, Ordering::Relaxed);
+                let raw = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+                    let mut out = Vec::new();
+                    let _ = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out);
+                    out
+                } else {
+                    body.to_vec()
+                };
+                if let Ok(Value::Array(a)) = serde_json::from_slice::<Value>(&raw) {
+                    rc.fetch_add(a.len() as u64, Ordering::Relaxed);
+                }
+                "ok"
+            }
+        });
+    let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    axum::serve(l, app).await.expect("serve");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// `n` description changes through `api`; the receiver on `listen` takes the time each event
+/// arrives, and the latency is measured from the moment the client had Flagr's answer.
+async fn events(api: &str, listen: &str, n: usize, mode: &str) {
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let a2 = arrived.clone();
+    let mode_s = mode.to_string();
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let a2 = a2.clone();
+        let mode = mode_s.clone();
+        async move {
+            let now = Instant::now();
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            // flaghook: the change is in `changes`; Flagr's notifier: in `post_value` (detailed diff).
+            let desc = if mode == "flagr" {
+                v["post_value"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                    .and_then(|p| p["Description"].as_str().map(str::to_string))
+            } else {
+                v["changes"]["description"]["after"].as_str().map(str::to_string)
+            };
+            if let Some(d) = desc {
+                a2.lock().expect("lock").entry(d).or_insert(now);
+            }
+            "ok"
+        }
+    });
+    let l = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let c = http();
+    let flag = post(&c, format!("{api}/flags"), json!({"key": format!("latency-{mode}-{}", std::process::id()), "description": "start"})).await;
+    let id = flag["id"].as_i64().expect("flag id");
+    let mut answered = HashMap::new();
+    for i in 0..n {
+        let d = format!("change-{i}");
+        let r = c.put(format!("{api}/flags/{id}")).json(&json!({"description": d})).send().await.expect("answer");
+        let _ = r.bytes().await;
+        answered.insert(d, Instant::now());
+        // About 200 changes a second: a busy admin, not a flood.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrived.lock().expect("lock").len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = arrived.lock().expect("lock").clone();
+    let mut lat: Vec<f64> = answered
+        .iter()
+        .filter_map(|(d, t0)| got.get(d).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0))
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{{\"mode\":\"{mode}\",\"changes\":{n},\"received\":{},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2}}}",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// The impression path on one core: map Flagr answers to records, serialise each once, batch,
+/// gzip. Prints records per second.
+fn micro(n: usize) {
+    let ctx = flaghook::impressions::Context {
+        environment_id: "env".into(),
+        environment_name: "production".into(),
+        machine_name: "10.0.0.1".into(),
+        machine_ip: "10.0.0.1".into(),
+        sdk: "goflagr".into(),
+        sdk_version: "1.0.0".into(),
+        time_ms: 1_700_000_000_000,
+    };
+    let answers: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            serde_json::to_vec(&json!({"evaluationResults": (0..10).map(|j| json!({
+                "evalContext": {"entityContext": {"state": "CA", "age": 30 + j}, "entityID": format!("user-{i}-{j}"), "entityType": "user"},
+                "evalDebugLog": {"segmentDebugLogs": null},
+                "flagID": j, "flagKey": format!("flag-{j}"), "flagSnapshotID": 1000 + j, "flagTags": ["bench"],
+                "segmentID": 3, "timestamp": "2026-11-22T10:00:00Z", "variantID": 2, "variantKey": "treatment-a"
+            })).collect::<Vec<_>>()}))
+            .expect("json")
+        })
+        .collect();
+    let started = Instant::now();
+    let (mut records, mut raw, mut gz, mut batch, mut batch_records) = (0usize, 0usize, 0usize, b"[".to_vec(), 0usize);
+    let mut gzip_time = Duration::ZERO;
+    let mut i = 0;
+    while records < n {
+        let v: Value = serde_json::from_slice(&answers[i % answers.len()]).expect("json");
+        i += 1;
+        for r in flaghook::impressions::from_evaluation(&v, &ctx) {
+            if batch_records > 0 {
+                batch.push(b',');
+            }
+            batch.extend_from_slice(&serde_json::to_vec(&r).expect("json"));
+            batch_records += 1;
+            records += 1;
+            if batch_records == 5000 {
+                batch.push(b']');
+                let t = Instant::now();
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&batch).expect("gzip");
+                let out = enc.finish().expect("gzip");
+                gzip_time += t.elapsed();
+                raw += batch.len();
+                gz += out.len();
+                batch = b"[".to_vec();
+                batch_records = 0;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"records\":{records},\"seconds\":{secs:.3},\"records_per_sec\":{:.0},\"gzip_share\":{:.3},\"compression_ratio\":{:.3}}}",
+        records as f64 / secs,
+        gzip_time.as_secs_f64() / secs,
+        gz as f64 / raw.max(1) as f64
+    );
+}
