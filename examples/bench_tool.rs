@@ -57,25 +57,72 @@ async fn put(c: &reqwest::Client, url: String, body: Value) -> Value {
 async fn seed(api: &str, n: usize) {
     let c = http();
     for i in 0..n {
-        let f = post(&c, format!("{api}/flags"), json!({"key": format!("flag-{i}"), "description": format!("benchmark flag {i}")})).await;
+        let f = post(
+            &c,
+            format!("{api}/flags"),
+            json!({"key": format!("flag-{i}"), "description": format!("benchmark flag {i}")}),
+        )
+        .await;
         let id = f["id"].as_i64().expect("flag id");
         let mut variants = vec![];
         for k in ["control", "treatment-a", "treatment-b"] {
-            let v = post(&c, format!("{api}/flags/{id}/variants"), json!({"key": k, "attachment": {"color": k}})).await;
+            let v = post(
+                &c,
+                format!("{api}/flags/{id}/variants"),
+                json!({"key": k, "attachment": {"color": k}}),
+            )
+            .await;
             variants.push((v["id"].as_i64().expect("variant id"), k));
         }
-        for (j, (desc, rollout)) in [("CA and NY users", 100), ("everyone else", 50)].iter().enumerate() {
-            let s = post(&c, format!("{api}/flags/{id}/segments"), json!({"description": desc, "rolloutPercent": rollout})).await;
+        for (j, (desc, rollout)) in [("CA and NY users", 100), ("everyone else", 50)]
+            .iter()
+            .enumerate()
+        {
+            let s = post(
+                &c,
+                format!("{api}/flags/{id}/segments"),
+                json!({"description": desc, "rolloutPercent": rollout}),
+            )
+            .await;
             let sid = s["id"].as_i64().expect("segment id");
             if j == 0 {
-                post(&c, format!("{api}/flags/{id}/segments/{sid}/constraints"), json!({"property": "state", "operator": "IN", "value": "[\"CA\",\"NY\"]"})).await;
-                post(&c, format!("{api}/flags/{id}/segments/{sid}/constraints"), json!({"property": "age", "operator": "GTE", "value": "18"})).await;
+                post(
+                    &c,
+                    format!("{api}/flags/{id}/segments/{sid}/constraints"),
+                    json!({"property": "state", "operator": "IN", "value": "[\"CA\",\"NY\"]"}),
+                )
+                .await;
+                post(
+                    &c,
+                    format!("{api}/flags/{id}/segments/{sid}/constraints"),
+                    json!({"property": "age", "operator": "GTE", "value": "18"}),
+                )
+                .await;
             }
-            let d: Vec<Value> = variants.iter().zip([34, 33, 33]).map(|((vid, k), p)| json!({"variantID": vid, "variantKey": k, "percent": p})).collect();
-            put(&c, format!("{api}/flags/{id}/segments/{sid}/distributions"), json!({"distributions": d})).await;
+            let d: Vec<Value> = variants
+                .iter()
+                .zip([34, 33, 33])
+                .map(|((vid, k), p)| json!({"variantID": vid, "variantKey": k, "percent": p}))
+                .collect();
+            put(
+                &c,
+                format!("{api}/flags/{id}/segments/{sid}/distributions"),
+                json!({"distributions": d}),
+            )
+            .await;
         }
-        post(&c, format!("{api}/flags/{id}/tags"), json!({"value": "bench"})).await;
-        put(&c, format!("{api}/flags/{id}/enabled"), json!({"enabled": true})).await;
+        post(
+            &c,
+            format!("{api}/flags/{id}/tags"),
+            json!({"value": "bench"}),
+        )
+        .await;
+        put(
+            &c,
+            format!("{api}/flags/{id}/enabled"),
+            json!({"enabled": true}),
+        )
+        .await;
     }
     println!("seeded {n} flags");
 }
@@ -143,7 +190,9 @@ async fn events(api: &str, listen: &str, n: usize, mode: &str) {
                     .and_then(|p| serde_json::from_str::<Value>(p).ok())
                     .and_then(|p| p["Description"].as_str().map(str::to_string))
             } else {
-                v["changes"]["description"]["after"].as_str().map(str::to_string)
+                v["changes"]["description"]["after"]
+                    .as_str()
+                    .map(str::to_string)
             };
             if let Some(d) = desc {
                 a2.lock().expect("lock").entry(d).or_insert(now);
@@ -156,12 +205,22 @@ async fn events(api: &str, listen: &str, n: usize, mode: &str) {
         let _ = axum::serve(l, app).await;
     });
     let c = http();
-    let flag = post(&c, format!("{api}/flags"), json!({"key": format!("latency-{mode}-{}", std::process::id()), "description": "start"})).await;
+    let flag = post(
+        &c,
+        format!("{api}/flags"),
+        json!({"key": format!("latency-{mode}-{}", std::process::id()), "description": "start"}),
+    )
+    .await;
     let id = flag["id"].as_i64().expect("flag id");
     let mut answered = HashMap::new();
     for i in 0..n {
         let d = format!("change-{i}");
-        let r = c.put(format!("{api}/flags/{id}")).json(&json!({"description": d})).send().await.expect("answer");
+        let r = c
+            .put(format!("{api}/flags/{id}"))
+            .json(&json!({"description": d}))
+            .send()
+            .await
+            .expect("answer");
         let _ = r.bytes().await;
         answered.insert(d, Instant::now());
         // About 200 changes a second: a busy admin, not a flood.
@@ -174,7 +233,10 @@ async fn events(api: &str, listen: &str, n: usize, mode: &str) {
     let got = arrived.lock().expect("lock").clone();
     let mut lat: Vec<f64> = answered
         .iter()
-        .filter_map(|(d, t0)| got.get(d).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0))
+        .filter_map(|(d, t0)| {
+            got.get(d)
+                .map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
+        })
         .collect();
     lat.sort_by(f64::total_cmp);
     println!(
@@ -210,7 +272,8 @@ fn micro(n: usize) {
         })
         .collect();
     let started = Instant::now();
-    let (mut records, mut raw, mut gz, mut batch, mut batch_records) = (0usize, 0usize, 0usize, b"[".to_vec(), 0usize);
+    let (mut records, mut raw, mut gz, mut batch, mut batch_records) =
+        (0usize, 0usize, 0usize, b"[".to_vec(), 0usize);
     let mut gzip_time = Duration::ZERO;
     let mut i = 0;
     while records < n {
@@ -226,7 +289,8 @@ fn micro(n: usize) {
             if batch_records == 5000 {
                 batch.push(b']');
                 let t = Instant::now();
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 enc.write_all(&batch).expect("gzip");
                 let out = enc.finish().expect("gzip");
                 gzip_time += t.elapsed();

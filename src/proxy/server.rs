@@ -29,7 +29,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One write per response instead of a writev of headers and body: fewer syscalls.
+        .writev(false);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
