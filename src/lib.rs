@@ -246,7 +246,7 @@ fn open_store(
         let id = w.id.clone();
         let mut wc = w.to_config();
         let started = wc
-            .validate(0, &[], &cfg.delivery)
+            .validate(0, Some(&[]), &cfg.delivery)
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 deliveries

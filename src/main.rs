@@ -38,18 +38,23 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Check secret references (`env:`, `file:`) without reading them.
+        #[arg(long)]
+        skip_secrets: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let overrides = Overrides {
+    let mut overrides = Overrides {
+        skip_secrets: false,
         upstream: cli.upstream.clone(),
         listen: cli.listen,
         admin_listen: cli.admin_listen,
     };
-    if let Some(Command::CheckConfig { file }) = &cli.command {
+    if let Some(Command::CheckConfig { file, skip_secrets }) = &cli.command {
+        overrides.skip_secrets = *skip_secrets;
         return match Config::load(Some(file), &env, &overrides) {
             Ok(c) => {
                 println!(

@@ -328,7 +328,7 @@ fn no_store() -> ApiError {
 
 fn validated(s: &AdminState, input: &WebhookInput) -> Result<WebhookConfig, ApiError> {
     let mut cfg = input.to_config();
-    cfg.validate(0, &[], &s.delivery)?;
+    cfg.validate(0, Some(&[]), &s.delivery)?;
     Ok(cfg)
 }
 

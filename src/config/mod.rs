@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Format, Json, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -264,6 +264,8 @@ impl Default for LogConfig {
 /// Overrides from the command line; they win over file and environment.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
+    /// Check `env:`/`file:` secret references without reading them.
+    pub skip_secrets: bool,
     pub upstream: Option<String>,
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
@@ -295,13 +297,18 @@ impl Config {
         env: &[(String, String)],
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let file = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", p.display())))?;
-                Toml::string(&text)
-            }
-            None => Toml::string(DEFAULT_TOML),
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", p.display())))?,
+            None => DEFAULT_TOML.to_string(),
+        };
+        // JSON is accepted too: Helm renders numbers as floats in TOML but not in JSON.
+        let json = path.is_some_and(|p| p.extension().is_some_and(|e| e == "json"));
+        let base = Figment::from(Serialized::defaults(Config::default()));
+        let mut fig = if json {
+            base.merge(Json::string(&text))
+        } else {
+            base.merge(Toml::string(&text))
         };
         // `FLAGHOOK_PROXY__UPSTREAM=...` sets `proxy.upstream`. The variables are passed in (not
         // read here) so tests never touch the process environment.
@@ -310,7 +317,6 @@ impl Config {
             .filter(|(k, _)| k.starts_with("FLAGHOOK_") && k.contains("__"))
             .cloned()
             .collect();
-        let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(file);
         for (k, v) in &env_pairs {
             let key = k["FLAGHOOK_".len()..]
                 .to_ascii_lowercase()
@@ -330,12 +336,12 @@ impl Config {
         if let Some(l) = overrides.admin_listen {
             cfg.admin.listen = l;
         }
-        cfg.validate(env)?;
+        cfg.validate((!overrides.skip_secrets).then_some(env))?;
         Ok(cfg)
     }
 
     /// Checks values that serde cannot, and resolves every secret.
-    fn validate(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+    fn validate(&mut self, env: Option<&[(String, String)]>) -> Result<(), ConfigError> {
         let up = http::Uri::try_from(self.proxy.upstream.as_str())
             .map_err(|e| ConfigError::invalid("proxy.upstream", format!("not a URL: {e}")))?;
         if up.scheme_str() != Some("http") {

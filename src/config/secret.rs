@@ -30,11 +30,17 @@ impl Secret {
     }
 
     /// Reads `env:` and `file:` references. An empty reference stays empty.
+    /// `env: None` checks nothing (`check-config --skip-secrets`, where secrets are not mounted).
     pub(crate) fn resolve(
         &mut self,
         key: &str,
-        env: &[(String, String)],
+        env: Option<&[(String, String)]>,
     ) -> Result<(), ConfigError> {
+        let Some(env) = env else { return Ok(()) };
+        if self.value.is_some() {
+            // A literal made at runtime: never read as an env: or file: reference.
+            return Ok(());
+        }
         let r = self.reference.trim();
         let value = if r.is_empty() {
             return Ok(());

@@ -72,6 +72,7 @@ fn env_overrides_file_and_flags_override_env() {
     assert_eq!(c.delivery.queue_max_events, 7);
     assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(3));
     let o = Overrides {
+        skip_secrets: false,
         upstream: Some("http://127.0.0.1:3".into()),
         listen: Some("127.0.0.1:9".parse().unwrap()),
         admin_listen: None,

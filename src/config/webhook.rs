@@ -75,7 +75,7 @@ impl WebhookConfig {
     pub fn validate(
         &mut self,
         i: usize,
-        env: &[(String, String)],
+        env: Option<&[(String, String)]>,
         delivery: &DeliveryConfig,
     ) -> Result<(), ConfigError> {
         let key = |k: &str| format!("webhooks[{i}].{k}");
@@ -229,7 +229,7 @@ impl ImpressionWebhookConfig {
     pub(crate) fn validate(
         &mut self,
         i: usize,
-        env: &[(String, String)],
+        env: Option<&[(String, String)]>,
         delivery: &DeliveryConfig,
     ) -> Result<(), ConfigError> {
         let key = |k: &str| format!("impression_webhooks[{i}].{k}");

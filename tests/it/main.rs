@@ -11,3 +11,4 @@ mod with_flagr {
     mod proxy;
 }
 mod standalone;
+mod tooling;

@@ -1,0 +1,111 @@
+{{/* Names and labels. */}}
+{{- define "flaghook.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "flaghook.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "flaghook.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "flaghook.secretName" -}}
+{{- if .Values.existingSecret -}}{{ .Values.existingSecret }}{{- else -}}{{ include "flaghook.fullname" . }}{{- end -}}
+{{- end -}}
+
+{{/* The config file: values.config plus what the chart owns (addresses, upstream, token, store). */}}
+{{- define "flaghook.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $proxy := get $cfg "proxy" | default dict -}}
+{{- $_ := set $proxy "listen" (printf "0.0.0.0:%d" (int .Values.ports.proxy)) -}}
+{{- if not (hasKey $proxy "upstream") -}}{{- $_ := set $proxy "upstream" "http://127.0.0.1:18000" -}}{{- end -}}
+{{- $_ := set $cfg "proxy" $proxy -}}
+{{- $admin := get $cfg "admin" | default dict -}}
+{{- $_ := set $admin "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
+{{- if or .Values.adminToken .Values.existingSecret -}}{{- $_ := set $admin "token" "file:/etc/flaghook/secrets/admin-token" -}}{{- end -}}
+{{- if .Values.persistence.enabled -}}{{- $_ := set $admin "store" "/var/lib/flaghook/webhooks.redb" -}}{{- end -}}
+{{- $_ := set $cfg "admin" $admin -}}
+{{- if not $cfg.webhooks -}}{{- $_ := unset $cfg "webhooks" -}}{{- end -}}
+{{- if not $cfg.impression_webhooks -}}{{- $_ := unset $cfg "impression_webhooks" -}}{{- end -}}
+{{- toPrettyJson $cfg -}}
+{{- end -}}
+
+{{/*
+The flaghook container, for injection beside Flagr in any pod spec:
+  containers:
+    {{- include "flaghook.container" . | nindent 4 }}
+It expects this chart's values (as a subchart: pass the subchart's context).
+*/}}
+{{- define "flaghook.container" -}}
+- name: flaghook
+  image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["--config", "/etc/flaghook/flaghook.json"]
+  ports:
+    - name: proxy
+      containerPort: {{ .Values.ports.proxy }}
+      protocol: TCP
+    - name: admin
+      containerPort: {{ .Values.ports.admin }}
+      protocol: TCP
+  livenessProbe:
+    httpGet: {path: /healthz, port: admin}
+    periodSeconds: 10
+  readinessProbe:
+    httpGet: {path: /readyz, port: admin}
+    periodSeconds: 5
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: flaghook-config
+      mountPath: /etc/flaghook/flaghook.json
+      subPath: flaghook.json
+      readOnly: true
+    - name: flaghook-secrets
+      mountPath: /etc/flaghook/secrets
+      readOnly: true
+    - name: flaghook-data
+      mountPath: /var/lib/flaghook
+{{- end -}}
+
+{{/* The volumes the container needs. */}}
+{{- define "flaghook.volumes" -}}
+- name: flaghook-config
+  configMap:
+    name: {{ include "flaghook.fullname" . }}
+- name: flaghook-secrets
+  secret:
+    secretName: {{ include "flaghook.secretName" . }}
+    optional: true
+- name: flaghook-data
+{{- if .Values.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "flaghook.fullname" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{/* Pod annotations: config checksum (rolls the pod on change) and Prometheus scraping. */}}
+{{- define "flaghook.podAnnotations" -}}
+checksum/config: {{ include "flaghook.config" . | sha256sum }}
+checksum/secret: {{ printf "%v%v" .Values.secrets .Values.adminToken | sha256sum }}
+{{- if .Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.ports.admin | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
