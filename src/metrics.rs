@@ -36,7 +36,7 @@ pub struct Metrics {
     pub impression_compression_ratio: prometheus::Histogram,
     pub upstream_legacy: IntGauge,
     pub config_webhooks: IntGauge,
-    pub build_info: IntCounter,
+    pub build_info: IntGauge,
 }
 
 impl Metrics {
@@ -235,7 +235,7 @@ impl Metrics {
             ),
             build_info: reg(
                 r,
-                IntCounter::with_opts(
+                IntGauge::with_opts(
                     Opts::new("flaghook_build_info", "Always 1; the version is a label.")
                         .const_label("version", env!("CARGO_PKG_VERSION")),
                 )
@@ -243,8 +243,43 @@ impl Metrics {
             ),
             registry,
         };
-        m.build_info.inc();
+        m.build_info.set(1);
+        // Known label values start at 0, so rate() and dashboards see the series from the start.
+        for stage in ["tap", "lane", "impressions"] {
+            m.tap_dropped.with_label_values(&[stage]);
+        }
+
         m
+    }
+
+    /// Creates an endpoint's series at 0 (every outcome and drop reason).
+    pub fn init_endpoint(&self, endpoint: &str, impressions: bool) {
+        for outcome in ["success", "error_retryable", "error_final"] {
+            self.deliveries.with_label_values(&[endpoint, outcome]);
+        }
+        for reason in [
+            "queue_full",
+            "rejected",
+            "retries_exhausted",
+            "shutdown",
+            "deleted",
+        ] {
+            self.dropped.with_label_values(&[endpoint, reason]);
+        }
+        self.delivery_retries.with_label_values(&[endpoint]);
+        if impressions {
+            self.dropped
+                .with_label_values(&[endpoint, "parked_overflow"]);
+            for reason in [
+                "queue_full",
+                "parked_overflow",
+                "retries_exhausted",
+                "shutdown",
+            ] {
+                self.impressions_dropped
+                    .with_label_values(&[endpoint, reason]);
+            }
+        }
     }
 
     /// The text exposition format.

@@ -447,6 +447,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> usize {
     let breaker = Breaker::new(ctx.policy.protection.clone());
+    ctx.metrics.init_endpoint(
+        &ctx.webhook.id,
+        matches!(ctx.kind, Kind::Impressions { .. }),
+    );
     let mut w = Worker {
         ctx,
         status,

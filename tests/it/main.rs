@@ -8,6 +8,7 @@ mod with_flagr {
     mod events;
     mod impressions;
     mod page;
+    mod prometheus;
     mod proxy;
 }
 mod standalone;
