@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod derive;
 pub mod events;
 pub mod flagr;
+pub mod gitsync;
 pub mod impressions;
 pub mod metrics;
 pub mod proxy;
@@ -145,11 +146,14 @@ impl App {
             cfg.derive.lane_capacity,
         ));
 
+        // Git sync's calls through the proxy prove themselves with this; nobody else has it.
+        let gitsync_token = uuid::Uuid::new_v4().simple().to_string();
         let tap = proxy::TapSender::new(tap_tx, metrics.clone(), cfg.proxy.inspect_max_bytes);
         let proxy = proxy::Proxy::new(
             &cfg.proxy,
             &cfg.flagr.user_header,
             impression_sink.is_some(),
+            gitsync_token.clone(),
             tap,
             metrics.clone(),
             legacy,
@@ -173,6 +177,36 @@ impl App {
             shutdown.clone(),
             cfg.proxy.shutdown_grace,
         ));
+        let gitsync = (!cfg.git_repositories.is_empty()).then(|| {
+            let workdir = if cfg.gitsync.workdir.is_empty() {
+                std::env::temp_dir().join("flaghook-git")
+            } else {
+                std::path::PathBuf::from(&cfg.gitsync.workdir)
+            };
+            let host = match proxy_addr.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+                ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            let applier = Arc::new(gitsync::apply::Applier {
+                client: reqwest::Client::builder()
+                    .timeout(cfg.flagr.api_timeout * 2)
+                    .build()
+                    .unwrap_or_default(),
+                api: format!("http://{host}:{}{}", proxy_addr.port(), routes.api_root()),
+                token: gitsync_token.clone(),
+            });
+            Arc::new(gitsync::GitSync::start(
+                &cfg.git_repositories,
+                &workdir,
+                cfg.gitsync.git_timeout,
+                flagr.clone(),
+                applier,
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         let admin = admin::router(admin::AdminState {
             metrics: metrics.clone(),
             flagr,
@@ -180,6 +214,7 @@ impl App {
             token: cfg.admin.token.clone(),
             store,
             delivery: policy,
+            gitsync,
         });
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn(async move {

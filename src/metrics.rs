@@ -34,6 +34,9 @@ pub struct Metrics {
     pub impressions_dropped: IntCounterVec,
     pub impression_batch_records: prometheus::Histogram,
     pub impression_compression_ratio: prometheus::Histogram,
+    pub gitsync_runs: IntCounterVec,
+    pub gitsync_duration: HistogramVec,
+    pub gitsync_last_success: IntGaugeVec,
     pub upstream_legacy: IntGauge,
     pub config_webhooks: IntGauge,
     pub build_info: IntGauge,
@@ -219,6 +222,28 @@ impl Metrics {
                     .buckets(vec![0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0]),
                 )
                 .expect("valid metric"),
+            ),
+            gitsync_runs: counter_vec(
+                "flaghook_gitsync_runs_total",
+                "Git syncs, by repository and outcome (success, invalid, apply_failed, error).",
+                &["repository", "outcome"],
+            ),
+            gitsync_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "flaghook_gitsync_duration_seconds",
+                        "Time to read, plan and apply one git sync.",
+                    )
+                    .buckets(exponential_buckets(0.01, 2.0, 14).expect("valid buckets")),
+                    &["repository"],
+                )
+                .expect("valid metric"),
+            ),
+            gitsync_last_success: gauge_vec(
+                "flaghook_gitsync_last_success_timestamp_seconds",
+                "Unix time of the last successful git sync, by repository.",
+                &["repository"],
             ),
             upstream_legacy: reg(
                 r,

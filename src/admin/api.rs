@@ -131,6 +131,8 @@ pub fn router(state: AdminState) -> Router<AdminState> {
         .route("/webhooks/{id}/test", post(test_event))
         .route("/webhooks/{id}/pause", post(pause))
         .route("/webhooks/{id}/resume", post(resume))
+        .route("/gitsync", get(gitsync_status))
+        .route("/gitsync/{id}/sync", post(gitsync_trigger))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -406,4 +408,38 @@ async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResul
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.remove(&id)?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct SyncQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn gitsync_status(State(s): State<AdminState>) -> ApiResult {
+    let repos = s.gitsync.as_ref().map(|g| g.statuses()).unwrap_or_default();
+    Ok(Json(json!({"repositories": repos})).into_response())
+}
+
+/// Syncs now and answers with the report (with `?dry_run=true`: the plan, nothing applied).
+async fn gitsync_trigger(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<SyncQuery>,
+) -> ApiResult {
+    let g = s.gitsync.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "git sync is not configured".into(),
+        )
+    })?;
+    let report = g.trigger(&id, q.dry_run).await.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no repository `{id}`"),
+        )
+    })?;
+    Ok(Json(report).into_response())
 }

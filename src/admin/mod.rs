@@ -19,6 +19,8 @@ use serde_json::json;
 use crate::config::{DeliveryConfig, Secret};
 use crate::delivery::Deliveries;
 use crate::flagr::FlagrClient;
+use crate::gitsync::forge::{Forge, PushError};
+use crate::gitsync::{GitSync, PushOutcome};
 use crate::metrics::Metrics;
 
 /// What the admin handlers read.
@@ -30,6 +32,7 @@ pub struct AdminState {
     pub token: Secret,
     pub store: Option<Arc<store::Store>>,
     pub delivery: Arc<DeliveryConfig>,
+    pub gitsync: Option<Arc<GitSync>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -39,6 +42,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(page))
         .route("/ui", get(page))
+        .route("/hooks/git/{forge}", axum::routing::post(git_push))
         .nest("/api", api::router(state.clone()))
         .with_state(state)
 }
@@ -52,6 +56,45 @@ async fn page() -> impl IntoResponse {
         ],
         include_str!("page.html"),
     )
+}
+
+/// Push webhooks from forges. Open (forges sign instead); answers at once, syncs in the background.
+async fn git_push(
+    State(s): State<AdminState>,
+    axum::extract::Path(forge): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (Some(g), Some(forge)) = (s.gitsync.as_ref(), Forge::parse(&forge)) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not_found", "message": "no git sync for this forge"})),
+        )
+            .into_response();
+    };
+    match g.push(forge, &headers, &body) {
+        Ok(PushOutcome::Accepted(id)) => {
+            (StatusCode::ACCEPTED, Json(json!({"accepted": id}))).into_response()
+        }
+        Ok(PushOutcome::Ignored(why)) => {
+            (StatusCode::ACCEPTED, Json(json!({"ignored": why}))).into_response()
+        }
+        Ok(PushOutcome::Duplicate) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"ignored": "duplicate delivery"})),
+        )
+            .into_response(),
+        Err(PushError::Malformed(m)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "malformed", "message": m})),
+        )
+            .into_response(),
+        Err(PushError::Unauthorized) => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "unauthorized", "message": "signature missing or wrong"})),
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

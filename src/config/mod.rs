@@ -37,6 +37,69 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     pub impressions: ImpressionsConfig,
     pub impression_webhooks: Vec<ImpressionWebhookConfig>,
+    pub gitsync: GitSyncConfig,
+    pub git_repositories: Vec<GitRepoConfig>,
+}
+
+/// Git sync as a whole.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitSyncConfig {
+    /// Where the bare caches of watched repositories live. Empty: the system temp folder.
+    pub workdir: String,
+    /// Longest a single git command may take.
+    #[serde(with = "humantime_serde")]
+    pub git_timeout: Duration,
+}
+
+impl Default for GitSyncConfig {
+    fn default() -> Self {
+        Self {
+            workdir: String::new(),
+            git_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One repository whose flags Flagr must match.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitRepoConfig {
+    pub id: String,
+    /// A local path, `file://`, `git://` or `http(s)://` URL; also how pushes are matched.
+    pub url: String,
+    #[serde(default = "main_branch")]
+    pub branch: String,
+    /// Only `*.json` files under this folder; empty: the whole repository.
+    #[serde(default)]
+    pub folder: String,
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// After a push, how often to try fetching its commit, and how far apart.
+    #[serde(default = "ten")]
+    pub fetch_attempts: u32,
+    #[serde(default = "half_second", with = "humantime_serde")]
+    pub fetch_interval: Duration,
+    /// Delete flags that git does not have (default: leave them alone).
+    #[serde(default)]
+    pub delete_missing: bool,
+    /// Push webhook secrets by forge: `github`, `gitlab` (the token), `gitea` (also Forgejo),
+    /// `generic`. A forge without a secret cannot trigger syncs (the poller still runs).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, Secret>,
+}
+
+fn main_branch() -> String {
+    "main".into()
+}
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+fn ten() -> u32 {
+    10
+}
+fn half_second() -> Duration {
+    Duration::from_millis(500)
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -428,6 +491,43 @@ impl Config {
         }
         positive("impressions.workers", self.impressions.workers)?;
         positive("impressions.queue", self.impressions.queue)?;
+        let mut repo_ids = std::collections::HashSet::new();
+        for (i, r) in self.git_repositories.iter_mut().enumerate() {
+            let key = |k: &str| format!("git_repositories[{i}].{k}");
+            if r.id.is_empty()
+                || !r
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || !repo_ids.insert(r.id.clone())
+            {
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    "must be unique, of letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if r.url.trim().is_empty() {
+                return Err(ConfigError::invalid(key("url"), "is empty"));
+            }
+            if r.branch.is_empty() {
+                return Err(ConfigError::invalid(key("branch"), "is empty"));
+            }
+            if r.poll_interval.is_zero() || r.fetch_attempts == 0 {
+                return Err(ConfigError::invalid(
+                    key("poll_interval"),
+                    "poll_interval and fetch_attempts must be above 0",
+                ));
+            }
+            for (forge, secret) in r.secrets.iter_mut() {
+                if !matches!(forge.as_str(), "github" | "gitlab" | "gitea" | "generic") {
+                    return Err(ConfigError::invalid(
+                        key("secrets"),
+                        format!("unknown forge `{forge}` (github, gitlab, gitea, generic)"),
+                    ));
+                }
+                secret.resolve(&key(&format!("secrets.{forge}")), env)?;
+            }
+        }
         for (i, w) in self.impression_webhooks.iter_mut().enumerate() {
             w.validate(i, env, &self.delivery)?;
             if !ids.insert(w.id.clone()) {

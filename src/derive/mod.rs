@@ -295,7 +295,12 @@ async fn derive_one(
         tags: after.tag_values(),
         timestamp,
         actor,
-        source: "api",
+        source: if w.ex.meta.gitsync_commit.is_some() {
+            "gitsync"
+        } else {
+            "api"
+        },
+        commit: w.ex.meta.gitsync_commit.clone(),
         events,
         notice,
         data: Arc::new(after.raw),

@@ -33,6 +33,8 @@ pub struct ChangeSet {
     pub actor: String,
     /// `api`, or `gitsync` for flaghook's own git sync.
     pub source: &'static str,
+    /// The git commit, for `gitsync`.
+    pub commit: Option<String>,
     pub events: Vec<ChangeEvent>,
     pub notice: FlagrNotice,
     /// The complete flag after the change (before it, for `flag.deleted`).
@@ -50,6 +52,8 @@ struct SeedPayload<'a> {
     timestamp: &'a str,
     actor: &'a str,
     source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit: Option<&'a str>,
     changes: &'a Value,
     data: &'a Value,
 }
@@ -64,6 +68,7 @@ pub fn seed_body(set: &ChangeSet, ev: &ChangeEvent) -> Bytes {
         timestamp: &set.timestamp,
         actor: &set.actor,
         source: set.source,
+        commit: set.commit.as_deref(),
         changes: &ev.changes,
         data: &set.data,
     };
@@ -159,6 +164,7 @@ mod tests {
             timestamp: "2024-03-21T12:00:00.000Z".into(),
             actor: "alice".into(),
             source: "api",
+            commit: None,
             events: vec![ChangeEvent {
                 id: "e1".into(),
                 event: "flag.updated",

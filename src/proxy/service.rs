@@ -30,6 +30,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FLAGHOOK_SOURCE: HeaderName = HeaderName::from_static("x-flaghook-source");
+const X_FLAGHOOK_COMMIT: HeaderName = HeaderName::from_static("x-flaghook-commit");
+const X_FLAGHOOK_GITSYNC: HeaderName = HeaderName::from_static("x-flaghook-gitsync");
 
 /// What the proxy answers with: Flagr's body (tapped or not) or a short error of its own.
 pub type ProxyBody = Either<TapBody<Incoming>, Full<Bytes>>;
@@ -54,6 +56,8 @@ struct Inner {
     user_header: HeaderName,
     /// Evaluations and exposures are copied only when an impression webhook wants them.
     inspect_impressions: bool,
+    /// Git sync's calls carry this; nobody else knows it.
+    gitsync_token: String,
 }
 
 impl Proxy {
@@ -62,6 +66,7 @@ impl Proxy {
         cfg: &ProxyConfig,
         user_header: &str,
         inspect_impressions: bool,
+        gitsync_token: String,
         tap: TapSender,
         metrics: Arc<Metrics>,
         prefetch: Arc<AtomicBool>,
@@ -97,6 +102,7 @@ impl Proxy {
                 user_header: HeaderName::try_from(user_header)
                     .map_err(|e| format!("flagr.user_header: {e}"))?,
                 inspect_impressions,
+                gitsync_token,
             }),
         })
     }
@@ -145,6 +151,10 @@ impl Proxy {
             Route::Evaluation(_) | Route::Exposure => me.inspect_impressions,
             Route::Passthrough => false,
         };
+        let gitsync_commit = match route {
+            Route::Mutation(_) => me.take_gitsync(&mut parts.headers),
+            _ => None,
+        };
         let tapped = inspect.then(|| {
             let h = &parts.headers;
             let meta = RequestMeta {
@@ -153,7 +163,7 @@ impl Proxy {
                 authorization: h.get(header::AUTHORIZATION).cloned(),
                 user: h.get(&me.user_header).cloned(),
                 forwarded_for: h.get(X_FORWARDED_FOR).cloned(),
-                source: h.get(X_FLAGHOOK_SOURCE).cloned(),
+                gitsync_commit,
             };
             (meta, RequestSlot::default())
         });
@@ -260,6 +270,25 @@ impl Proxy {
             None => TapBody::passthrough(body),
         };
         Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+impl Inner {
+    /// The commit of an authenticated git sync call; the marker headers never reach Flagr.
+    fn take_gitsync(&self, h: &mut HeaderMap) -> Option<String> {
+        let token = h.remove(X_FLAGHOOK_GITSYNC)?;
+        h.remove(X_FLAGHOOK_SOURCE);
+        let commit = h.remove(X_FLAGHOOK_COMMIT);
+        let ok = !self.gitsync_token.is_empty()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                token.as_bytes(),
+                self.gitsync_token.as_bytes(),
+            ));
+        ok.then(|| {
+            commit
+                .and_then(|c| c.to_str().ok().map(str::to_string))
+                .unwrap_or_default()
+        })
     }
 }
 

@@ -48,8 +48,8 @@ pub struct RequestMeta {
     pub authorization: Option<HeaderValue>,
     pub user: Option<HeaderValue>,
     pub forwarded_for: Option<HeaderValue>,
-    /// Set by flaghook's git sync on its own calls (`source: gitsync`).
-    pub source: Option<HeaderValue>,
+    /// The commit, on flaghook's own git sync calls (`source: gitsync`).
+    pub gitsync_commit: Option<String>,
 }
 
 /// One inspected call, as the proxy saw it.

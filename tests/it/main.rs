@@ -6,6 +6,7 @@ mod support;
 mod with_flagr {
     mod admin;
     mod events;
+    mod gitsync;
     mod impressions;
     mod page;
     mod prometheus;

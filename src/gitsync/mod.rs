@@ -1,0 +1,429 @@
+//! Git sync (seed 000): flags kept in git repositories, applied to Flagr on push, with a poller
+//! behind the webhooks.
+//!
+//! In: forge push webhooks, poll ticks, manual triggers. Out: Flagr made to match the flags at
+//! the branch head (through the proxy, so change events follow), and a status per repository.
+//! Never: applies part of an invalid commit, or runs two syncs of one repository at once (one
+//! task per repository handles every trigger in turn).
+
+pub mod apply;
+pub mod desired;
+pub mod forge;
+pub mod git;
+pub mod plan;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GitRepoConfig;
+use crate::flagr::model::Flag;
+use crate::flagr::FlagrClient;
+use crate::metrics::Metrics;
+
+/// What a sync did (or would do, for a dry run).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub repository: String,
+    pub commit: String,
+    pub dry_run: bool,
+    pub plan: Vec<plan::Op>,
+    pub applied: usize,
+    pub problems: Vec<desired::Problem>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// A repository's status for the admin API.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub id: String,
+    pub url: String,
+    pub branch: String,
+    pub folder: String,
+    pub last_synced_commit: String,
+    pub last_sync_at: Option<String>,
+    pub last_duration_ms: u64,
+    pub last_changes: usize,
+    pub last_error: Option<String>,
+    /// The problems of the last refused commit.
+    pub last_problems: Vec<desired::Problem>,
+    pub syncs: u64,
+}
+
+enum Trigger {
+    Push(forge::Push),
+    Poll,
+    Manual {
+        dry_run: bool,
+        reply: oneshot::Sender<Report>,
+    },
+}
+
+struct RepoHandle {
+    cfg: GitRepoConfig,
+    tx: mpsc::Sender<Trigger>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// Every watched repository.
+pub struct GitSync {
+    repos: Vec<RepoHandle>,
+    /// Recent delivery ids, for de-duplication (bounded).
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+/// What the push endpoint answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Accepted(String),
+    Ignored(&'static str),
+    Duplicate,
+}
+
+const SEEN_MAX: usize = 4096;
+
+struct Worker {
+    cfg: GitRepoConfig,
+    repo: git::Repo,
+    flagr: FlagrClient,
+    applier: apply::Applier,
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<Status>>,
+    /// A commit refused as invalid: the poller does not try it again.
+    refused: String,
+}
+
+impl GitSync {
+    /// Starts one task per repository.
+    pub fn start(
+        repos: &[GitRepoConfig],
+        workdir: &std::path::Path,
+        git_timeout: Duration,
+        flagr: FlagrClient,
+        applier: Arc<apply::Applier>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut handles = Vec::new();
+        for cfg in repos {
+            let (tx, rx) = mpsc::channel(64);
+            let status = Arc::new(Mutex::new(Status {
+                id: cfg.id.clone(),
+                url: cfg.url.clone(),
+                branch: cfg.branch.clone(),
+                folder: cfg.folder.clone(),
+                ..Default::default()
+            }));
+            let w = Worker {
+                cfg: cfg.clone(),
+                repo: git::Repo::new(&cfg.url, &cfg.branch, &workdir.join(&cfg.id), git_timeout),
+                flagr: flagr.clone(),
+                applier: apply::Applier {
+                    client: applier.client.clone(),
+                    api: applier.api.clone(),
+                    token: applier.token.clone(),
+                },
+                metrics: metrics.clone(),
+                status: status.clone(),
+                refused: String::new(),
+            };
+            tokio::spawn(w.run(rx, shutdown.clone()));
+            handles.push(RepoHandle {
+                cfg: cfg.clone(),
+                tx,
+                status,
+            });
+        }
+        Self {
+            repos: handles,
+            seen: Mutex::new((HashSet::new(), VecDeque::new())),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.repos.is_empty()
+    }
+
+    pub fn statuses(&self) -> Vec<Status> {
+        self.repos
+            .iter()
+            .filter_map(|r| r.status.lock().ok().map(|s| s.clone()))
+            .collect()
+    }
+
+    /// Runs a sync now and waits for its report.
+    pub async fn trigger(&self, id: &str, dry_run: bool) -> Option<Report> {
+        let r = self.repos.iter().find(|r| r.cfg.id == id)?;
+        let (reply, rx) = oneshot::channel();
+        r.tx.send(Trigger::Manual { dry_run, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// A push from a forge: parse, find the repository, verify, de-duplicate, queue.
+    pub fn push(
+        &self,
+        forge: forge::Forge,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<PushOutcome, forge::PushError> {
+        let p = forge::parse(forge, headers, body)?;
+        let Some(r) = self
+            .repos
+            .iter()
+            .find(|r| p.repo_urls.iter().any(|u| forge::same_repo(u, &r.cfg.url)))
+        else {
+            return Ok(PushOutcome::Ignored("repository not watched"));
+        };
+        let secret = r
+            .cfg
+            .secrets
+            .get(forge.secret_key())
+            .and_then(|s| s.expose());
+        forge::verify(forge, secret, headers, body)?;
+        if p.branch != r.cfg.branch {
+            return Ok(PushOutcome::Ignored("branch not watched"));
+        }
+        if !p.delivery.is_empty() {
+            let Ok(mut seen) = self.seen.lock() else {
+                return Ok(PushOutcome::Duplicate);
+            };
+            if !seen.0.insert(p.delivery.clone()) {
+                return Ok(PushOutcome::Duplicate);
+            }
+            seen.1.push_back(p.delivery.clone());
+            if seen.1.len() > SEEN_MAX {
+                if let Some(old) = seen.1.pop_front() {
+                    seen.0.remove(&old);
+                }
+            }
+        }
+        let id = r.cfg.id.clone();
+        if r.tx.try_send(Trigger::Push(p)).is_err() {
+            // A full queue means syncs are already pending; the poller catches up regardless.
+            tracing::warn!(repository = %id, "push queue full; the poller will catch up");
+        }
+        Ok(PushOutcome::Accepted(id))
+    }
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+        if let Err(e) = self.repo.init().await {
+            self.fail(&e.to_string());
+        }
+        // The first tick is immediate: sync on start.
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let t = tokio::select! {
+                t = rx.recv() => match t { Some(t) => t, None => return },
+                _ = tick.tick() => Trigger::Poll,
+                () = shutdown.cancelled() => return,
+            };
+            match t {
+                Trigger::Poll => self.poll().await,
+                Trigger::Push(p) => self.on_push(p).await,
+                Trigger::Manual { dry_run, reply } => {
+                    let report = match self.repo.fetch().await {
+                        Ok(head) => self.sync(&head, dry_run, true).await,
+                        Err(e) => self.failed_report(String::new(), dry_run, e.to_string()),
+                    };
+                    let _ = reply.send(report);
+                }
+            }
+        }
+    }
+
+    fn last(&self) -> String {
+        self.status
+            .lock()
+            .map(|s| s.last_synced_commit.clone())
+            .unwrap_or_default()
+    }
+
+    async fn poll(&mut self) {
+        match self.repo.fetch().await {
+            Ok(head) if head != self.last() && head != self.refused => {
+                tracing::info!(repository = %self.cfg.id, %head, "poller: branch moved");
+                self.sync(&head, false, false).await;
+            }
+            Ok(_) => {}
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    async fn on_push(&mut self, p: forge::Push) {
+        let last = self.last();
+        if last.is_empty() || p.before != last {
+            // Not the commit we know: no partial trust, compare everything.
+            tracing::info!(repository = %self.cfg.id, before = %p.before, %last, "push does not follow the last synced commit: full reconcile");
+            match self.repo.fetch().await {
+                Ok(head) => {
+                    self.sync(&head, false, true).await;
+                }
+                Err(e) => self.fail(&e.to_string()),
+            }
+            return;
+        }
+        // The forge may announce a commit before it can be fetched.
+        let mut found = false;
+        for attempt in 0..self.cfg.fetch_attempts {
+            if attempt > 0 {
+                tokio::time::sleep(self.cfg.fetch_interval).await;
+            }
+            if let Err(e) = self.repo.fetch().await {
+                tracing::debug!(repository = %self.cfg.id, error = %e, "fetch failed");
+            }
+            if self.repo.has(&p.after).await {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            tracing::warn!(repository = %self.cfg.id, after = %p.after, attempts = self.cfg.fetch_attempts, "pushed commit not fetchable yet; the poller will pick it up");
+            return;
+        }
+        if let Some(files) = &p.files {
+            if !files.iter().any(|f| git::under(f, &self.cfg.folder)) {
+                tracing::info!(repository = %self.cfg.id, after = %p.after, "push touches no flag files: recorded as synced");
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_synced_commit = p.after.clone();
+                }
+                return;
+            }
+        }
+        self.sync(&p.after, false, true).await;
+    }
+
+    fn fail(&self, e: &str) {
+        tracing::warn!(repository = %self.cfg.id, error = %e, "git sync failed");
+        self.metrics
+            .gitsync_runs
+            .with_label_values(&[&self.cfg.id, "error"])
+            .inc();
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some(e.to_string());
+        }
+    }
+
+    fn failed_report(&self, commit: String, dry_run: bool, error: String) -> Report {
+        self.fail(&error);
+        Report {
+            repository: self.cfg.id.clone(),
+            commit,
+            dry_run,
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+
+    async fn actual(&self) -> Result<Vec<Flag>, String> {
+        let (status, body) = self
+            .flagr
+            .get("/flags?preload=true")
+            .await
+            .map_err(|e| e.to_string())?;
+        if status != http::StatusCode::OK {
+            return Err(format!("GET /flags?preload=true answered {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+
+    /// Makes Flagr match `commit` (or, dry, says how). `force` also re-applies a refused commit.
+    async fn sync(&mut self, commit: &str, dry_run: bool, force: bool) -> Report {
+        let started = Instant::now();
+        let id = self.cfg.id.clone();
+        let mut report = Report {
+            repository: id.clone(),
+            commit: commit.to_string(),
+            dry_run,
+            ..Default::default()
+        };
+        if !force && commit == self.refused {
+            return report;
+        }
+        let files = match self.repo.files(commit, &self.cfg.folder).await {
+            Ok(f) => f,
+            Err(e) => return self.failed_report(commit.into(), dry_run, e.to_string()),
+        };
+        let desired = match desired::load(&files) {
+            Ok(d) => d,
+            Err(problems) => {
+                tracing::error!(repository = %id, %commit, problems = problems.len(), first = ?problems.first(), "commit refused: invalid flags; Flagr keeps its last good state");
+                self.metrics
+                    .gitsync_runs
+                    .with_label_values(&[&id, "invalid"])
+                    .inc();
+                self.refused = commit.to_string();
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_error = Some(format!(
+                        "commit {commit} refused: {} problem(s)",
+                        problems.len()
+                    ));
+                    s.last_problems = problems.clone();
+                }
+                report.problems = problems;
+                report.error = Some("invalid flags".into());
+                return report;
+            }
+        };
+        let actual = match self.actual().await {
+            Ok(a) => a,
+            Err(e) => return self.failed_report(commit.into(), dry_run, e),
+        };
+        report.plan = plan::plan(&desired, &actual, self.cfg.delete_missing);
+        if dry_run {
+            report.duration_ms = started.elapsed().as_millis() as u64;
+            return report;
+        }
+        let result = self.applier.apply(commit, &report.plan).await;
+        let elapsed = started.elapsed();
+        report.duration_ms = elapsed.as_millis() as u64;
+        self.metrics
+            .gitsync_duration
+            .with_label_values(&[&id])
+            .observe(elapsed.as_secs_f64());
+        match result {
+            Ok(n) => {
+                report.applied = n;
+                self.metrics
+                    .gitsync_runs
+                    .with_label_values(&[&id, "success"])
+                    .inc();
+                self.metrics
+                    .gitsync_last_success
+                    .with_label_values(&[&id])
+                    .set(chrono::Utc::now().timestamp());
+                tracing::info!(repository = %id, %commit, changes = n, ?elapsed, "git sync applied");
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_synced_commit = commit.to_string();
+                    s.last_sync_at = Some(
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    );
+                    s.last_duration_ms = report.duration_ms;
+                    s.last_changes = n;
+                    s.last_error = None;
+                    s.last_problems.clear();
+                    s.syncs += 1;
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .gitsync_runs
+                    .with_label_values(&[&id, "apply_failed"])
+                    .inc();
+                tracing::error!(repository = %id, %commit, error = %e, "git sync stopped at a call Flagr refused");
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_error = Some(e.to_string());
+                }
+                report.error = Some(e.to_string());
+            }
+        }
+        report
+    }
+}

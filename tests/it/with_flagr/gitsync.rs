@@ -1,0 +1,530 @@
+//! Git sync with real git (a bare repository behind `git daemon` on loopback, and `file://`),
+//! the real binary and a real Flagr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::support::*;
+
+const TOKEN: &str = "git-admin";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare "remote" and a working clone to commit from.
+struct Repos {
+    _dir: tempfile::TempDir,
+    bare: PathBuf,
+    work: PathBuf,
+    daemon: Option<Child>,
+    pub url: String,
+}
+
+impl Repos {
+    fn new(served: bool) -> Repos {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("flags.git");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&bare).unwrap();
+        git(&bare, &["init", "--bare", "--quiet", "-b", "main"]);
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        let (daemon, url) = if served {
+            let port = free_port();
+            let child = Command::new("git")
+                .args([
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    "--listen=127.0.0.1",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", dir.path().display()))
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("git daemon");
+            (Some(child), format!("git://127.0.0.1:{port}/flags.git"))
+        } else {
+            (None, format!("file://{}", bare.display()))
+        };
+        Repos {
+            _dir: dir,
+            bare,
+            work,
+            daemon,
+            url,
+        }
+    }
+
+    /// Writes the files, commits, and (with `push`) pushes. Returns the new commit.
+    fn commit(&self, files: &[(&str, Value)], push: bool) -> String {
+        for (name, content) in files {
+            let p = self.work.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, serde_json::to_string_pretty(content).unwrap()).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "--quiet", "--allow-empty", "-m", "change"],
+        );
+        if push {
+            self.push();
+        }
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn push(&self) {
+        git(&self.work, &["push", "--quiet", "origin", "main"]);
+    }
+
+    fn head_of_remote(&self) -> String {
+        git(&self.bare, &["rev-parse", "main"])
+    }
+}
+
+impl Drop for Repos {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn flags(enabled: bool, rollout: i64) -> Value {
+    json!({"Flags": [
+        {"Key": "checkout", "Description": "checkout button", "Enabled": enabled,
+         "Tags": [{"Value": "web"}],
+         "Variants": [{"Key": "blue", "Attachment": {"color": "#00f"}}, {"Key": "green", "Attachment": null}],
+         "Segments": [
+            {"Description": "CA", "Rank": 0, "RolloutPercent": rollout,
+             "Constraints": [{"Property": "state", "Operator": "EQ", "Value": "\"CA\""}],
+             "Distributions": [{"VariantKey": "blue", "Percent": 50}, {"VariantKey": "green", "Percent": 50}]},
+            {"Description": "everyone", "Rank": 1, "RolloutPercent": 10,
+             "Distributions": [{"VariantKey": "green", "Percent": 100}]}]},
+        {"Key": "search-v2", "Description": "new search", "Enabled": false}
+    ]})
+}
+
+fn github_push(
+    secret: &str,
+    url: &str,
+    before: &str,
+    after: &str,
+    files: &[&str],
+    delivery: &str,
+) -> (Vec<(String, String)>, String) {
+    let body = json!({"ref": "refs/heads/main", "before": before, "after": after,
+        "repository": {"clone_url": url},
+        "commits": [{"added": files, "modified": [], "removed": []}]})
+    .to_string();
+    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(m.finalize().into_bytes()));
+    (
+        vec![
+            ("x-github-event".into(), "push".into()),
+            ("x-github-delivery".into(), delivery.into()),
+            ("x-hub-signature-256".into(), sig),
+        ],
+        body,
+    )
+}
+
+async fn send_push(
+    fh: &Flaghook,
+    forge: &str,
+    headers: Vec<(String, String)>,
+    body: String,
+) -> (u16, Value) {
+    let mut req = client()
+        .post(format!("{}/hooks/git/{forge}", fh.admin))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn flagr_flags(f: &Flagr) -> Vec<Value> {
+    call("GET", &format!("{}/flags?preload=true", f.api()), None)
+        .await
+        .1
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn flag(f: &Flagr, key: &str) -> Option<Value> {
+    flagr_flags(f).await.into_iter().find(|v| v["key"] == key)
+}
+
+async fn status(fh: &Flaghook) -> Value {
+    client()
+        .get(format!("{}/api/gitsync", fh.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["repositories"][0]
+        .clone()
+}
+
+fn cfg(url: &str, poll: &str, extra: &str, r: &Receiver) -> String {
+    format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n{FAST_DELIVERY}{}[[git_repositories]]\nid = \"flags\"\nurl = \"{url}\"\nfolder = \"flagr\"\npoll_interval = \"{poll}\"\nfetch_attempts = 10\nfetch_interval = \"300ms\"\nsecrets = {{ github = \"gh-secret\" }}\n{extra}\n",
+        webhook("events", r, "")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
+    let f = flagr(&[]).await;
+    let repos = Repos::new(true);
+    let c1 = repos.commit(
+        &[
+            ("flagr/flags.json", flags(false, 50)),
+            ("README.md", json!("docs")),
+        ],
+        true,
+    );
+    let r = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", "", &r)).await;
+    // The first sync runs at start.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            status(&fh).await["last_synced_commit"] == c1.as_str()
+        })
+        .await,
+        "{}",
+        status(&fh).await
+    );
+    let checkout = flag(&f, "checkout").await.expect("created from git");
+    assert_eq!(checkout["segments"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        checkout["segments"][0]["constraints"][0]["property"],
+        "state"
+    );
+    assert_eq!(
+        checkout["segments"][0]["distributions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(checkout["tags"][0]["value"], "web");
+    assert_eq!(checkout["variants"][0]["attachment"]["color"], "#00f");
+    assert!(flag(&f, "search-v2").await.is_some());
+    // Its changes were events with source gitsync and the commit.
+    let hits = r.wait_for(1).await;
+    let first = hits[0].json();
+    assert_eq!(first["source"], "gitsync");
+    assert_eq!(first["commit"], c1.as_str());
+
+    // A signed GitHub push: Flagr follows.
+    let c2 = repos.commit(&[("flagr/flags.json", flags(true, 100))], true);
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        &c1,
+        &c2,
+        &["flagr/flags.json"],
+        "d-1",
+    );
+    let (s, v) = send_push(&fh, "github", h.clone(), b.clone()).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["accepted"], "flags");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            flag(&f, "checkout")
+                .await
+                .is_some_and(|v| v["enabled"] == true && v["segments"][0]["rolloutPercent"] == 100)
+        })
+        .await
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            r.hits().iter().any(|h| {
+                let v = h.json();
+                v["event"] == "flag.enabled" && v["commit"] == c2.as_str()
+            })
+        })
+        .await
+    );
+    // The same delivery again is a duplicate and does nothing.
+    let (s, v) = send_push(&fh, "github", h, b).await;
+    assert_eq!(
+        (s, v["ignored"].as_str()),
+        (202, Some("duplicate delivery"))
+    );
+
+    // Wrong signature: 401, nothing happens.
+    let c3 = repos.commit(&[("flagr/flags.json", flags(false, 100))], true);
+    let (h, b) = github_push(
+        "not-the-secret",
+        &repos.url,
+        &c2,
+        &c3,
+        &["flagr/flags.json"],
+        "d-2",
+    );
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 401);
+    // Malformed: 400 with the reason; unwatched repository or branch: 202 and nothing else.
+    assert_eq!(
+        send_push(
+            &fh,
+            "github",
+            vec![("x-github-event".into(), "push".into())],
+            "{nope".into()
+        )
+        .await
+        .0,
+        400
+    );
+    let (h, b) = github_push(
+        "gh-secret",
+        "https://elsewhere.example.com/x.git",
+        &c2,
+        &c3,
+        &[],
+        "d-3",
+    );
+    let (s, v) = send_push(&fh, "github", h, b).await;
+    assert_eq!(
+        (s, v["ignored"].as_str()),
+        (202, Some("repository not watched"))
+    );
+    assert_eq!(
+        send_push(&fh, "bitbucket", vec![], "{}".into()).await.0,
+        404
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        flag(&f, "checkout").await.unwrap()["enabled"],
+        true,
+        "unsigned push was not applied"
+    );
+
+    // An invalid commit is refused as a whole; Flagr keeps its last good state.
+    let mut bad = flags(false, 30);
+    bad["Flags"][0]["Segments"][0]["Distributions"][0]["Percent"] = json!(70);
+    let c4 = repos.commit(&[("flagr/flags.json", bad)], true);
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        &c2,
+        &c4,
+        &["flagr/flags.json"],
+        "d-4",
+    );
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            status(&fh).await["last_problems"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        })
+        .await
+    );
+    let st = status(&fh).await;
+    let p = &st["last_problems"][0];
+    assert_eq!(
+        (p["file"].as_str(), p["flag"].as_str()),
+        (Some("flagr/flags.json"), Some("checkout"))
+    );
+    assert!(
+        p["problem"].as_str().unwrap().contains("sum to 120"),
+        "{st}"
+    );
+    assert_eq!(st["last_synced_commit"], c2.as_str());
+    let now = flag(&f, "checkout").await.unwrap();
+    assert_eq!(
+        (
+            now["enabled"].as_bool(),
+            now["segments"][0]["rolloutPercent"].as_i64()
+        ),
+        (Some(true), Some(100))
+    );
+
+    // A push that does not follow the last synced commit: full reconcile to the branch head.
+    let c5 = repos.commit(&[("flagr/flags.json", flags(false, 40))], true);
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        "0000000000000000000000000000000000000000",
+        &c5,
+        &["flagr/flags.json"],
+        "d-5",
+    );
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            status(&fh).await["last_synced_commit"] == c5.as_str()
+        })
+        .await
+    );
+    assert_eq!(
+        flag(&f, "checkout").await.unwrap()["segments"][0]["rolloutPercent"],
+        40
+    );
+
+    // A push that touches no flag file is recorded without touching Flagr.
+    let c6 = repos.commit(&[("README.md", json!("more docs"))], true);
+    let before = r.hits().len();
+    let (h, b) = github_push("gh-secret", &repos.url, &c5, &c6, &["README.md"], "d-6");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            status(&fh).await["last_synced_commit"] == c6.as_str()
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.hits().len(), before);
+
+    // A flag edited in Flagr by hand is set back on the next sync; a dry run shows the plan first.
+    call(
+        "PUT",
+        &format!("{}/flags/{}", f.api(), now["id"]),
+        Some(json!({"description": "edited by hand"})),
+    )
+    .await;
+    let dry: Value = client()
+        .post(format!("{}/api/gitsync/flags/sync?dry_run=true", fh.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["plan"][0]["op"], "update_flag", "{dry}");
+    assert_eq!(
+        flag(&f, "checkout").await.unwrap()["description"],
+        "edited by hand"
+    );
+    let done: Value = client()
+        .post(format!("{}/api/gitsync/flags/sync", fh.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["applied"], 1, "{done}");
+    assert_eq!(
+        flag(&f, "checkout").await.unwrap()["description"],
+        "checkout button"
+    );
+    let m = fh.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            "flaghook_gitsync_runs_total{outcome=\"success\",repository=\"flags\"}"
+        ) >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "flaghook_gitsync_runs_total{outcome=\"invalid\",repository=\"flags\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_syncs_without_webhooks_and_late_commits_are_retried() {
+    let f = flagr(&[]).await;
+    let repos = Repos::new(false);
+    let c1 = repos.commit(&[("flagr/flags.json", flags(false, 50))], true);
+    let r = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "400ms", "", &r)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            status(&fh).await["last_synced_commit"] == c1.as_str()
+        })
+        .await
+    );
+    // No webhook at all: the poller notices the moved head.
+    let c2 = repos.commit(&[("flagr/flags.json", flags(true, 75))], true);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            flag(&f, "checkout")
+                .await
+                .is_some_and(|v| v["enabled"] == true && v["segments"][0]["rolloutPercent"] == 75)
+        })
+        .await
+    );
+    assert_eq!(status(&fh).await["last_synced_commit"], c2.as_str());
+    assert_eq!(repos.head_of_remote(), c2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_announced_before_it_can_be_fetched_is_picked_up_by_the_retries() {
+    let f = flagr(&[]).await;
+    let repos = Repos::new(true);
+    let c1 = repos.commit(&[("flagr/flags.json", flags(false, 50))], true);
+    let r = Receiver::start(vec![]).await;
+    // An hour between polls: only the fetch retries can find the late commit.
+    let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", "", &r)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            status(&fh).await["last_synced_commit"] == c1.as_str()
+        })
+        .await
+    );
+    let c2 = repos.commit(&[("flagr/flags.json", flags(true, 60))], false);
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        &c1,
+        &c2,
+        &["flagr/flags.json"],
+        "late-1",
+    );
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    // The commit reaches the remote a second later.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    repos.push();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            status(&fh).await["last_synced_commit"] == c2.as_str()
+        })
+        .await
+    );
+    assert_eq!(
+        flag(&f, "checkout").await.unwrap()["segments"][0]["rolloutPercent"],
+        60
+    );
+}
