@@ -166,6 +166,8 @@ struct Worker {
     /// Impression batches that failed their retry, oldest first, for when the endpoint recovers.
     parked: VecDeque<Job>,
     parked_bytes: usize,
+    /// Requests given up on because the shutdown deadline came first.
+    lost_at_shutdown: usize,
 }
 
 impl Worker {
@@ -348,6 +350,7 @@ impl Worker {
             }
             Verdict::Retry { .. } => {
                 let reason = if draining {
+                    self.lost_at_shutdown += 1;
                     "shutdown"
                 } else {
                     "retries_exhausted"
@@ -468,6 +471,7 @@ pub async fn run(
         wake: None,
         parked: VecDeque::new(),
         parked_bytes: 0,
+        lost_at_shutdown: 0,
     };
     let mut deadline: Option<Instant> = None;
     let mut stopped = false;
@@ -538,14 +542,15 @@ pub async fn run(
     for job in &parked {
         count_dropped(&w.ctx, job, "shutdown");
     }
-    let left = w.count + parked.len();
+    let left = w.count + parked.len() + w.lost_at_shutdown;
     if left > 0 {
         let reason = if stopped { "deleted" } else { "shutdown" };
+        // Those given up on while draining were counted one by one already.
         w.ctx
             .metrics
             .dropped
             .with_label_values(&[&w.ctx.webhook.id, reason])
-            .inc_by(left as u64);
+            .inc_by((left - w.lost_at_shutdown) as u64);
         tracing::warn!(endpoint = %w.id(), undelivered = left, reason, "requests left undelivered");
     }
     w.count = 0;

@@ -6,11 +6,13 @@ mod support;
 mod with_flagr {
     mod admin;
     mod events;
+    mod faults;
     mod gitsync;
     mod impressions;
     mod page;
     mod prometheus;
     mod proxy;
 }
+mod faults;
 mod standalone;
 mod tooling;

@@ -44,6 +44,8 @@ pub struct Flagr {
     child: Child,
     pub port: u16,
     _dir: tempfile::TempDir,
+    cmd: Vec<(String, String)>,
+    bin: PathBuf,
 }
 
 /// Starts a Flagr. A missing binary fails the test: `scripts/test` leaves the `with_flagr::` tests
@@ -72,6 +74,11 @@ pub async fn flagr(extra_env: &[(&str, &str)]) -> Flagr {
     let f = Flagr {
         child,
         port,
+        cmd: extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        bin: flagr_bin().expect("flagr binary"),
         _dir: dir,
     };
     let health = format!("{}/api/v1/health", f.url());
@@ -86,6 +93,34 @@ pub async fn flagr(extra_env: &[(&str, &str)]) -> Flagr {
 }
 
 impl Flagr {
+    /// Kills Flagr (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .env("FLAGR_DB_DBDRIVER", "sqlite3")
+            .env(
+                "FLAGR_DB_DBCONNECTIONSTR",
+                self._dir.path().join("flagr.sqlite"),
+            )
+            .env("FLAGR_UI_ENABLED", "false")
+            .env("FLAGR_EVALCACHE_REFRESHINTERVAL", "200ms")
+            .env("FLAGR_HEADER_AUTH_ENABLED", "true")
+            .env("FLAGR_PPROF_ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &self.cmd {
+            cmd.env(k, v);
+        }
+        self.child = cmd.spawn().expect("flagr restarts");
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
