@@ -255,8 +255,11 @@ impl Metrics {
             ),
             config_webhooks: reg(
                 r,
-                IntGauge::new("flaghook_webhooks", "Change-event webhooks configured.")
-                    .expect("valid metric"),
+                IntGauge::new(
+                    "flaghook_webhooks",
+                    "Webhook endpoints running (change events and impressions).",
+                )
+                .expect("valid metric"),
             ),
             build_info: reg(
                 r,

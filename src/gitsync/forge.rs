@@ -5,10 +5,8 @@
 //! branch, before, after, changed files when listed, delivery id) or why it was refused.
 //! Never: compares a secret or signature in anything but constant time.
 
-use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use serde_json::Value;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 /// Which forge sent it (the path segment of `/hooks/git/{forge}`).
@@ -170,14 +168,7 @@ pub fn parse(forge: Forge, headers: &HeaderMap, body: &[u8]) -> Result<Push, Pus
 }
 
 fn hmac_ok(secret: &str, body: &[u8], hex_sig: &str) -> bool {
-    let Ok(sig) = hex::decode(hex_sig.trim()) else {
-        return false;
-    };
-    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return false;
-    };
-    m.update(body);
-    m.verify_slice(&sig).is_ok()
+    crate::delivery::sign::verify_hex(secret.as_bytes(), body, hex_sig)
 }
 
 /// Checks the forge's signature (or token) with the repository's secret for that forge.
@@ -232,6 +223,8 @@ pub fn same_repo(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

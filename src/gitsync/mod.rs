@@ -145,10 +145,6 @@ impl GitSync {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.repos.is_empty()
-    }
-
     pub fn statuses(&self) -> Vec<Status> {
         self.repos
             .iter()

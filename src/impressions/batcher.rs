@@ -89,10 +89,6 @@ impl Batchers {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
-    }
-
     /// Adds records to every endpoint that wants this environment; flushes full batches.
     pub fn add(&self, records: &[Impression]) {
         if records.is_empty() {
