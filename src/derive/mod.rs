@@ -161,25 +161,28 @@ async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: Share
     loop {
         let ex = { rx.lock().await.recv().await };
         let Some(ex) = ex else { return };
-        let records = impressions_of(&ex, &sink.cfg, d.inspect_cap);
-        if records.is_empty() && ex.status == http::StatusCode::OK {
-            d.metrics
+        match impressions_of(&ex, &sink.cfg, d.inspect_cap) {
+            Some(records) => sink.batchers.add(&records),
+            None => d
+                .metrics
                 .derive_errors
                 .with_label_values(&["impressions_unreadable"])
-                .inc();
+                .inc(),
         }
-        sink.batchers.add(&records);
     }
 }
 
-/// The impression records of one evaluation or exposure call (none unless Flagr said 200).
-pub fn impressions_of(ex: &Exchange, cfg: &ImpressionsConfig, cap: usize) -> Vec<Impression> {
+/// The impression records of one evaluation or exposure call (none unless Flagr said 200);
+/// `None` when a 200 answer could not be read (over the cap, cut short, not JSON).
+pub fn impressions_of(
+    ex: &Exchange,
+    cfg: &ImpressionsConfig,
+    cap: usize,
+) -> Option<Vec<Impression>> {
     if ex.status != http::StatusCode::OK {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    let Some(response) = json_of(&ex.response_body, ex.response_encoding.as_ref(), cap) else {
-        return Vec::new();
-    };
+    let response = json_of(&ex.response_body, ex.response_encoding.as_ref(), cap)?;
     let header = |v: &Option<http::HeaderValue>| {
         v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string)
     };
@@ -204,16 +207,14 @@ pub fn impressions_of(ex: &Exchange, cfg: &ImpressionsConfig, cap: usize) -> Vec
         sdk_version,
         time_ms,
     };
-    match ex.route {
+    Some(match ex.route {
         Route::Evaluation(_) => impressions::from_evaluation(&response, &ctx),
         Route::Exposure => {
-            match json_of(&ex.request_body, ex.meta.content_encoding.as_ref(), cap) {
-                Some(request) => impressions::from_exposures(&request, &response, &ctx),
-                None => Vec::new(),
-            }
+            let request = json_of(&ex.request_body, ex.meta.content_encoding.as_ref(), cap)?;
+            impressions::from_exposures(&request, &response, &ctx)
         }
         _ => Vec::new(),
-    }
+    })
 }
 
 /// A lane: handles its flags' mutations one at a time.

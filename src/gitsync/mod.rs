@@ -96,7 +96,12 @@ struct Worker {
     status: Arc<Mutex<Status>>,
     /// A commit refused as invalid: the poller does not try it again.
     refused: String,
+    /// After a failure that may pass (Flagr or the remote not up yet), try again this soon.
+    retry_at: Option<tokio::time::Instant>,
 }
+
+/// How soon a sync that failed (not refused) is tried again, at most.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 impl GitSync {
     /// Starts one task per repository.
@@ -131,6 +136,7 @@ impl GitSync {
                 metrics: metrics.clone(),
                 status: status.clone(),
                 refused: String::new(),
+                retry_at: None,
             };
             tokio::spawn(w.run(rx, shutdown.clone()));
             handles.push(RepoHandle {
@@ -216,11 +222,14 @@ impl Worker {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let retry = self.retry_at;
             let t = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return },
                 _ = tick.tick() => Trigger::Poll,
+                () = async { if let Some(r) = retry { tokio::time::sleep_until(r).await } }, if retry.is_some() => Trigger::Poll,
                 () = shutdown.cancelled() => return,
             };
+            self.retry_at = None;
             match t {
                 Trigger::Poll => self.poll().await,
                 Trigger::Push(p) => self.on_push(p).await,
@@ -296,8 +305,10 @@ impl Worker {
         self.sync(&p.after, false, true).await;
     }
 
-    fn fail(&self, e: &str) {
-        tracing::warn!(repository = %self.cfg.id, error = %e, "git sync failed");
+    fn fail(&mut self, e: &str) {
+        self.retry_at =
+            Some(tokio::time::Instant::now() + RETRY_AFTER_FAILURE.min(self.cfg.poll_interval));
+        tracing::warn!(repository = %self.cfg.id, error = %e, "git sync failed; will try again");
         self.metrics
             .gitsync_runs
             .with_label_values(&[&self.cfg.id, "error"])
@@ -307,7 +318,7 @@ impl Worker {
         }
     }
 
-    fn failed_report(&self, commit: String, dry_run: bool, error: String) -> Report {
+    fn failed_report(&mut self, commit: String, dry_run: bool, error: String) -> Report {
         self.fail(&error);
         Report {
             repository: self.cfg.id.clone(),
