@@ -205,10 +205,21 @@ fn all_mutations() -> Vec<Step> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mutation_gives_its_events_with_the_whole_flag() {
+    all_mutations_in_mode("auto").await;
+}
+
+/// Legacy Flagr 1.1.x keeps no snapshot history: flaghook then reads the flag before forwarding
+/// each mutation. The same workflow must give the same events that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_gives_its_events_in_prefetch_mode() {
+    all_mutations_in_mode("prefetch").await;
+}
+
+async fn all_mutations_in_mode(mode: &str) {
     let f = flagr(&[]).await;
     let r = Receiver::start(vec![]).await;
     let cfg = format!(
-        "{FAST_DELIVERY}{}",
+        "[flagr]\nsnapshot_mode = \"{mode}\"\n{FAST_DELIVERY}{}",
         webhook("all", &r, "secret = \"s3cret\"\nprevious_secret = \"old\"")
     );
     let fh = Flaghook::start(&f.url(), &cfg).await;
