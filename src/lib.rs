@@ -215,6 +215,7 @@ impl App {
             store,
             delivery: policy,
             gitsync,
+            max_body_bytes: cfg.admin.max_body_bytes,
         });
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn(async move {

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub store: Option<Arc<store::Store>>,
     pub delivery: Arc<DeliveryConfig>,
     pub gitsync: Option<Arc<GitSync>>,
+    /// Largest request body the admin listener takes (forge pushes can list many commits).
+    pub max_body_bytes: usize,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -44,6 +46,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/ui", get(page))
         .route("/hooks/git/{forge}", axum::routing::post(git_push))
         .nest("/api", api::router(state.clone()))
+        // Push bodies and API bodies are small; a bound keeps a bad client from filling memory.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            state.max_body_bytes,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -164,6 +164,8 @@ pub struct AdminConfig {
     /// File of the embedded store for webhooks created through the admin API. Empty: webhooks
     /// can only come from this file.
     pub store: String,
+    /// Largest request body the admin listener accepts (API calls, forge pushes).
+    pub max_body_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -173,6 +175,7 @@ impl Default for AdminConfig {
             token: Secret::default(),
             ready_timeout: Duration::from_secs(2),
             store: String::new(),
+            max_body_bytes: 4 << 20,
         }
     }
 }
@@ -437,6 +440,7 @@ impl Config {
         positive("delivery.queue_max_bytes", self.delivery.queue_max_bytes)?;
         positive("delivery.max_in_flight", self.delivery.max_in_flight)?;
         positive("delivery.log_size", self.delivery.log_size)?;
+        positive("admin.max_body_bytes", self.admin.max_body_bytes)?;
         let pr = &self.delivery.protection;
         positive(
             "delivery.protection.consecutive_failures",
