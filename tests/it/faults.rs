@@ -62,14 +62,12 @@ async fn truncated_json_from_upstream_reaches_the_client_as_is_and_derives_nothi
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(&resp.bytes().await.unwrap()[..], &REPLY[REPLY.len() - 20..]);
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric("flaghook_derive_errors_total{reason=\"no_flag_id\"}")
-                .await
-                == 1.0
-        })
-        .await
+    fh.wait_metric("flaghook_derive_errors_total{reason=\"no_flag_id\"}", 1.0)
+        .await;
+    assert_eq!(
+        fh.metric("flaghook_derive_errors_total{reason=\"no_flag_id\"}")
+            .await,
+        1.0
     );
     assert!(r.hits().is_empty());
     // Malformed JSON from a client is Flagr's business: passed on untouched.
@@ -100,17 +98,11 @@ async fn upstream_reset_mid_body_cuts_the_client_and_nothing_else() {
         Ok(resp) => resp.bytes().await.is_err(),
     };
     assert!(cut);
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric(
-                "flaghook_tap_uninspected_total{direction=\"response\",reason=\"incomplete\"}",
-            )
-            .await
-                >= 1.0
-        })
-        .await
-    );
+    fh.wait_metric(
+        "flaghook_tap_uninspected_total{direction=\"response\",reason=\"incomplete\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(
         client()
             .get(format!("{}/healthz", fh.admin))

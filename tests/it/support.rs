@@ -210,6 +210,20 @@ impl Flaghook {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Waits (bounded) until a counter or gauge reaches at least `min`; fails the test with the
+    /// whole metrics text otherwise.
+    pub async fn wait_metric(&self, series: &str, min: f64) {
+        let ok = wait_until(Duration::from_secs(15), || async {
+            self.metric(series).await >= min
+        })
+        .await;
+        assert!(
+            ok,
+            "{series} never reached {min}:\n{}",
+            self.metrics().await
+        );
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

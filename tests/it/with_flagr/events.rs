@@ -567,14 +567,15 @@ async fn retries_then_success_same_id_and_no_more() {
     )
     .await;
     let hits = r.wait_for(3).await;
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric("flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"success\"}")
-                .await
-                == 1.0
-        })
-        .await
+    fh.wait_metric(
+        "flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"success\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        fh.metric("flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"success\"}")
+            .await,
+        1.0
     );
     let ids: Vec<String> = hits.iter().map(|h| h.header("webhook-id")).collect();
     assert_eq!(ids, vec![ids[0].clone(); 3]);
@@ -629,14 +630,15 @@ async fn hanging_receiver_is_cut_at_the_timeout_and_redirects_are_not_followed()
     )
     .await;
     hang.wait_for(2).await;
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric("flaghook_deliveries_total{endpoint=\"hang\",outcome=\"success\"}")
-                .await
-                == 1.0
-        })
-        .await
+    fh.wait_metric(
+        "flaghook_deliveries_total{endpoint=\"hang\",outcome=\"success\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        fh.metric("flaghook_deliveries_total{endpoint=\"hang\",outcome=\"success\"}")
+            .await,
+        1.0
     );
     assert_eq!(
         fh.metric("flaghook_deliveries_total{endpoint=\"hang\",outcome=\"error_retryable\"}")
@@ -667,15 +669,11 @@ async fn dead_receivers_change_nothing_for_clients() {
         }
         assert_eq!((s1, v1), (s2, v2), "{} {}", s.method, s.path);
     }
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric("flaghook_deliveries_total{endpoint=\"dead\",outcome=\"error_retryable\"}")
-                .await
-                >= 1.0
-        })
-        .await
-    );
+    fh.wait_metric(
+        "flaghook_deliveries_total{endpoint=\"dead\",outcome=\"error_retryable\"}",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

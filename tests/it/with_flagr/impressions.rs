@@ -187,13 +187,9 @@ async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
     assert!(got[3]["label"].as_str().unwrap().contains("not found"));
     let m = fh.metrics().await;
     assert_eq!(metric_value(&m, "flaghook_impressions_derived_total"), 4.0);
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric("flaghook_impressions_delivered_total").await == 4.0
-        })
-        .await
-    );
+    fh.wait_metric("flaghook_impressions_delivered_total", 4.0)
+        .await;
+    assert_eq!(fh.metric("flaghook_impressions_delivered_total").await, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,13 +288,9 @@ async fn failing_receiver_gets_one_retry_then_the_batch_is_parked_and_delivered_
         hits[1].header("webhook-id"),
         "the retry is the same batch"
     );
-    let fh2 = &fh;
-    assert!(
-        wait_until(Duration::from_secs(10), || async move {
-            fh2.metric("flaghook_impressions_parked_total").await == 2.0
-        })
-        .await
-    );
+    fh.wait_metric("flaghook_impressions_parked_total", 2.0)
+        .await;
+    assert_eq!(fh.metric("flaghook_impressions_parked_total").await, 2.0);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(r.hits().len(), 2, "exactly one retry");
     // The receiver works again: the next batch succeeds and the parked one follows.
