@@ -126,6 +126,7 @@ impl App {
         });
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
+        let in_flight = proxy::InFlight::default();
         let deriver = Arc::new(derive::Deriver {
             impressions: impression_sink.clone(),
             flagr: flagr.clone(),
@@ -134,6 +135,7 @@ impl App {
             flagr_cfg: cfg.flagr.clone(),
             legacy: legacy.clone(),
             inspect_cap: cfg.proxy.inspect_max_bytes,
+            in_flight: in_flight.clone(),
         });
         let flusher_stop = CancellationToken::new();
         let flusher_task = impression_sink
@@ -154,6 +156,7 @@ impl App {
             &cfg.flagr.user_header,
             impression_sink.is_some(),
             gitsync_token.clone(),
+            in_flight,
             tap,
             metrics.clone(),
             legacy,

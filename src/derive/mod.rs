@@ -42,6 +42,8 @@ pub struct Deriver {
     /// True on legacy Flagr: read states from the prefetch and a GET, not from snapshots.
     pub legacy: Arc<AtomicBool>,
     pub inspect_cap: usize,
+    /// Mutations per flag sent to Flagr but not yet queued here.
+    pub in_flight: crate::proxy::InFlight,
 }
 
 /// One mutation, ready for a lane.
@@ -78,7 +80,7 @@ pub async fn run(
         }
         tx
     });
-    while let Some(ex) = rx.recv().await {
+    while let Some(mut ex) = rx.recv().await {
         let Route::Mutation(mutation) = ex.route else {
             if let Some(tx) = &imp_tx {
                 if tx.try_send(ex).is_err() {
@@ -126,6 +128,8 @@ pub async fn run(
             );
             continue;
         };
+        // From here on the lane's queue accounts for it.
+        drop(ex.in_flight.take());
         let lane = (flag.unsigned_abs() as usize) % senders.len();
         let work = Work {
             mutation,
@@ -236,7 +240,8 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
         let Some(w) = backlog.pop_front() else {
             continue;
         };
-        let later_same_flag = backlog.iter().filter(|x| x.flag == w.flag).count();
+        let later_same_flag =
+            backlog.iter().filter(|x| x.flag == w.flag).count() + d.in_flight.count(w.flag);
         match derive_one(&d, &w, &mut last, later_same_flag).await {
             Ok(Some(set)) => {
                 for e in &set.events {
@@ -340,13 +345,19 @@ async fn states_by_snapshot(
             limit = (limit * 4).min(MAX_SNAPSHOT_WINDOW);
         }
     };
-    // Newest first. Find ours: the first after the last one attributed, or else the one that
-    // leaves room for the mutations of this flag still queued behind this one.
-    let pos = match last.get(&w.flag) {
-        Some(&l) => snaps.iter().rposition(|s| s.id > l),
-        None => None,
-    }
-    .unwrap_or(later_same_flag.min(snaps.len().saturating_sub(1)));
+    // Newest first. With no later mutation of this flag on its way, ours is the newest: a change
+    // made around the proxy before it is then "before", not "after". In a burst, ours is the
+    // first after the last one attributed (or, for a flag not seen yet, the one that leaves
+    // room for the mutations still coming).
+    let pos = if later_same_flag == 0 || w.mutation.creates_flag() {
+        0
+    } else {
+        match last.get(&w.flag) {
+            Some(&l) => snaps.iter().rposition(|s| s.id > l),
+            None => None,
+        }
+        .unwrap_or(later_same_flag.min(snaps.len().saturating_sub(1)))
+    };
     let Some(ours) = snaps.get(pos) else {
         return Err(FlagrError::Json {
             path: format!("/flags/{}/snapshots", w.flag),

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::tap::{Captured, Exchange, Pending, RequestMeta, RequestSlot, TapBody, TapSender};
+use super::InFlight;
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, Route, RouteTable};
 use crate::metrics::{method_label, status_class, Metrics};
@@ -58,6 +59,7 @@ struct Inner {
     inspect_impressions: bool,
     /// Git sync's calls carry this; nobody else knows it.
     gitsync_token: String,
+    in_flight: InFlight,
 }
 
 impl Proxy {
@@ -67,6 +69,7 @@ impl Proxy {
         user_header: &str,
         inspect_impressions: bool,
         gitsync_token: String,
+        in_flight: InFlight,
         tap: TapSender,
         metrics: Arc<Metrics>,
         prefetch: Arc<AtomicBool>,
@@ -103,6 +106,7 @@ impl Proxy {
                     .map_err(|e| format!("flagr.user_header: {e}"))?,
                 inspect_impressions,
                 gitsync_token,
+                in_flight,
             }),
         })
     }
@@ -169,6 +173,11 @@ impl Proxy {
         });
 
         let mut prefetched = None;
+        // Counted from before Flagr sees it, so derivation knows its snapshot may come.
+        let in_flight = match route {
+            Route::Mutation(m) => m.path_flag().map(|f| me.in_flight.enter(f)),
+            _ => None,
+        };
         if let Route::Mutation(m) = route {
             if me.prefetch.load(Ordering::Relaxed) {
                 if let Some(flag) = m.path_flag() {
@@ -257,6 +266,7 @@ impl Proxy {
                     response_body: Captured::Incomplete,
                     responded_at: SystemTime::now(),
                     prefetched,
+                    in_flight,
                 };
                 TapBody::response(
                     body,

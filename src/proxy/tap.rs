@@ -69,6 +69,8 @@ pub struct Exchange {
     pub responded_at: SystemTime,
     /// Legacy servers: the flag as it was before the call.
     pub prefetched: Option<FlagState>,
+    /// Holds the flag's in-flight count until derivation queues the exchange.
+    pub in_flight: Option<super::InFlightGuard>,
 }
 
 /// The sending half, shared by every connection.
@@ -314,6 +316,7 @@ mod tests {
                 response_body: Captured::Incomplete,
                 responded_at: SystemTime::now(),
                 prefetched: None,
+                in_flight: None,
             },
             request: slot,
             sender,

@@ -737,3 +737,53 @@ async fn flagr_format_matches_flagrs_own_notifier() {
         assert!(v.get("event").is_none(), "flagr format has no seed fields");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_around_the_proxy_does_not_shift_later_events() {
+    let f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(
+        &f.url(),
+        &format!("{FAST_DELIVERY}{}", webhook("w", &r, "")),
+    )
+    .await;
+    let put = |base: String, d: &'static str| async move {
+        call(
+            "PUT",
+            &format!("{base}/flags/1"),
+            Some(json!({"description": d})),
+        )
+        .await
+    };
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "start", "key": "k"})),
+    )
+    .await;
+    put(fh.api(), "a").await;
+    r.wait_for(2).await;
+    // Straight to Flagr: flaghook sees no call, so no event; but its snapshot exists.
+    put(f.api(), "b").await;
+    put(fh.api(), "c").await;
+    put(fh.api(), "d").await;
+    let hits = r.wait_for(4).await;
+    let changes: Vec<(String, String)> = hits[1..]
+        .iter()
+        .map(|h| {
+            let c = &h.json()["changes"]["description"];
+            (
+                c["before"].as_str().unwrap().to_string(),
+                c["after"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("start".to_string(), "a".to_string()),
+            ("b".into(), "c".into()),
+            ("c".into(), "d".into())
+        ]
+    );
+}
