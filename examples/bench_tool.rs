@@ -19,9 +19,6 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

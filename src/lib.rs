@@ -108,14 +108,9 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("impression_webhooks: {e}"))?;
         }
         let impression_sink = (!cfg.impression_webhooks.is_empty()).then(|| {
-            let environment = if cfg.impressions.environment_name.is_empty() {
-                cfg.impressions.environment_id.clone()
-            } else {
-                cfg.impressions.environment_name.clone()
-            };
             let batchers = Arc::new(impressions::batcher::Batchers::new(
                 &cfg.impression_webhooks,
-                &environment,
+                &cfg.impressions,
                 deliveries.clone(),
                 metrics.clone(),
             ));

@@ -33,6 +33,8 @@ impl Batch {
 
 struct Endpoint {
     cfg: Arc<ImpressionWebhookConfig>,
+    /// This sidecar's environment is one the endpoint asked for (decided once: it never changes).
+    wanted: bool,
     gzip: bool,
     batch: Mutex<Batch>,
     last_flush: Mutex<tokio::time::Instant>,
@@ -41,7 +43,6 @@ struct Endpoint {
 /// Every impression endpoint's open batch.
 pub struct Batchers {
     endpoints: Vec<Endpoint>,
-    environment: String,
     deliveries: Arc<Deliveries>,
     metrics: Arc<Metrics>,
 }
@@ -68,13 +69,17 @@ pub fn wants_gzip(compression: Compression, url: &str) -> bool {
 impl Batchers {
     pub fn new(
         cfgs: &[ImpressionWebhookConfig],
-        environment: &str,
+        environment: &crate::config::ImpressionsConfig,
         deliveries: Arc<Deliveries>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let endpoints = cfgs
             .iter()
             .map(|c| Endpoint {
+                wanted: c.environments.is_empty()
+                    || c.environments.iter().any(|e| {
+                        *e == environment.environment_id || *e == environment.environment_name
+                    }),
                 gzip: wants_gzip(c.compression, &c.url),
                 cfg: Arc::new(c.clone()),
                 batch: Mutex::new(Batch::new()),
@@ -83,7 +88,6 @@ impl Batchers {
             .collect();
         Self {
             endpoints,
-            environment: environment.to_string(),
             deliveries,
             metrics,
         }
@@ -104,7 +108,7 @@ impl Batchers {
             .collect();
         for ep in &self.endpoints {
             let c = &ep.cfg;
-            if !c.environments.is_empty() && !c.environments.contains(&self.environment) {
+            if !ep.wanted {
                 continue;
             }
             let mut full = Vec::new();

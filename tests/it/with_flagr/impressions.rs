@@ -102,6 +102,22 @@ async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
             "secret = \"imp-secret\"\nflush_interval = \"300ms\""
         )
     );
+    // Two more endpoints: one for this environment by id, one for another environment.
+    let by_id = Receiver::start(vec![]).await;
+    let elsewhere = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "{cfg}{}{}",
+        imp_webhook(
+            "by-id",
+            &by_id,
+            "environments = [\"env-7\"]\nflush_interval = \"300ms\""
+        ),
+        imp_webhook(
+            "elsewhere",
+            &elsewhere,
+            "environments = [\"production\"]\nflush_interval = \"300ms\""
+        )
+    );
     let fh = Flaghook::start(&f.url(), &cfg).await;
     let mut answers = Vec::new();
     for (entity, state, flag) in [
@@ -187,9 +203,19 @@ async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
     assert!(got[3]["label"].as_str().unwrap().contains("not found"));
     let m = fh.metrics().await;
     assert_eq!(metric_value(&m, "flaghook_impressions_derived_total"), 4.0);
-    fh.wait_metric("flaghook_impressions_delivered_total", 4.0)
+    // Delivered twice: to `imp` and to `by-id`; `elsewhere` wants another environment.
+    fh.wait_metric("flaghook_impressions_delivered_total", 8.0)
         .await;
-    assert_eq!(fh.metric("flaghook_impressions_delivered_total").await, 4.0);
+    assert_eq!(
+        by_id
+            .hits()
+            .iter()
+            .map(records)
+            .map(|r| r.len())
+            .sum::<usize>(),
+        4
+    );
+    assert!(elsewhere.hits().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
