@@ -4,7 +4,7 @@
 //! Never: runs on the request path; one flag's mutations are handled by one lane, in the order
 //! Flagr answered them, so its events keep their order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,7 +80,7 @@ pub async fn run(
         }
         tx
     });
-    while let Some(mut ex) = rx.recv().await {
+    while let Some(ex) = rx.recv().await {
         let Route::Mutation(mutation) = ex.route else {
             if let Some(tx) = &imp_tx {
                 if tx.try_send(ex).is_err() {
@@ -128,8 +128,6 @@ pub async fn run(
             );
             continue;
         };
-        // From here on the lane's queue accounts for it.
-        drop(ex.in_flight.take());
         let lane = (flag.unsigned_abs() as usize) % senders.len();
         let work = Work {
             mutation,
@@ -226,22 +224,11 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
     // The newest snapshot id already attributed, per flag: the next mutation's snapshot is the
     // first one after it, even when several mutations of a flag arrive in a burst.
     let mut last: HashMap<i64, i64> = HashMap::new();
-    let mut backlog: VecDeque<Work> = VecDeque::new();
-    loop {
-        if backlog.is_empty() {
-            match rx.recv().await {
-                Some(w) => backlog.push_back(w),
-                None => return,
-            }
-        }
-        while let Ok(w) = rx.try_recv() {
-            backlog.push_back(w);
-        }
-        let Some(w) = backlog.pop_front() else {
-            continue;
-        };
-        let later_same_flag =
-            backlog.iter().filter(|x| x.flag == w.flag).count() + d.in_flight.count(w.flag);
+    while let Some(w) = rx.recv().await {
+        // Every mutation of this flag sent to Flagr and not yet derived holds a count (its
+        // guard lives in the exchange until the work item is dropped below); minus this one,
+        // those are the mutations that may have written snapshots after ours.
+        let later_same_flag = d.in_flight.count(w.flag).saturating_sub(1);
         match derive_one(&d, &w, &mut last, later_same_flag).await {
             Ok(Some(set)) => {
                 for e in &set.events {
@@ -349,6 +336,9 @@ async fn states_by_snapshot(
     // made around the proxy before it is then "before", not "after". In a burst, ours is the
     // first after the last one attributed (or, for a flag not seen yet, the one that leaves
     // room for the mutations still coming).
+    // Counted again now: a mutation that started while the history was being read may
+    // already be in it.
+    let later_same_flag = later_same_flag.max(d.in_flight.count(w.flag).saturating_sub(1));
     let pos = if later_same_flag == 0 || w.mutation.creates_flag() {
         0
     } else {
@@ -376,7 +366,8 @@ async fn states_by_snapshot(
     Ok((before, after, ours.updated_by.clone()))
 }
 
-/// Legacy Flagr: "before" was fetched by the proxy before forwarding; "after" is read now.
+/// Legacy Flagr: "before" and "after" were read by the proxy around the call; "after" is read
+/// now only when that read failed or the flag is new.
 async fn states_by_fetch(
     d: &Deriver,
     w: &Work,
@@ -391,6 +382,9 @@ async fn states_by_fetch(
                 path: format!("/flags/{}", w.flag),
             }),
         };
+    }
+    if let Some(a) = w.ex.postfetched.clone() {
+        return Ok((before, a));
     }
     match d.flagr.flag(w.flag).await? {
         Some(a) => Ok((before, a)),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::tap::{Captured, Exchange, Pending, RequestMeta, RequestSlot, TapBody, TapSender};
 use super::InFlight;
 use crate::config::ProxyConfig;
-use crate::flagr::{FlagrClient, Route, RouteTable};
+use crate::flagr::{FlagrClient, Mutation, Route, RouteTable};
 use crate::metrics::{method_label, status_class, Metrics};
 
 // Built once: parsing a header name from a string on every request shows up in profiles.
@@ -252,6 +252,19 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // Legacy Flagr: read "after" before the client gets its answer, so a client's next call
+        // cannot slip into it. Only mutations on legacy servers pay this read.
+        let mut postfetched = None;
+        if let (Route::Mutation(m), Some(_)) = (route, &prefetched) {
+            if parts.status == StatusCode::OK
+                && !m.creates_flag()
+                && !matches!(m, Mutation::DeleteFlag { .. })
+            {
+                if let Some(flag) = m.path_flag() {
+                    postfetched = me.flagr.flag(flag).await.ok().flatten();
+                }
+            }
+        }
         let body = match tapped {
             Some((meta, slot)) => {
                 let exchange = Exchange {
@@ -266,6 +279,7 @@ impl Proxy {
                     response_body: Captured::Incomplete,
                     responded_at: SystemTime::now(),
                     prefetched,
+                    postfetched,
                     in_flight,
                 };
                 TapBody::response(

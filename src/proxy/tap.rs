@@ -69,6 +69,8 @@ pub struct Exchange {
     pub responded_at: SystemTime,
     /// Legacy servers: the flag as it was before the call.
     pub prefetched: Option<FlagState>,
+    /// Legacy servers: the flag right after the call, read before the client got its answer.
+    pub postfetched: Option<FlagState>,
     /// Holds the flag's in-flight count until derivation queues the exchange.
     pub in_flight: Option<super::InFlightGuard>,
 }
@@ -316,6 +318,7 @@ mod tests {
                 response_body: Captured::Incomplete,
                 responded_at: SystemTime::now(),
                 prefetched: None,
+                postfetched: None,
                 in_flight: None,
             },
             request: slot,

@@ -355,6 +355,15 @@ pub async fn call_as(
     )
 }
 
+/// Several JSON calls in order against `base` (an API root); each must succeed (200).
+pub async fn calls(base: &str, steps: &[(&str, &str, Value)]) {
+    for (method, path, body) in steps {
+        let body = (!body.is_null()).then(|| body.clone());
+        let (status, answer) = call(method, &format!("{base}{path}"), body).await;
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+    }
+}
+
 /// How a receiver answers one request.
 #[derive(Clone, Debug)]
 pub enum Reply {

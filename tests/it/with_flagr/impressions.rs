@@ -26,52 +26,38 @@ fn records(h: &Hit) -> Vec<Value> {
 
 /// Two enabled flags: one with a 100 % variant, one with a segment nobody matches.
 async fn seed(api: &str) {
-    call(
-        "POST",
-        &format!("{api}/flags"),
-        Some(json!({"description": "a", "key": "always-on", "template": "simple_boolean_flag"})),
-    )
-    .await;
-    call(
-        "PUT",
-        &format!("{api}/flags/1/enabled"),
-        Some(json!({"enabled": true})),
-    )
-    .await;
-    call(
-        "POST",
-        &format!("{api}/flags"),
-        Some(json!({"description": "b", "key": "ca-only"})),
-    )
-    .await;
-    call(
-        "POST",
-        &format!("{api}/flags/2/variants"),
-        Some(json!({"key": "blue"})),
-    )
-    .await;
-    call(
-        "POST",
-        &format!("{api}/flags/2/segments"),
-        Some(json!({"description": "CA", "rolloutPercent": 100})),
-    )
-    .await;
-    call(
-        "POST",
-        &format!("{api}/flags/2/segments/2/constraints"),
-        Some(json!({"property": "state", "operator": "EQ", "value": "\"CA\""})),
-    )
-    .await;
-    call(
-        "PUT",
-        &format!("{api}/flags/2/segments/2/distributions"),
-        Some(json!({"distributions": [{"variantID": 2, "variantKey": "blue", "percent": 100}]})),
-    )
-    .await;
-    call(
-        "PUT",
-        &format!("{api}/flags/2/enabled"),
-        Some(json!({"enabled": true})),
+    calls(
+        api,
+        &[
+            (
+                "POST",
+                "/flags",
+                json!({"description": "a", "key": "always-on", "template": "simple_boolean_flag"}),
+            ),
+            ("PUT", "/flags/1/enabled", json!({"enabled": true})),
+            (
+                "POST",
+                "/flags",
+                json!({"description": "b", "key": "ca-only"}),
+            ),
+            ("POST", "/flags/2/variants", json!({"key": "blue"})),
+            (
+                "POST",
+                "/flags/2/segments",
+                json!({"description": "CA", "rolloutPercent": 100}),
+            ),
+            (
+                "POST",
+                "/flags/2/segments/2/constraints",
+                json!({"property": "state", "operator": "EQ", "value": "\"CA\""}),
+            ),
+            (
+                "PUT",
+                "/flags/2/segments/2/distributions",
+                json!({"distributions": [{"variantID": 2, "variantKey": "blue", "percent": 100}]}),
+            ),
+            ("PUT", "/flags/2/enabled", json!({"enabled": true})),
+        ],
     )
     .await;
     let url = format!("{api}/evaluation");

@@ -14,22 +14,21 @@ use crate::support::*;
 /// impressions, passthrough reads, a 404 from Flagr.
 async fn traffic(fh: &Flaghook, ok: &Receiver) {
     let api = fh.api();
-    call(
-        "POST",
-        &format!("{api}/flags"),
-        Some(json!({"description": "m", "key": "metrics", "template": "simple_boolean_flag"})),
-    )
-    .await;
-    call(
-        "PUT",
-        &format!("{api}/flags/1/enabled"),
-        Some(json!({"enabled": true})),
-    )
-    .await;
-    call(
-        "PUT",
-        &format!("{api}/flags/1/segments/1"),
-        Some(json!({"description": "all", "rolloutPercent": 50})),
+    calls(
+        &api,
+        &[
+            (
+                "POST",
+                "/flags",
+                json!({"description": "m", "key": "metrics", "template": "simple_boolean_flag"}),
+            ),
+            ("PUT", "/flags/1/enabled", json!({"enabled": true})),
+            (
+                "PUT",
+                "/flags/1/segments/1",
+                json!({"description": "all", "rolloutPercent": 50}),
+            ),
+        ],
     )
     .await;
     call("GET", &format!("{api}/flags?preload=true"), None).await;
