@@ -528,3 +528,90 @@ async fn a_commit_announced_before_it_can_be_fetched_is_picked_up_by_the_retries
         60
     );
 }
+
+fn hex_hmac(secret: &str, body: &[u8]) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_gitea_forgejo_and_generic_pushes_sync_too() {
+    let f = flagr(&[]).await;
+    let repos = Repos::new(false);
+    let mut prev = repos.commit(&[("flagr/flags.json", flags(false, 10))], true);
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n{FAST_DELIVERY}{}[[git_repositories]]\nid = \"flags\"\nurl = \"{}\"\nfolder = \"flagr\"\npoll_interval = \"1h\"\n\
+         secrets = {{ gitlab = \"gl-token\", gitea = \"gt-secret\", generic = \"gen-secret\" }}\n",
+        webhook("events", &r, ""),
+        repos.url
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            status(&fh).await["last_synced_commit"] == prev.as_str()
+        })
+        .await
+    );
+    for (i, forge) in ["gitlab", "gitea", "forgejo", "generic"].iter().enumerate() {
+        let rollout = 20 + 10 * i as i64;
+        let next = repos.commit(&[("flagr/flags.json", flags(false, rollout))], true);
+        let (headers, body): (Vec<(String, String)>, String) = match *forge {
+            "gitlab" => {
+                let body = json!({"ref": "refs/heads/main", "before": prev, "after": next, "total_commits_count": 1,
+                    "project": {"git_http_url": repos.url}, "commits": [{"added": [], "modified": ["flagr/flags.json"], "removed": []}]}).to_string();
+                (
+                    vec![
+                        ("x-gitlab-event".into(), "Push Hook".into()),
+                        ("x-gitlab-token".into(), "gl-token".into()),
+                    ],
+                    body,
+                )
+            }
+            "gitea" | "forgejo" => {
+                let body = json!({"ref": "refs/heads/main", "before": prev, "after": next,
+                    "repository": {"clone_url": repos.url}, "commits": [{"added": [], "modified": ["flagr/flags.json"], "removed": []}]}).to_string();
+                let sig = hex_hmac("gt-secret", body.as_bytes());
+                (
+                    vec![
+                        (format!("x-{forge}-event"), "push".into()),
+                        (format!("x-{forge}-signature"), sig),
+                    ],
+                    body,
+                )
+            }
+            _ => {
+                let body = json!({"repository": repos.url, "ref": "refs/heads/main", "before": prev, "after": next}).to_string();
+                let sig = format!("sha256={}", hex_hmac("gen-secret", body.as_bytes()));
+                (vec![("x-flaghook-signature".into(), sig)], body)
+            }
+        };
+        let (s, v) = send_push(&fh, forge, headers, body).await;
+        assert_eq!(
+            (s, v["accepted"].as_str()),
+            (202, Some("flags")),
+            "{forge}: {v}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                flag(&f, "checkout")
+                    .await
+                    .is_some_and(|v| v["segments"][0]["rolloutPercent"] == rollout)
+            })
+            .await,
+            "{forge} push did not sync"
+        );
+        prev = next;
+    }
+    // A forge without a configured secret cannot trigger a sync.
+    let (h, b) = github_push(
+        "anything",
+        &repos.url,
+        &prev,
+        &prev,
+        &["flagr/flags.json"],
+        "gh-1",
+    );
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 401);
+}
