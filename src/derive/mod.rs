@@ -313,9 +313,7 @@ async fn states_by_snapshot(
 ) -> Result<(Option<FlagState>, FlagState, String), FlagrError> {
     let snaps: Vec<Snapshot> = if w.mutation.creates_flag() {
         // A new flag's first snapshot is the one its creation wrote.
-        let mut v: Vec<Snapshot> = d.flagr.snapshots_oldest(w.flag, 1).await?;
-        v.truncate(1);
-        v
+        d.flagr.snapshots_oldest(w.flag, 1).await?
     } else {
         // Enough history to reach back past the last attributed snapshot: when derivation lags
         // behind a burst, more snapshots than the queued mutations may already exist.

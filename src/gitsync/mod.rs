@@ -91,7 +91,7 @@ struct Worker {
     cfg: GitRepoConfig,
     repo: git::Repo,
     flagr: FlagrClient,
-    applier: apply::Applier,
+    applier: Arc<apply::Applier>,
     metrics: Arc<Metrics>,
     status: Arc<Mutex<Status>>,
     /// A commit refused as invalid: the poller does not try it again.
@@ -128,11 +128,7 @@ impl GitSync {
                 cfg: cfg.clone(),
                 repo: git::Repo::new(&cfg.url, &cfg.branch, &workdir.join(&cfg.id), git_timeout),
                 flagr: flagr.clone(),
-                applier: apply::Applier {
-                    client: applier.client.clone(),
-                    api: applier.api.clone(),
-                    token: applier.token.clone(),
-                },
+                applier: applier.clone(),
                 metrics: metrics.clone(),
                 status: status.clone(),
                 refused: String::new(),

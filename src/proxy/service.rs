@@ -117,16 +117,12 @@ impl Proxy {
         let started = Instant::now();
         me.metrics.proxy_in_flight.inc();
         let route = me.routes.classify(req.method(), req.uri().path());
-        let method = req.method().clone();
+        let method = method_label(req.method());
         let resp = self.forward(req, route, peer).await;
         me.metrics.proxy_in_flight.dec();
         me.metrics
             .proxy_requests
-            .with_label_values(&[
-                route.class(),
-                method_label(&method),
-                status_class(resp.status().as_u16()),
-            ])
+            .with_label_values(&[route.class(), method, status_class(resp.status().as_u16())])
             .inc();
         me.metrics
             .proxy_duration
@@ -202,7 +198,7 @@ impl Proxy {
         parts.uri = match Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(me.authority.clone())
-            .path_and_query(path_and_query.clone())
+            .path_and_query(path_and_query)
             .build()
         {
             Ok(u) => u,
@@ -214,7 +210,6 @@ impl Proxy {
                 )
             }
         };
-        let method = parts.method.clone();
         let body = match &tapped {
             Some((_, slot)) => TapBody::request(body, slot.clone(), me.inspect_cap),
             None => TapBody::passthrough(body),
@@ -269,8 +264,6 @@ impl Proxy {
             Some((meta, slot)) => {
                 let exchange = Exchange {
                     route,
-                    method,
-                    path_and_query: path_and_query.as_str().to_string(),
                     peer,
                     meta,
                     request_body: Captured::Incomplete,

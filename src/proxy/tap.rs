@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
@@ -56,9 +56,6 @@ pub struct RequestMeta {
 #[derive(Debug)]
 pub struct Exchange {
     pub route: Route,
-    pub method: Method,
-    /// Path and query as the client sent them.
-    pub path_and_query: String,
     pub peer: std::net::SocketAddr,
     pub meta: RequestMeta,
     pub request_body: Captured,
@@ -308,8 +305,6 @@ mod tests {
         Pending {
             exchange: Exchange {
                 route: Route::Passthrough,
-                method: Method::POST,
-                path_and_query: "/".into(),
                 peer: ([127, 0, 0, 1], 1).into(),
                 meta: RequestMeta::default(),
                 request_body: Captured::Incomplete,

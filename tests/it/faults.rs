@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
@@ -152,10 +152,23 @@ async fn slow_stalled_and_vanishing_clients() {
         s.write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut buf = [0u8; 1024];
-        // Closed (0) or an error answer: either way the connection does not hang forever.
-        s.read(&mut buf).unwrap_or(0)
+        // flaghook closes the connection (0) or answers an error; what must not happen is the
+        // read timing out because the connection is still held open.
+        match s.read(&mut buf) {
+            Ok(n) => Ok(String::from_utf8_lossy(&buf[..n]).to_string()),
+            Err(e) => Err(e.kind()),
+        }
     });
-    let _ = stalled.await.unwrap();
+    let stalled = stalled.await.unwrap();
+    assert!(
+        !matches!(
+            stalled,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "a client stalled in its headers was held open: {stalled:?}"
+    );
+    // No request reached the upstream from the stalled client.
+    assert!(echo.hits().iter().all(|h| h.path != "/stall"));
     // Clients that hang up mid-request.
     for _ in 0..10 {
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -416,17 +429,6 @@ async fn secrets_never_appear_in_logs_metrics_or_the_admin_api() {
     for s in secrets {
         assert!(!seen.contains(s), "secret {s} leaked");
     }
-    let _: Value = serde_json::from_str(
-        &c.get(format!("{}/api/webhooks", fh.admin))
-            .bearer_auth(secrets[2])
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

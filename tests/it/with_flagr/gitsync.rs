@@ -186,6 +186,15 @@ async fn flag(f: &Flagr, key: &str) -> Option<Value> {
     flagr_flags(f).await.into_iter().find(|v| v["key"] == key)
 }
 
+/// Waits (bounded) until the repository's last synced commit is `commit`.
+async fn wait_synced(fh: &Flaghook, commit: &str) {
+    let ok = wait_until(Duration::from_secs(30), || async {
+        status(fh).await["last_synced_commit"] == commit
+    })
+    .await;
+    assert!(ok, "never synced {commit}: {}", status(fh).await);
+}
+
 async fn status(fh: &Flaghook) -> Value {
     client()
         .get(format!("{}/api/gitsync", fh.admin))
@@ -220,14 +229,7 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
     let r = Receiver::start(vec![]).await;
     let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", "", &r)).await;
     // The first sync runs at start.
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            status(&fh).await["last_synced_commit"] == c1.as_str()
-        })
-        .await,
-        "{}",
-        status(&fh).await
-    );
+    wait_synced(&fh, &c1).await;
     let checkout = flag(&f, "checkout").await.expect("created from git");
     assert_eq!(checkout["segments"].as_array().unwrap().len(), 2);
     assert_eq!(
@@ -386,12 +388,7 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
         "d-5",
     );
     assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            status(&fh).await["last_synced_commit"] == c5.as_str()
-        })
-        .await
-    );
+    wait_synced(&fh, &c5).await;
     assert_eq!(
         flag(&f, "checkout").await.unwrap()["segments"][0]["rolloutPercent"],
         40
@@ -402,12 +399,7 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
     let before = r.hits().len();
     let (h, b) = github_push("gh-secret", &repos.url, &c5, &c6, &["README.md"], "d-6");
     assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            status(&fh).await["last_synced_commit"] == c6.as_str()
-        })
-        .await
-    );
+    wait_synced(&fh, &c6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(r.hits().len(), before);
 
@@ -470,12 +462,7 @@ async fn poller_syncs_without_webhooks_and_late_commits_are_retried() {
     let c1 = repos.commit(&[("flagr/flags.json", flags(false, 50))], true);
     let r = Receiver::start(vec![]).await;
     let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "400ms", "", &r)).await;
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            status(&fh).await["last_synced_commit"] == c1.as_str()
-        })
-        .await
-    );
+    wait_synced(&fh, &c1).await;
     // No webhook at all: the poller notices the moved head.
     let c2 = repos.commit(&[("flagr/flags.json", flags(true, 75))], true);
     assert!(
@@ -498,12 +485,7 @@ async fn a_commit_announced_before_it_can_be_fetched_is_picked_up_by_the_retries
     let r = Receiver::start(vec![]).await;
     // An hour between polls: only the fetch retries can find the late commit.
     let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", "", &r)).await;
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            status(&fh).await["last_synced_commit"] == c1.as_str()
-        })
-        .await
-    );
+    wait_synced(&fh, &c1).await;
     let c2 = repos.commit(&[("flagr/flags.json", flags(true, 60))], false);
     let (h, b) = github_push(
         "gh-secret",
@@ -517,12 +499,7 @@ async fn a_commit_announced_before_it_can_be_fetched_is_picked_up_by_the_retries
     // The commit reaches the remote a second later.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     repos.push();
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            status(&fh).await["last_synced_commit"] == c2.as_str()
-        })
-        .await
-    );
+    wait_synced(&fh, &c2).await;
     assert_eq!(
         flag(&f, "checkout").await.unwrap()["segments"][0]["rolloutPercent"],
         60
@@ -548,12 +525,7 @@ async fn gitlab_gitea_forgejo_and_generic_pushes_sync_too() {
         repos.url
     );
     let fh = Flaghook::start(&f.url(), &cfg).await;
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            status(&fh).await["last_synced_commit"] == prev.as_str()
-        })
-        .await
-    );
+    wait_synced(&fh, &prev).await;
     for (i, forge) in ["gitlab", "gitea", "forgejo", "generic"].iter().enumerate() {
         let rollout = 20 + 10 * i as i64;
         let next = repos.commit(&[("flagr/flags.json", flags(false, rollout))], true);
