@@ -2,12 +2,14 @@
 //!
 //! [`App`] wires the pieces exactly as `main` runs them, so integration tests start the same
 //! thing operators do. Data flows one way:
-//! proxy → (tap) → derive → delivery → webhooks; admin reads metrics.
+//! proxy → (tap) → derive → (hints) → changelog ← Flagr's snapshots; changelog → delivery →
+//! webhooks; admin reads metrics, the store and delivery status.
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::dbg_macro, clippy::todo)]
 
 pub mod admin;
+pub mod changelog;
 pub mod config;
 pub mod delivery;
 pub mod derive;
@@ -17,6 +19,7 @@ pub mod gitsync;
 pub mod impressions;
 pub mod metrics;
 pub mod proxy;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,11 +44,18 @@ pub struct App {
     proxy_task: tokio::task::JoinHandle<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     derive_task: tokio::task::JoinHandle<()>,
+    follower_task: tokio::task::JoinHandle<()>,
     flusher_stop: CancellationToken,
     flusher_task: Option<tokio::task::JoinHandle<()>>,
     deliveries: Arc<delivery::Deliveries>,
     shutdown_deadline: Duration,
 }
+
+/// A start-up failure the operator must fix in the configuration or on disk (exit 64), as
+/// opposed to a passing one (a port in use).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
 
 /// What a shutdown left behind.
 #[derive(Debug, Default)]
@@ -71,17 +81,18 @@ impl App {
         let legacy = Arc::new(AtomicBool::new(
             cfg.flagr.snapshot_mode == SnapshotMode::Prefetch,
         ));
-        if cfg.flagr.snapshot_mode == SnapshotMode::Auto {
-            tokio::spawn(detect_legacy(
-                flagr.clone(),
-                legacy.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ));
-        }
         metrics
             .upstream_legacy
             .set(legacy.load(Ordering::Relaxed) as i64);
+        let store = Arc::new(
+            store::Store::open(&cfg.store.path)
+                .map_err(|e| SetupError(format!("store.path ({}): {e}", cfg.store.path)))?,
+        );
+        if !store.durable() {
+            tracing::warn!(
+                "store.path is empty: cursors and runtime webhooks are kept in memory only; changes made while flaghook is down will never be sent"
+            );
+        }
 
         let delivery_shutdown = CancellationToken::new();
         let policy = Arc::new(cfg.delivery.clone());
@@ -94,7 +105,7 @@ impl App {
             )
             .map_err(anyhow::Error::msg)?,
         );
-        let store = open_store(&cfg, &deliveries)?;
+        start_stored_webhooks(&cfg, &store, &deliveries)?;
         for w in &cfg.impression_webhooks {
             deliveries
                 .add_kind(
@@ -121,7 +132,19 @@ impl App {
         });
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
-        let in_flight = proxy::InFlight::default();
+        let (hint_tx, hint_rx) = mpsc::channel(cfg.derive.lane_capacity);
+        let changelog_ready = Arc::new(AtomicBool::new(false));
+        let follower = Arc::new(changelog::Follower {
+            flagr: flagr.clone(),
+            deliveries: deliveries.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            cfg: cfg.changelog.clone(),
+            snapshot_mode: cfg.flagr.snapshot_mode,
+            legacy: legacy.clone(),
+            ready: changelog_ready.clone(),
+        });
+        let follower_task = tokio::spawn(follower.run(hint_rx));
         let deriver = Arc::new(derive::Deriver {
             impressions: impression_sink.clone(),
             flagr: flagr.clone(),
@@ -130,7 +153,7 @@ impl App {
             flagr_cfg: cfg.flagr.clone(),
             legacy: legacy.clone(),
             inspect_cap: cfg.proxy.inspect_max_bytes,
-            in_flight: in_flight.clone(),
+            hints: hint_tx,
         });
         let flusher_stop = CancellationToken::new();
         let flusher_task = impression_sink
@@ -151,7 +174,6 @@ impl App {
             &cfg.flagr.user_header,
             impression_sink.is_some(),
             gitsync_token.clone(),
-            in_flight,
             tap,
             metrics.clone(),
             legacy,
@@ -211,6 +233,7 @@ impl App {
             deliveries: deliveries.clone(),
             token: cfg.admin.token.clone(),
             store,
+            changelog_ready,
             delivery: policy,
             gitsync,
             max_body_bytes: cfg.admin.max_body_bytes,
@@ -233,6 +256,7 @@ impl App {
             proxy_task,
             admin_task,
             derive_task,
+            follower_task,
             flusher_stop,
             flusher_task,
             deliveries,
@@ -250,6 +274,8 @@ impl App {
         report.requests_drained = self.proxy_task.await.unwrap_or(false);
         let _ = self.admin_task.await;
         let _ = tokio::time::timeout(self.shutdown_deadline, self.derive_task).await;
+        // The tap is closed, so the follower sees the last hints, derives them and returns.
+        let _ = tokio::time::timeout(self.shutdown_deadline, self.follower_task).await;
         // The last impression batches go out before delivery starts its deadline.
         self.flusher_stop.cancel();
         if let Some(t) = self.flusher_task {
@@ -266,17 +292,16 @@ impl App {
     }
 }
 
-/// Opens the runtime webhook store (when configured) and starts the webhooks kept in it.
-fn open_store(
+/// Starts the webhooks kept in the store (created through the admin API).
+fn start_stored_webhooks(
     cfg: &Config,
+    store: &store::Store,
     deliveries: &delivery::Deliveries,
-) -> anyhow::Result<Option<Arc<admin::store::Store>>> {
-    if cfg.admin.store.is_empty() {
-        return Ok(None);
-    }
-    let store = admin::store::Store::open(std::path::Path::new(&cfg.admin.store))
-        .map_err(|e| anyhow::anyhow!("admin.store ({}): {e}", cfg.admin.store))?;
-    for w in store.all()? {
+) -> anyhow::Result<()> {
+    let stored: Vec<admin::api::WebhookInput> = store
+        .all()
+        .map_err(|e| SetupError(format!("store.path ({}): {e}", cfg.store.path)))?;
+    for w in stored {
         let id = w.id.clone();
         let mut wc = w.to_config();
         let started = wc
@@ -293,38 +318,5 @@ fn open_store(
             tracing::error!(webhook = %id, error = %e, "stored webhook not started");
         }
     }
-    Ok(Some(Arc::new(store)))
-}
-
-/// Probes Flagr until it answers, then decides between snapshots and prefetch.
-async fn detect_legacy(
-    flagr: FlagrClient,
-    legacy: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        match flagr.max_snapshot_id().await {
-            Ok(v) => {
-                let is_legacy = v.is_none();
-                legacy.store(is_legacy, Ordering::Relaxed);
-                metrics.upstream_legacy.set(is_legacy as i64);
-                tracing::info!(
-                    legacy = is_legacy,
-                    "flagr snapshot history {}",
-                    if is_legacy {
-                        "absent: pre-fetching flags before mutations"
-                    } else {
-                        "present"
-                    }
-                );
-                return;
-            }
-            Err(e) => tracing::debug!(error = %e, "flagr not answering yet; will probe again"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
+    Ok(())
 }

@@ -96,6 +96,10 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!("{e:#}");
                 eprintln!("{e:#}");
+                // A store that cannot be opened is the operator's to fix, like a bad config.
+                if e.downcast_ref::<flaghook::SetupError>().is_some() {
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 return ExitCode::FAILURE;
             }
         };

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub gitsync_duration: HistogramVec,
     pub gitsync_last_success: IntGaugeVec,
     pub upstream_legacy: IntGauge,
+    pub changelog_snapshots: IntCounterVec,
+    pub changelog_hints: IntCounterVec,
+    pub changelog_errors: IntCounterVec,
+    pub changelog_cursor: IntGauge,
+    pub changelog_max_id: IntGauge,
     pub config_webhooks: IntGauge,
     pub build_info: IntGauge,
 }
@@ -253,6 +258,37 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            changelog_snapshots: counter_vec(
+                "flaghook_changelog_snapshots_total",
+                "Flagr snapshots walked by the changelog follower, by outcome (events, no_change, too_old, not_proxied, unreadable, beyond_walk).",
+                &["outcome"],
+            ),
+            changelog_hints: counter_vec(
+                "flaghook_changelog_hints_total",
+                "Proxied calls' notes paired with their snapshot (matched) or let go (unmatched, expired).",
+                &["outcome"],
+            ),
+            changelog_errors: counter_vec(
+                "flaghook_changelog_errors_total",
+                "Changelog follower errors, by stage (flagr, store); the follower tries again.",
+                &["stage"],
+            ),
+            changelog_cursor: reg(
+                r,
+                IntGauge::new(
+                    "flaghook_changelog_cursor",
+                    "Every Flagr snapshot up to this id has been turned into events.",
+                )
+                .expect("valid metric"),
+            ),
+            changelog_max_id: reg(
+                r,
+                IntGauge::new(
+                    "flaghook_changelog_max_id",
+                    "Flagr's newest snapshot id, as last read.",
+                )
+                .expect("valid metric"),
+            ),
             config_webhooks: reg(
                 r,
                 IntGauge::new(
@@ -273,8 +309,24 @@ impl Metrics {
         };
         m.build_info.set(1);
         // Known label values start at 0, so rate() and dashboards see the series from the start.
-        for stage in ["tap", "lane", "impressions"] {
+        for stage in ["tap", "lane", "hint", "impressions"] {
             m.tap_dropped.with_label_values(&[stage]);
+        }
+        for outcome in [
+            "events",
+            "no_change",
+            "too_old",
+            "not_proxied",
+            "unreadable",
+            "beyond_walk",
+        ] {
+            m.changelog_snapshots.with_label_values(&[outcome]);
+        }
+        for outcome in ["matched", "unmatched", "expired"] {
+            m.changelog_hints.with_label_values(&[outcome]);
+        }
+        for stage in ["flagr", "store"] {
+            m.changelog_errors.with_label_values(&[stage]);
         }
 
         m

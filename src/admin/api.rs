@@ -320,14 +320,6 @@ async fn resume(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResul
     Ok(Json(json!({"webhook": id, "requested": "resume"})).into_response())
 }
 
-fn no_store() -> ApiError {
-    ApiError(
-        StatusCode::CONFLICT,
-        "no_store",
-        "webhooks can be managed at runtime only with admin.store set".into(),
-    )
-}
-
 fn validated(s: &AdminState, input: &WebhookInput) -> Result<WebhookConfig, ApiError> {
     let mut cfg = input.to_config();
     cfg.validate(0, Some(&[]), &s.delivery)?;
@@ -339,7 +331,7 @@ async fn create(
     body: Result<Json<WebhookInput>, JsonRejection>,
 ) -> ApiResult {
     let Json(mut input) = body?;
-    let store = s.store.as_ref().ok_or_else(no_store)?;
+    let store = &s.store;
     if input.id.is_empty() {
         input.id = format!("wh_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     }
@@ -348,7 +340,7 @@ async fn create(
         return Err(DeliveryError::Exists(input.id).into());
     }
     store
-        .put(&input)
+        .put(&input.id, &input)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.add(cfg, Origin::Runtime)?;
     let ep = endpoint(&s, &input.id)?;
@@ -365,7 +357,7 @@ async fn update(
     if ep.origin == Origin::Config {
         return Err(DeliveryError::ReadOnly(id).into());
     }
-    let store = s.store.as_ref().ok_or_else(no_store)?;
+    let store = &s.store;
     if !input.id.is_empty() && input.id != id {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -376,7 +368,7 @@ async fn update(
     input.id = id.clone();
     // Secrets are never shown, so an edit that does not mention them keeps them.
     let stored = store
-        .all()
+        .all::<WebhookInput>()
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
         .into_iter()
         .find(|w| w.id == id);
@@ -390,7 +382,7 @@ async fn update(
     }
     let cfg = validated(&s, &input)?;
     store
-        .put(&input)
+        .put(&input.id, &input)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.update(cfg)?;
     let ep = endpoint(&s, &id)?;
@@ -402,7 +394,7 @@ async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResul
     if ep.origin == Origin::Config {
         return Err(DeliveryError::ReadOnly(id).into());
     }
-    let store = s.store.as_ref().ok_or_else(no_store)?;
+    let store = &s.store;
     store
         .delete(&id)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;

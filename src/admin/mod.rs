@@ -5,7 +5,6 @@
 //! Never: shares a port with the proxy, or shows a secret.
 
 pub mod api;
-pub mod store;
 
 use std::sync::Arc;
 
@@ -30,7 +29,9 @@ pub struct AdminState {
     pub flagr: FlagrClient,
     pub deliveries: Arc<Deliveries>,
     pub token: Secret,
-    pub store: Option<Arc<store::Store>>,
+    pub store: Arc<crate::store::Store>,
+    /// Set once the changelog follower knows where it starts.
+    pub changelog_ready: Arc<std::sync::atomic::AtomicBool>,
     pub delivery: Arc<DeliveryConfig>,
     pub gitsync: Option<Arc<GitSync>>,
     /// Largest request body the admin listener takes (forge pushes can list many commits).
@@ -111,12 +112,21 @@ async fn healthz() -> impl IntoResponse {
 /// Ready when config is loaded (it is, or we would not be serving) and Flagr answers its health
 /// check: a sidecar whose upstream is down should not receive traffic.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.flagr.healthy().await {
+    if !s.flagr.healthy().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "upstream": "unreachable"})),
+        )
+            .into_response();
+    }
+    // Traffic before the follower knows its starting point could change flags it then takes
+    // for history.
+    if s.changelog_ready.load(std::sync::atomic::Ordering::Relaxed) {
         Json(json!({"status": "ready", "upstream": "ok"})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "upstream": "unreachable"})),
+            Json(json!({"status": "not ready", "upstream": "ok", "changelog": "starting"})),
         )
             .into_response()
     }

@@ -32,6 +32,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub flagr: FlagrConfig,
     pub derive: DeriveConfig,
+    pub changelog: ChangelogConfig,
+    pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     pub webhooks: Vec<WebhookConfig>,
@@ -161,9 +163,6 @@ pub struct AdminConfig {
     /// Timeout of the upstream health probe behind `/readyz`.
     #[serde(with = "humantime_serde")]
     pub ready_timeout: Duration,
-    /// File of the embedded store for webhooks created through the admin API. Empty: webhooks
-    /// can only come from this file.
-    pub store: String,
     /// Largest request body the admin listener accepts (API calls, forge pushes).
     pub max_body_bytes: usize,
 }
@@ -174,7 +173,6 @@ impl Default for AdminConfig {
             listen: ([0, 0, 0, 0], 18081).into(),
             token: Secret::default(),
             ready_timeout: Duration::from_secs(2),
-            store: String::new(),
             max_body_bytes: 4 << 20,
         }
     }
@@ -230,6 +228,65 @@ impl Default for DeriveConfig {
         Self {
             lanes: 4,
             lane_capacity: 1024,
+        }
+    }
+}
+
+/// Which changes the changelog follower turns into events.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Follow {
+    /// Every change in Flagr's changelog, whoever made it.
+    All,
+    /// Only changes this flaghook proxied (one replica of several on one database, until
+    /// cluster mode shares one follower).
+    Proxied,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangelogConfig {
+    pub follow: Follow,
+    /// How often Flagr's `max_id` is read when no proxied change wakes the follower.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Changes older than this when first seen (after a long downtime) are counted, not sent.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_max_age: Duration,
+    /// A change found by polling waits this long for the proxy's hint (which names the call:
+    /// restore, duplicate, git sync) before its events go without it.
+    #[serde(with = "humantime_serde")]
+    pub hint_wait: Duration,
+    /// Every flag's `updatedAt` is compared this often even when `max_id` did not move (a
+    /// transaction that committed after a later id was read).
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+}
+
+impl Default for ChangelogConfig {
+    fn default() -> Self {
+        Self {
+            follow: Follow::All,
+            poll_interval: Duration::from_secs(1),
+            catch_up_max_age: Duration::from_secs(24 * 3600),
+            hint_wait: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The embedded store's file (runtime webhooks, changelog cursors). Empty: in memory,
+    /// nothing survives a restart.
+    pub path: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: "data/flaghook.redb".into(),
         }
     }
 }
@@ -435,6 +492,14 @@ impl Config {
         positive("proxy.inspect_max_bytes", self.proxy.inspect_max_bytes)?;
         positive("proxy.tap_capacity", self.proxy.tap_capacity)?;
         positive("derive.lanes", self.derive.lanes)?;
+        for (key, d) in [
+            ("changelog.poll_interval", self.changelog.poll_interval),
+            ("changelog.rescan_interval", self.changelog.rescan_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
+        }
         positive("derive.lane_capacity", self.derive.lane_capacity)?;
         positive("delivery.queue_max_events", self.delivery.queue_max_events)?;
         positive("delivery.queue_max_bytes", self.delivery.queue_max_bytes)?;

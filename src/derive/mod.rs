@@ -1,10 +1,11 @@
-//! The worker behind the tap: turns tapped exchanges into change sets and hands them to delivery.
+//! The worker behind the tap: turns tapped exchanges into hints for the changelog follower
+//! (Flagr 1.2.x), change sets (legacy 1.1.x, from the pre-fetched states) and impression records.
 //!
-//! In: [`Exchange`]s from the proxy. Out: [`ChangeSet`]s published to [`Deliveries`].
-//! Never: runs on the request path; one flag's mutations are handled by one lane, in the order
-//! Flagr answered them, so its events keep their order.
+//! In: [`Exchange`]s from the proxy. Out: [`Hint`]s to the follower; on legacy Flagr,
+//! [`ChangeSet`]s published to [`Deliveries`]; impression records to the batchers.
+//! Never: runs on the request path; on legacy Flagr one flag's mutations are handled by one
+//! lane, in the order Flagr answered them, so its events keep their order.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,12 +15,13 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::changelog::Hint;
 use crate::config::{FlagrConfig, ImpressionsConfig};
 use crate::delivery::Deliveries;
 use crate::events::payload::{ChangeEvent, ChangeSet};
 use crate::events::{self};
 use crate::flagr::client::FlagrError;
-use crate::flagr::{FlagState, FlagrClient, Mutation, Route, Snapshot};
+use crate::flagr::{FlagState, FlagrClient, Mutation, Route};
 use crate::impressions::batcher::Batchers;
 use crate::impressions::{self, Impression};
 use crate::metrics::{status_class, Metrics};
@@ -42,8 +44,9 @@ pub struct Deriver {
     /// True on legacy Flagr: read states from the prefetch and a GET, not from snapshots.
     pub legacy: Arc<AtomicBool>,
     pub inspect_cap: usize,
-    /// Mutations per flag sent to Flagr but not yet queued here.
-    pub in_flight: crate::proxy::InFlight,
+    /// To the changelog follower (Flagr 1.2.x); full = dropped and counted: the follower's
+    /// poll finds the change anyway, only the call's details are lost.
+    pub hints: mpsc::Sender<Hint>,
 }
 
 /// One mutation, ready for a lane.
@@ -128,6 +131,23 @@ pub async fn run(
             );
             continue;
         };
+        if !deriver.legacy.load(Ordering::Relaxed) {
+            let hint = Hint {
+                flag,
+                mutation,
+                actor: actor_from_request(&ex.meta, &deriver.flagr_cfg),
+                commit: ex.meta.gitsync_commit.clone(),
+                response,
+            };
+            if deriver.hints.try_send(hint).is_err() {
+                deriver
+                    .metrics
+                    .tap_dropped
+                    .with_label_values(&["hint"])
+                    .inc();
+            }
+            continue;
+        }
         let lane = (flag.unsigned_abs() as usize) % senders.len();
         let work = Work {
             mutation,
@@ -219,17 +239,10 @@ pub fn impressions_of(
     })
 }
 
-/// A lane: handles its flags' mutations one at a time.
+/// A lane (legacy Flagr): handles its flags' mutations one at a time.
 async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
-    // The newest snapshot id already attributed, per flag: the next mutation's snapshot is the
-    // first one after it, even when several mutations of a flag arrive in a burst.
-    let mut last: HashMap<i64, i64> = HashMap::new();
     while let Some(w) = rx.recv().await {
-        // Every mutation of this flag sent to Flagr and not yet derived holds a count (its
-        // guard lives in the exchange until the work item is dropped below); minus this one,
-        // those are the mutations that may have written snapshots after ours.
-        let later_same_flag = d.in_flight.count(w.flag).saturating_sub(1);
-        match derive_one(&d, &w, &mut last, later_same_flag).await {
+        match derive_one(&d, &w).await {
             Ok(Some(set)) => {
                 for e in &set.events {
                     d.metrics.events_derived.with_label_values(&[e.event]).inc();
@@ -248,28 +261,15 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
     }
 }
 
-async fn derive_one(
-    d: &Deriver,
-    w: &Work,
-    last: &mut HashMap<i64, i64>,
-    later_same_flag: usize,
-) -> Result<Option<ChangeSet>, FlagrError> {
-    let (before, after, snapshot_actor) = if d.legacy.load(Ordering::Relaxed) {
-        let (b, a) = states_by_fetch(d, w).await?;
-        (b, a, String::new())
-    } else {
-        let (b, a, actor) = states_by_snapshot(d, w, last, later_same_flag).await?;
-        (b, a, actor)
-    };
+/// Legacy Flagr: the events of one mutation from the states read around it. There is no
+/// snapshot id to derive ids from, so they are random (a crash before delivery loses them).
+async fn derive_one(d: &Deriver, w: &Work) -> Result<Option<ChangeSet>, FlagrError> {
+    let (before, after) = states_by_fetch(d, w).await?;
     let drafts = events::derive(&w.mutation, before.as_ref().map(|b| &b.flag), &after.flag);
     if drafts.is_empty() {
         return Ok(None);
     }
-    let actor = if snapshot_actor.is_empty() {
-        actor_from_request(&w.ex.meta, &d.flagr_cfg)
-    } else {
-        snapshot_actor
-    };
+    let actor = actor_from_request(&w.ex.meta, &d.flagr_cfg);
     let timestamp = chrono::DateTime::<chrono::Utc>::from(w.ex.responded_at)
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let notice = events::flagr_notice(&w.mutation, &after.flag, w.response.as_ref());
@@ -299,69 +299,6 @@ async fn derive_one(
         data: Arc::new(after.raw),
         before: before.map(|b| Arc::new(b.raw)),
     }))
-}
-
-/// How far back derivation reads a flag's history to find a mutation's snapshot.
-const MAX_SNAPSHOT_WINDOW: usize = 1000;
-
-/// Flagr 1.2.x: the snapshot the mutation wrote is "after", the one before it is "before".
-async fn states_by_snapshot(
-    d: &Deriver,
-    w: &Work,
-    last: &mut HashMap<i64, i64>,
-    later_same_flag: usize,
-) -> Result<(Option<FlagState>, FlagState, String), FlagrError> {
-    let snaps: Vec<Snapshot> = if w.mutation.creates_flag() {
-        // A new flag's first snapshot is the one its creation wrote.
-        d.flagr.snapshots_oldest(w.flag, 1).await?
-    } else {
-        // Enough history to reach back past the last attributed snapshot: when derivation lags
-        // behind a burst, more snapshots than the queued mutations may already exist.
-        let mut limit = later_same_flag + 4;
-        loop {
-            let v = d.flagr.snapshots(w.flag, limit).await?;
-            let reaches_back = match (last.get(&w.flag), v.last()) {
-                (Some(&l), Some(oldest)) => oldest.id <= l,
-                _ => true,
-            };
-            if reaches_back || v.len() < limit || limit >= MAX_SNAPSHOT_WINDOW {
-                break v;
-            }
-            limit = (limit * 4).min(MAX_SNAPSHOT_WINDOW);
-        }
-    };
-    // Newest first. With no later mutation of this flag on its way, ours is the newest: a change
-    // made around the proxy before it is then "before", not "after". In a burst, ours is the
-    // first after the last one attributed (or, for a flag not seen yet, the one that leaves
-    // room for the mutations still coming).
-    // Counted again now: a mutation that started while the history was being read may
-    // already be in it.
-    let later_same_flag = later_same_flag.max(d.in_flight.count(w.flag).saturating_sub(1));
-    let pos = if later_same_flag == 0 || w.mutation.creates_flag() {
-        0
-    } else {
-        match last.get(&w.flag) {
-            Some(&l) => snaps.iter().rposition(|s| s.id > l),
-            None => None,
-        }
-        .unwrap_or(later_same_flag.min(snaps.len().saturating_sub(1)))
-    };
-    let Some(ours) = snaps.get(pos) else {
-        return Err(FlagrError::Json {
-            path: format!("/flags/{}/snapshots", w.flag),
-            error: "no snapshot".into(),
-        });
-    };
-    last.insert(w.flag, ours.id);
-    let after = FlagState::from_value(ours.flag.clone()).map_err(|e| FlagrError::Json {
-        path: format!("/flags/{}/snapshots", w.flag),
-        error: e.to_string(),
-    })?;
-    let before = match snaps.get(pos + 1) {
-        Some(s) if !w.mutation.creates_flag() => FlagState::from_value(s.flag.clone()).ok(),
-        _ => None,
-    };
-    Ok((before, after, ours.updated_by.clone()))
 }
 
 /// Legacy Flagr: "before" and "after" were read by the proxy around the call; "after" is read

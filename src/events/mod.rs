@@ -314,5 +314,116 @@ pub fn flagr_notice(m: &Mutation, after: &Flag, response: Option<&Value>) -> Fla
     }
 }
 
+/// Flagr's notification fields when the call is not known (a change made around the proxy):
+/// read from the first event, which names the component the way Flagr's handler would.
+pub fn notice_of(drafts: &[Draft], after: &Flag) -> FlagrNotice {
+    let n = |operation, component_type, component_id, component_key: String| FlagrNotice {
+        operation,
+        component_type,
+        component_id,
+        component_key,
+    };
+    let Some(first) = drafts.first() else {
+        return n("update", "flag", after.id, after.key.clone());
+    };
+    let c = &first.changes;
+    let id_at = |thing: &str, side: &str| c[thing][side]["id"].as_i64().unwrap_or(0);
+    let id_of = |k: &str| c[k].as_i64().unwrap_or(0);
+    let variant_key = |id: i64| {
+        after
+            .variants
+            .iter()
+            .find(|v| v.id == id)
+            .map(|v| v.key.clone())
+            .unwrap_or_default()
+    };
+    match first.event {
+        "flag.created" if c.get("restored").is_some() => {
+            n("restore", "flag", after.id, after.key.clone())
+        }
+        "flag.created" => n("create", "flag", after.id, after.key.clone()),
+        "flag.deleted" => n("delete", "flag", after.id, after.key.clone()),
+        "variant.created" => {
+            let id = id_at("variant", "after");
+            n("create", "variant", id, variant_key(id))
+        }
+        "variant.updated" | "variant.attachment.updated" => {
+            let id = id_of("variant_id");
+            n("update", "variant", id, variant_key(id))
+        }
+        "variant.deleted" => n(
+            "delete",
+            "variant",
+            id_at("variant", "before"),
+            String::new(),
+        ),
+        "segment.created" => n(
+            "create",
+            "segment",
+            id_at("segment", "after"),
+            String::new(),
+        ),
+        "segment.updated" | "segment.rollout_percent.updated" => {
+            n("update", "segment", id_of("segment_id"), String::new())
+        }
+        "segment.deleted" => n(
+            "delete",
+            "segment",
+            id_at("segment", "before"),
+            String::new(),
+        ),
+        "constraint.created" => n(
+            "create",
+            "constraint",
+            id_at("constraint", "after"),
+            String::new(),
+        ),
+        "constraint.updated" => n(
+            "update",
+            "constraint",
+            id_at("constraint", "after"),
+            String::new(),
+        ),
+        "constraint.deleted" => n(
+            "delete",
+            "constraint",
+            id_at("constraint", "before"),
+            String::new(),
+        ),
+        "distribution.updated" => n("update", "distribution", 0, String::new()),
+        _ => n("update", "flag", after.id, after.key.clone()),
+    }
+}
+
+/// Whether the events of one snapshot can be what mutation `m` did: how the changelog follower
+/// pairs the proxy's note of a call with the snapshot it wrote. Every call may change nothing
+/// (a no-op still writes a snapshot).
+pub fn could_be(m: &Mutation, first_snapshot: bool, drafts: &[Draft]) -> bool {
+    use Mutation::*;
+    if matches!(m, CreateFlag | DuplicateFlag { .. }) || first_snapshot {
+        return matches!(m, CreateFlag | DuplicateFlag { .. }) && first_snapshot;
+    }
+    let family: &[&str] = match m {
+        DeleteFlag { .. } | RestoreFlag { .. } => &[],
+        PutFlag { .. } | CreateTag { .. } | DeleteTag { .. } => &["flag.updated"],
+        SetEnabled { .. } => &["flag.enabled", "flag.disabled"],
+        CreateVariant { .. } | PutVariant { .. } | DeleteVariant { .. } => {
+            &["variant.", "distribution.updated"]
+        }
+        CreateSegment { .. }
+        | ReorderSegments { .. }
+        | PutSegment { .. }
+        | DeleteSegment { .. } => &["segment."],
+        CreateConstraint { .. } | PutConstraint { .. } | DeleteConstraint { .. } => {
+            &["constraint."]
+        }
+        PutDistributions { .. } => &["distribution.updated"],
+        CreateFlag | DuplicateFlag { .. } => &[],
+    };
+    drafts
+        .iter()
+        .all(|d| family.iter().any(|f| d.event.starts_with(f)))
+}
+
 #[cfg(test)]
 mod tests;

@@ -43,6 +43,25 @@ pub struct ChangeSet {
     pub before: Option<Arc<Value>>,
 }
 
+/// The `webhook-id` of event `index` of snapshot `snapshot` of flag `flag`: the same whenever
+/// that snapshot is derived again (after a crash, on another replica), so receivers de-duplicate.
+pub fn event_id(flag: i64, snapshot: i64, index: usize) -> String {
+    format!(
+        "evt_{}",
+        short_hash(&format!("event/{flag}/{snapshot}/{index}"))
+    )
+}
+
+/// The id of a snapshot's `flagr`-format notification (one per mutation).
+pub fn change_set_id(flag: i64, snapshot: i64) -> String {
+    format!("msg_{}", short_hash(&format!("notice/{flag}/{snapshot}")))
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
+}
+
 #[derive(Serialize)]
 struct SeedPayload<'a> {
     id: &'a str,

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use super::model::{FlagState, Snapshot};
+use super::model::{FlagState, ListedFlag, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlagrError {
@@ -130,6 +130,36 @@ impl FlagrClient {
             .get_json(&format!("/flags/{flag}/snapshots?limit={limit}&sort=DESC"))
             .await?;
         v.sort_by_key(|s| std::cmp::Reverse(s.id));
+        Ok(v)
+    }
+
+    /// One page of a flag's snapshots, newest first (sorted here, whatever Flagr's order).
+    pub async fn snapshots_page(
+        &self,
+        flag: i64,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Snapshot>, FlagrError> {
+        let mut v: Vec<Snapshot> = self
+            .get_json(&format!(
+                "/flags/{flag}/snapshots?limit={limit}&offset={offset}&sort=DESC"
+            ))
+            .await?;
+        v.sort_by_key(|s| std::cmp::Reverse(s.id));
+        Ok(v)
+    }
+
+    /// Every live flag (`deleted = false`) or every soft-deleted one, with its `updatedAt`.
+    pub async fn listed_flags(&self, deleted: bool) -> Result<Vec<ListedFlag>, FlagrError> {
+        let path = if deleted {
+            "/flags?deleted=true"
+        } else {
+            "/flags"
+        };
+        let mut v: Vec<ListedFlag> = self.get_json(path).await?;
+        for f in &mut v {
+            f.deleted = deleted;
+        }
         Ok(v)
     }
 

@@ -8,5 +8,5 @@ pub mod model;
 pub mod routes;
 
 pub use client::FlagrClient;
-pub use model::{Flag, FlagState, Snapshot};
+pub use model::{Flag, FlagState, ListedFlag, Snapshot};
 pub use routes::{Evaluation, Mutation, Route, RouteTable};

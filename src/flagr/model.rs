@@ -83,6 +83,18 @@ pub struct Snapshot {
     pub updated_at: String,
 }
 
+/// One row of `GET /flags` (or `?deleted=true`): what the changelog follower compares.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ListedFlag {
+    pub id: i64,
+    /// Moved by every mutation of the flag (Flagr saves the flag with each snapshot).
+    pub updated_at: String,
+    /// Set by the caller from the list it came from.
+    #[serde(skip)]
+    pub deleted: bool,
+}
+
 /// A flag's state: the typed view for comparing plus the raw JSON for payloads.
 #[derive(Clone, Debug, Default)]
 pub struct FlagState {

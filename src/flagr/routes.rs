@@ -166,13 +166,22 @@ impl RouteTable {
     }
 
     pub fn classify(&self, method: &Method, path: &str) -> Route {
+        // Flagr's router cleans the path and unescapes it before matching, so `//flags/1/enabled/`
+        // and `%31` reach the same handler: match what Flagr matches. Clean paths (nearly all)
+        // are matched without allocating.
+        if needs_cleaning(path) {
+            return self.classify_clean(method, &clean_path(path));
+        }
+        self.classify_clean(method, path)
+    }
+
+    fn classify_clean(&self, method: &Method, path: &str) -> Route {
         let Some(rest) = path.strip_prefix(self.root.as_str()) else {
             return Route::Passthrough;
         };
         let Some(rest) = rest.strip_prefix('/') else {
             return Route::Passthrough;
         };
-        // Paths are matched exactly, as Flagr's router does: a trailing slash is another path.
         let mut seg = [""; 8];
         let mut n = 0;
         for s in rest.split('/') {
@@ -270,6 +279,61 @@ impl RouteTable {
             _ => Route::Passthrough,
         }
     }
+}
+
+/// True when a path is not already in the form Flagr's router matches on.
+fn needs_cleaning(path: &str) -> bool {
+    path.contains("//")
+        || path.contains('%')
+        || path.contains("/.")
+        || (path.len() > 1 && path.ends_with('/'))
+}
+
+/// Go's `path.Clean` after percent-decoding each segment: empty and `.` segments vanish, `..`
+/// removes the one before it, no trailing slash. Undecodable escapes are kept as they are.
+fn clean_path(path: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for seg in path.split('/') {
+        let seg = percent_decode(seg);
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    s
+}
+
+fn percent_decode(seg: &str) -> String {
+    if !seg.contains('%') {
+        return seg.to_string();
+    }
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| seg.to_string())
 }
 
 #[cfg(test)]
@@ -383,6 +447,39 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_cleaned_as_flagrs_router_does() {
+        let b = "/api/v1/flags";
+        assert_eq!(
+            mu("PUT", &format!("{b}/1/enabled/")),
+            M::SetEnabled { flag: 1 }
+        );
+        assert_eq!(mu("PUT", &format!("{b}/7/")), M::PutFlag { flag: 7 });
+        assert_eq!(mu("POST", &format!("{b}/")), M::CreateFlag);
+        assert_eq!(
+            mu("PUT", "/api/v1//flags/1/enabled"),
+            M::SetEnabled { flag: 1 }
+        );
+        assert_eq!(
+            mu("PUT", &format!("{b}/%31/enabled")),
+            M::SetEnabled { flag: 1 }
+        );
+        assert_eq!(
+            mu("DELETE", &format!("{b}/./7/")),
+            M::DeleteFlag { flag: 7 }
+        );
+        assert_eq!(mu("PUT", &format!("{b}/9/../7")), M::PutFlag { flag: 7 });
+        assert_eq!(
+            mu("PUT", &format!("{b}/3/segments/%72eorder")),
+            M::ReorderSegments { flag: 3 }
+        );
+        // A bad escape stays as it is: no mutation, Flagr answers it.
+        assert_eq!(c("PUT", &format!("{b}/%zz/enabled")), Route::Passthrough);
+        assert_eq!(c("PUT", &format!("{b}/1%/enabled")), Route::Passthrough);
+        assert_eq!(clean_path("/"), "/");
+        assert_eq!(clean_path("//"), "/");
+    }
+
+    #[test]
     fn literals_beat_ids() {
         // reorder is not segment id "reorder", and DELETE on it is nothing Flagr has.
         assert_eq!(
@@ -416,8 +513,6 @@ mod tests {
             ("PUT", "/api/v1/flags/-1"),
             ("PUT", "/api/v1/flags/+1"),
             ("PUT", "/api/v1/flags/99999999999999999999"),
-            ("PUT", "/api/v1/flags/7/"),
-            ("POST", "/api/v1/flags/"),
             ("POST", "/api/v2/flags"),
             ("POST", "/api/v1flags"),
             ("POST", "/"),

@@ -5,12 +5,10 @@
 //! routes an [`Exchange`] on the tap channel.
 //! Never: waits for derivation or delivery; a full tap channel drops the copy, not the request.
 
-pub mod in_flight;
 mod server;
 mod service;
 pub mod tap;
 
-pub use in_flight::{InFlight, InFlightGuard};
 pub use server::serve;
 pub use service::{error_response, strip_hop_by_hop, Proxy, ProxyBody};
 pub use tap::{Captured, Exchange, TapSender};

@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::tap::{Captured, Exchange, Pending, RequestMeta, RequestSlot, TapBody, TapSender};
-use super::InFlight;
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, Mutation, Route, RouteTable};
 use crate::metrics::{method_label, status_class, Metrics};
@@ -59,7 +58,6 @@ struct Inner {
     inspect_impressions: bool,
     /// Git sync's calls carry this; nobody else knows it.
     gitsync_token: String,
-    in_flight: InFlight,
 }
 
 impl Proxy {
@@ -69,7 +67,6 @@ impl Proxy {
         user_header: &str,
         inspect_impressions: bool,
         gitsync_token: String,
-        in_flight: InFlight,
         tap: TapSender,
         metrics: Arc<Metrics>,
         prefetch: Arc<AtomicBool>,
@@ -106,7 +103,6 @@ impl Proxy {
                     .map_err(|e| format!("flagr.user_header: {e}"))?,
                 inspect_impressions,
                 gitsync_token,
-                in_flight,
             }),
         })
     }
@@ -169,11 +165,6 @@ impl Proxy {
         });
 
         let mut prefetched = None;
-        // Counted from before Flagr sees it, so derivation knows its snapshot may come.
-        let in_flight = match route {
-            Route::Mutation(m) => m.path_flag().map(|f| me.in_flight.enter(f)),
-            _ => None,
-        };
         if let Route::Mutation(m) = route {
             if me.prefetch.load(Ordering::Relaxed) {
                 if let Some(flag) = m.path_flag() {
@@ -273,7 +264,6 @@ impl Proxy {
                     responded_at: SystemTime::now(),
                     prefetched,
                     postfetched,
-                    in_flight,
                 };
                 TapBody::response(
                     body,

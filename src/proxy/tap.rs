@@ -68,8 +68,6 @@ pub struct Exchange {
     pub prefetched: Option<FlagState>,
     /// Legacy servers: the flag right after the call, read before the client got its answer.
     pub postfetched: Option<FlagState>,
-    /// Holds the flag's in-flight count until derivation queues the exchange.
-    pub in_flight: Option<super::InFlightGuard>,
 }
 
 /// The sending half, shared by every connection.
@@ -314,7 +312,6 @@ mod tests {
                 responded_at: SystemTime::now(),
                 prefetched: None,
                 postfetched: None,
-                in_flight: None,
             },
             request: slot,
             sender,

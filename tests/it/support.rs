@@ -153,9 +153,18 @@ impl Flaghook {
     pub async fn start_with_env(upstream: &str, extra: &str, env: &[(&str, &str)]) -> Flaghook {
         let dir = tempfile::tempdir().expect("tempdir");
         let (pp, ap) = (free_port(), free_port());
+        // Each flaghook keeps its store in its own folder unless the test names one.
+        let store = if extra.contains("[store]") {
+            String::new()
+        } else {
+            format!(
+                "[store]\npath = \"{}\"\n",
+                dir.path().join("flaghook.redb").display()
+            )
+        };
         let cfg = format!(
             "[proxy]\nlisten = \"127.0.0.1:{pp}\"\nupstream = \"{upstream}\"\n\
-             [admin]\nlisten = \"127.0.0.1:{ap}\"\n{extra}\n"
+             [admin]\nlisten = \"127.0.0.1:{ap}\"\n{store}{extra}\n"
         );
         let cfg = merge_sections(&cfg);
         let path = dir.path().join("flaghook.toml");

@@ -286,7 +286,7 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = store_dir.path().join("webhooks.redb");
     let cfg = format!(
-        "[admin]\ntoken = \"{TOKEN}\"\nstore = \"{}\"\n{FAST_DELIVERY}",
+        "[admin]\ntoken = \"{TOKEN}\"\n[store]\npath = \"{}\"\n{FAST_DELIVERY}",
         store.display()
     );
     let mut fh = Flaghook::start(&f.url(), &cfg).await;

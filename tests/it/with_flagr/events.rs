@@ -730,22 +730,46 @@ async fn flagr_format_matches_flagrs_own_notifier() {
     }
 }
 
+/// `(event, before, after)` of a description change, or the event name alone.
+fn summary(h: &Hit) -> (String, String) {
+    let v = h.json();
+    let c = &v["changes"]["description"];
+    let what = if c.is_null() {
+        String::new()
+    } else {
+        format!(
+            "{}->{}",
+            c["before"].as_str().unwrap(),
+            c["after"].as_str().unwrap()
+        )
+    };
+    (
+        format!("{}#{}", v["event"].as_str().unwrap(), v["flag_id"]),
+        what,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_made_around_the_proxy_does_not_shift_later_events() {
+async fn changes_made_straight_to_flagr_become_events_in_snapshot_order() {
     let f = flagr(&[]).await;
     let r = Receiver::start(vec![]).await;
     let fh = Flaghook::start(
         &f.url(),
-        &format!("{FAST_DELIVERY}{}", webhook("w", &r, "")),
+        &format!(
+            "{FAST_DELIVERY}[changelog]\npoll_interval = \"200ms\"\nhint_wait = \"300ms\"\n{}",
+            webhook("w", &r, "")
+        ),
     )
     .await;
     let put = |base: String, d: &'static str| async move {
-        call(
+        let (s, _) = call_as(
             "PUT",
             &format!("{base}/flags/1"),
             Some(json!({"description": d})),
+            Some("direct@example.com"),
         )
-        .await
+        .await;
+        assert_eq!(s, 200);
     };
     call(
         "POST",
@@ -753,31 +777,127 @@ async fn a_change_made_around_the_proxy_does_not_shift_later_events() {
         Some(json!({"description": "start", "key": "k"})),
     )
     .await;
+    // Proxied and straight-to-Flagr changes interleaved, without waiting in between.
     put(fh.api(), "a").await;
-    r.wait_for(2).await;
-    // Straight to Flagr: flaghook sees no call, so no event; but its snapshot exists.
     put(f.api(), "b").await;
     put(fh.api(), "c").await;
-    // Not a burst: each proxied change is derived before the next (see the README's limits).
-    r.wait_for(3).await;
-    put(fh.api(), "d").await;
+    put(f.api(), "d").await;
+    r.wait_for(5).await;
+    // Straight to Flagr only, while nothing goes through the proxy: found by polling.
+    assert_eq!(
+        call("DELETE", &format!("{}/flags/1", f.api()), None)
+            .await
+            .0,
+        200
+    );
+    r.wait_for(6).await;
+    assert_eq!(
+        call("PUT", &format!("{}/flags/1/restore", f.api()), None)
+            .await
+            .0,
+        200
+    );
+    r.wait_for(7).await;
+    call(
+        "POST",
+        &format!("{}/flags", f.api()),
+        Some(json!({"description": "made elsewhere", "key": "elsewhere"})),
+    )
+    .await;
+    let hits = r.wait_for(8).await;
+    let got: Vec<(String, String)> = hits.iter().map(summary).collect();
+    let want: Vec<(String, String)> = [
+        ("flag.created#1", ""),
+        ("flag.updated#1", "start->a"),
+        ("flag.updated#1", "a->b"),
+        ("flag.updated#1", "b->c"),
+        ("flag.updated#1", "c->d"),
+        ("flag.deleted#1", ""),
+        ("flag.created#1", ""),
+        ("flag.created#2", ""),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(hits[6].json()["changes"]["restored"], true);
+    assert_eq!(hits[2].json()["actor"], "direct@example.com");
+    // Every event under its own id, and nothing more arrives.
+    let ids: std::collections::HashSet<String> =
+        hits.iter().map(|h| h.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 8);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(r.hits().len(), 8, "no event twice");
+    assert!(
+        fh.metric("flaghook_changelog_hints_total{outcome=\"matched\"}")
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_variants_flagr_accepts_are_recognised_as_the_calls_they_are() {
+    let f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    // Only proxied changes become events here, so each event below proves the route matched.
+    let fh = Flaghook::start(
+        &f.url(),
+        &format!(
+            "{FAST_DELIVERY}[changelog]\nfollow = \"proxied\"\nhint_wait = \"300ms\"\n{}",
+            webhook("w", &r, "")
+        ),
+    )
+    .await;
+    let base = fh.proxy.clone();
+    let (s, _) = call(
+        "POST",
+        &format!("{base}/api/v1/flags/"),
+        Some(json!({"description": "d", "key": "k"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (i, path) in [
+        "/api/v1/flags/1/enabled/",
+        "/api/v1//flags/1/enabled",
+        "/api/v1/flags/%31/enabled",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (s, body) = call(
+            "PUT",
+            &format!("{base}{path}"),
+            Some(json!({"enabled": i % 2 == 0})),
+        )
+        .await;
+        assert_eq!(s, 200, "{path}: {body}");
+    }
     let hits = r.wait_for(4).await;
-    let changes: Vec<(String, String)> = hits[1..]
+    let events: Vec<String> = hits
         .iter()
-        .map(|h| {
-            let c = &h.json()["changes"]["description"];
-            (
-                c["before"].as_str().unwrap().to_string(),
-                c["after"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|h| h.json()["event"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(
-        changes,
+        events,
         [
-            ("start".to_string(), "a".to_string()),
-            ("b".into(), "c".into()),
-            ("c".into(), "d".into())
+            "flag.created",
+            "flag.enabled",
+            "flag.disabled",
+            "flag.enabled"
         ]
     );
+    // A change made straight to Flagr is not this replica's to send in "proxied" mode.
+    call(
+        "PUT",
+        &format!("{}/flags/1", f.api()),
+        Some(json!({"description": "x"})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.hits().len(), 4);
+    fh.wait_metric(
+        "flaghook_changelog_snapshots_total{outcome=\"not_proxied\"}",
+        1.0,
+    )
+    .await;
 }

@@ -1,0 +1,231 @@
+//! The embedded store (redb, one file): runtime webhooks and the changelog follower's cursors.
+//!
+//! In: webhook definitions from the admin API; cursor advances from the follower.
+//! Out: the same after a restart. With no path, an in-memory database with the same interface
+//! (nothing survives a restart; start-up says so).
+//! Never: is read on the proxy path; the file holds secrets, so it is created 0600.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+const WEBHOOKS: TableDefinition<'_, &str, &str> = TableDefinition::new("webhooks");
+/// Flag id → its [`Cursor`] as JSON.
+const CURSORS: TableDefinition<'_, i64, &str> = TableDefinition::new("changelog_cursors");
+/// Follower-wide values (`baseline`, `seen_max`).
+const META: TableDefinition<'_, &str, i64> = TableDefinition::new("changelog_meta");
+
+pub struct Store {
+    db: Database,
+    durable: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// How far the changelog of one flag has been turned into events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The newest snapshot id already turned into events; 0 = none yet (the follower's baseline
+    /// is the floor).
+    pub snapshot: i64,
+    /// Whether the flag was soft-deleted when last read.
+    pub deleted: bool,
+    /// The flag's `updatedAt` when last listed: a flag whose value moved has new snapshots.
+    pub updated_at: String,
+}
+
+/// The follower's whole durable state.
+#[derive(Clone, Debug, Default)]
+pub struct ChangelogState {
+    /// `max_id` at the very first start: older snapshots are history, never sent.
+    pub baseline: Option<i64>,
+    /// Every snapshot up to this id has been turned into events.
+    pub seen_max: i64,
+    pub cursors: std::collections::HashMap<i64, Cursor>,
+}
+
+impl Store {
+    /// Opens (or creates, 0600) the file at `path`; an empty path gives an in-memory store.
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        if path.is_empty() {
+            let db = Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(err)?;
+            return Self::init(db, false);
+        }
+        let path = Path::new(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let file = opts
+            .open(path)
+            .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::builder()
+            .create_file(file)
+            .map_err(|e| err(format!("{} is not a readable store: {e}", path.display())))?;
+        Self::init(db, true)
+    }
+
+    fn init(db: Database, durable: bool) -> Result<Self, StoreError> {
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(WEBHOOKS).map_err(err)?;
+        tx.open_table(CURSORS).map_err(err)?;
+        tx.open_table(META).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Self { db, durable })
+    }
+
+    /// False for the in-memory store.
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Every stored webhook definition (the admin API's shape; the store does not look inside).
+    pub fn all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(WEBHOOKS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            out.push(serde_json::from_str(v.value()).map_err(err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put<T: Serialize>(&self, id: &str, w: &T) -> Result<(), StoreError> {
+        let json = serde_json::to_string(w).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(WEBHOOKS).map_err(err)?;
+            t.insert(id, json.as_str()).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(WEBHOOKS).map_err(err)?;
+            t.remove(id).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The follower's state as last committed.
+    pub fn changelog(&self) -> Result<ChangelogState, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let meta = tx.open_table(META).map_err(err)?;
+        let get = |k: &str| -> Result<Option<i64>, StoreError> {
+            Ok(meta.get(k).map_err(err)?.map(|v| v.value()))
+        };
+        let mut state = ChangelogState {
+            baseline: get("baseline")?,
+            seen_max: get("seen_max")?.unwrap_or(0),
+            cursors: Default::default(),
+        };
+        let t = tx.open_table(CURSORS).map_err(err)?;
+        for row in t.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            state
+                .cursors
+                .insert(k.value(), serde_json::from_str(v.value()).map_err(err)?);
+        }
+        Ok(state)
+    }
+
+    /// Commits cursor advances and follower-wide values in one transaction.
+    pub fn save_changelog(
+        &self,
+        cursors: &[(i64, &Cursor)],
+        baseline: Option<i64>,
+        seen_max: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(CURSORS).map_err(err)?;
+            for (flag, c) in cursors {
+                let json = serde_json::to_string(c).map_err(err)?;
+                t.insert(*flag, json.as_str()).map_err(err)?;
+            }
+            let mut m = tx.open_table(META).map_err(err)?;
+            if let Some(b) = baseline {
+                m.insert("baseline", b).map_err(err)?;
+            }
+            if let Some(s) = seen_max {
+                m.insert("seen_max", s).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Forgets every cursor and the baseline (Flagr's changelog went backwards: a new database).
+    pub fn reset_changelog(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.delete_table(CURSORS).map_err(err)?;
+        tx.delete_table(META).map_err(err)?;
+        tx.open_table(CURSORS).map_err(err)?;
+        tx.open_table(META).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changelog_state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/flaghook.redb");
+        let path = path.to_str().unwrap();
+        {
+            let s = Store::open(path).unwrap();
+            assert!(s.durable());
+            assert!(s.changelog().unwrap().baseline.is_none());
+            let c = Cursor {
+                snapshot: 7,
+                deleted: true,
+                updated_at: "t".into(),
+            };
+            s.save_changelog(&[(3, &c)], Some(5), Some(9)).unwrap();
+        }
+        let s = Store::open(path).unwrap();
+        let st = s.changelog().unwrap();
+        assert_eq!((st.baseline, st.seen_max), (Some(5), 9));
+        assert_eq!(st.cursors[&3].snapshot, 7);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        s.reset_changelog().unwrap();
+        assert!(s.changelog().unwrap().cursors.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.redb");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let e = Store::open(path.to_str().unwrap()).err().unwrap();
+        assert!(e.to_string().contains("not a readable store"), "{e}");
+        assert!(!Store::open("").unwrap().durable());
+    }
+}
