@@ -101,6 +101,7 @@ impl App {
                 &cfg.webhooks,
                 policy.clone(),
                 metrics.clone(),
+                delivery::outbox::Outbox::new(store.clone(), metrics.clone()),
                 delivery_shutdown.clone(),
             )
             .map_err(anyhow::Error::msg)?,

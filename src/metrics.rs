@@ -42,6 +42,7 @@ pub struct Metrics {
     pub changelog_hints: IntCounterVec,
     pub changelog_errors: IntCounterVec,
     pub changelog_cursor: IntGauge,
+    pub outbox_errors: IntCounterVec,
     pub changelog_max_id: IntGauge,
     pub config_webhooks: IntGauge,
     pub build_info: IntGauge,
@@ -273,6 +274,11 @@ impl Metrics {
                 "Changelog follower errors, by stage (flagr, store); the follower tries again.",
                 &["stage"],
             ),
+            outbox_errors: counter_vec(
+                "flaghook_outbox_errors_total",
+                "Outbox reads and writes that failed (disk full, unwritable); the request stays queued in memory.",
+                &["op"],
+            ),
             changelog_cursor: reg(
                 r,
                 IntGauge::new(
@@ -327,6 +333,9 @@ impl Metrics {
         }
         for stage in ["flagr", "store"] {
             m.changelog_errors.with_label_values(&[stage]);
+        }
+        for op in ["insert", "update", "remove", "load", "state"] {
+            m.outbox_errors.with_label_values(&[op]);
         }
 
         m

@@ -267,6 +267,7 @@ async fn replay(
     s.deliveries.send_to(
         &id,
         Job {
+            seq: 0,
             id: entry.delivery_id.clone(),
             order_key: entry.order_key,
             body: entry.body.clone(),
@@ -299,6 +300,7 @@ async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiR
     s.deliveries.send_to(
         &id,
         Job {
+            seq: 0,
             id: msg_id.clone(),
             order_key: 0,
             body: bytes::Bytes::from(body.to_string()),

@@ -175,6 +175,15 @@ impl Breaker {
         };
     }
 
+    /// A pause read back after a restart: paused until `until`, then a probe.
+    pub fn restore_pause(&mut self, until: Instant, cooldown: Duration) {
+        self.state = State::Paused {
+            until,
+            cooldown,
+            manual: false,
+        };
+    }
+
     /// An operator's resume: active at once, history forgotten.
     pub fn resume(&mut self) {
         self.reset();

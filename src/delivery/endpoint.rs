@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::breaker::{Breaker, Permit, State, Transition};
+use super::outbox::{Outbox, PauseState};
 use super::retry::{classify, delay_before, parse_retry_after, Verdict};
 use super::sign;
 use crate::config::{DeliveryConfig, WebhookConfig};
@@ -29,6 +30,8 @@ use crate::metrics::Metrics;
 /// One request to deliver: the same body and id on every attempt.
 #[derive(Clone, Debug)]
 pub struct Job {
+    /// Its row in the outbox (0 until queued, or when nothing is kept on disk).
+    pub seq: u64,
     /// `webhook-id`: stable across retries.
     pub id: String,
     /// Jobs with the same key are delivered one after the other, in order (the flag id).
@@ -101,6 +104,8 @@ struct Queued {
     job: Job,
     seq: u64,
     attempts: usize,
+    /// Read back from the outbox: the retry delay it was waiting out.
+    not_before: Option<SystemTime>,
 }
 
 /// The result of one attempt, as the worker needs it.
@@ -132,6 +137,7 @@ pub struct EndpointCtx {
     pub client: reqwest::Client,
     pub policy: Arc<DeliveryConfig>,
     pub metrics: Arc<Metrics>,
+    pub outbox: Outbox,
 }
 
 fn now_rfc3339() -> String {
@@ -168,6 +174,8 @@ struct Worker {
     parked_bytes: usize,
     /// Requests given up on because the shutdown deadline came first.
     lost_at_shutdown: usize,
+    /// The pause state last written to the outbox.
+    saved_pause: Option<PauseState>,
 }
 
 impl Worker {
@@ -176,6 +184,10 @@ impl Worker {
     }
 
     fn enqueue(&mut self, job: Job) {
+        self.enqueue_with(job, 0, None);
+    }
+
+    fn enqueue_with(&mut self, job: Job, attempts: usize, not_before: Option<SystemTime>) {
         self.seq += 1;
         self.count += 1;
         self.bytes += job.body.len();
@@ -185,7 +197,8 @@ impl Worker {
         q.push_back(Queued {
             job,
             seq: self.seq,
-            attempts: 0,
+            attempts,
+            not_before,
         });
         if q.len() == 1 {
             self.ready.push_back(key);
@@ -209,6 +222,7 @@ impl Worker {
                         .inc();
                     tracing::warn!(endpoint = %self.ctx.webhook.id, delivery_id = %d.job.id, "queue full: dropped the oldest undelivered request");
                     count_dropped(&self.ctx, &d.job, "queue_full");
+                    self.ctx.outbox.remove(&self.ctx.webhook.id, &[d.job.seq]);
                 }
             }
             if q.is_empty() {
@@ -270,6 +284,7 @@ impl Worker {
             }
             None => {}
         }
+        self.save_pause();
         self.log(a.entry.clone());
         let id = self.ctx.webhook.id.clone();
         let Some(q) = self.queues.get_mut(&a.key) else {
@@ -282,6 +297,15 @@ impl Worker {
             // request's attempts. It waits for the endpoint to recover.
             front.attempts = front.attempts.saturating_sub(1);
             self.ready.push_back(a.key);
+            return;
+        }
+        if draining && self.ctx.outbox.durable() && matches!(a.verdict, Verdict::Retry { .. }) {
+            // Shutting down: the request stays in the outbox for the next start, its attempt
+            // counted; it is not tried again now.
+            self.ctx
+                .outbox
+                .update(&id, &front.job, front.attempts, None, false);
+            self.waiting.insert(a.key);
             return;
         }
         let retry_delay = match (&a.verdict, self.ctx.kind) {
@@ -306,6 +330,9 @@ impl Worker {
                 .with_label_values(&[&id])
                 .inc();
             tracing::info!(endpoint = %id, delivery_id = %front.job.id, attempt = front.attempts, status = ?a.entry.status, error = ?a.entry.error, ?delay, "delivery failed; will retry");
+            self.ctx
+                .outbox
+                .update(&id, &front.job, front.attempts, Some(delay), false);
             self.waiting.insert(a.key);
             self.delays.insert(a.key, delay);
             return;
@@ -313,6 +340,13 @@ impl Worker {
         let Some(done) = q.pop_front() else { return };
         self.count -= 1;
         self.bytes -= done.job.body.len();
+        // Parked batches keep their row (rewritten as parked); everything else is finished.
+        let parks = matches!(a.verdict, Verdict::Retry { .. })
+            && !draining
+            && matches!(self.ctx.kind, Kind::Impressions { .. });
+        if !parks {
+            self.ctx.outbox.remove(&id, &[done.job.seq]);
+        }
         if q.is_empty() {
             self.queues.remove(&a.key);
         } else {
@@ -331,6 +365,7 @@ impl Worker {
                     tracing::info!(endpoint = %id, batches = self.parked.len(), "endpoint recovered: sending parked batches");
                     self.parked_bytes = 0;
                     for job in std::mem::take(&mut self.parked) {
+                        self.ctx.outbox.update(&id, &job, 0, None, false);
                         self.enqueue(job);
                     }
                 }
@@ -377,6 +412,7 @@ impl Worker {
             .impressions_parked
             .inc_by(job.records as u64);
         tracing::warn!(endpoint = %id, delivery_id = %job.id, records = job.records, "batch failed its retry: parked until the endpoint recovers");
+        self.ctx.outbox.update(&id, &job, 0, None, true);
         self.parked_bytes += job.body.len();
         self.parked.push_back(job);
         while self.parked_bytes > park_max_bytes {
@@ -390,8 +426,92 @@ impl Worker {
                 .with_label_values(&[&id, "parked_overflow"])
                 .inc();
             count_dropped(&self.ctx, &old, "parked_overflow");
+            self.ctx.outbox.remove(&id, &[old.seq]);
             tracing::warn!(endpoint = %id, delivery_id = %old.id, records = old.records, "parking bound reached: dropped the oldest parked batch");
         }
+    }
+
+    /// Keeps the pause state in the outbox, so a restart does not hammer a dead receiver.
+    fn save_pause(&self) {
+        if !self.ctx.outbox.durable() {
+            return;
+        }
+        let state = match self.breaker.state() {
+            State::Paused {
+                until,
+                cooldown,
+                manual,
+            } => PauseState {
+                until_ms: (!manual).then(|| {
+                    let left = until.saturating_duration_since(Instant::now());
+                    (SystemTime::now() + left)
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0)
+                }),
+                cooldown_ms: cooldown.as_millis() as u64,
+                manual,
+            },
+            // A probe in flight: after a restart the endpoint is probed again at once.
+            State::Probing { cooldown } => PauseState {
+                until_ms: Some(0),
+                cooldown_ms: cooldown.as_millis() as u64,
+                manual: false,
+            },
+            State::Active => PauseState::default(),
+        };
+        if self.saved_pause.as_ref() != Some(&state) {
+            self.ctx.outbox.save_pause_state(self.id(), &state);
+        }
+    }
+
+    /// Reads the endpoint's queue and pause state back from the outbox.
+    fn restore(&mut self) {
+        let id = self.ctx.webhook.id.clone();
+        if let Some(p) = self.ctx.outbox.pause_state(&id) {
+            if p.manual {
+                self.breaker.pause(Instant::now());
+            } else if let Some(until_ms) = p.until_ms {
+                let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until_ms);
+                let left = until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                self.breaker
+                    .restore_pause(Instant::now() + left, Duration::from_millis(p.cooldown_ms));
+            }
+            self.saved_pause = Some(p);
+        }
+        let stored = self.ctx.outbox.load(&id);
+        if stored.is_empty() {
+            return;
+        }
+        let n = stored.len();
+        for s in stored {
+            if s.parked {
+                self.parked_bytes += s.job.body.len();
+                self.parked.push_back(s.job);
+            } else {
+                self.enqueue_with(s.job, s.attempts, s.next_at);
+            }
+        }
+        // A retry's delay outlives the restart: the key waits out what is left of it.
+        let now = SystemTime::now();
+        let mut later = Vec::new();
+        for (key, q) in &self.queues {
+            if let Some(left) = q
+                .front()
+                .and_then(|f| f.not_before)
+                .and_then(|t| t.duration_since(now).ok())
+            {
+                later.push((*key, left));
+            }
+        }
+        for (key, left) in later {
+            self.ready.retain(|k| *k != key);
+            self.waiting.insert(key);
+            self.delays.insert(key, left);
+        }
+        tracing::info!(endpoint = %id, requests = n, "outbox read back: resuming delivery");
     }
 
     fn log(&mut self, e: LogEntry) {
@@ -472,14 +592,22 @@ pub async fn run(
         parked: VecDeque::new(),
         parked_bytes: 0,
         lost_at_shutdown: 0,
+        saved_pause: None,
     };
+    w.restore();
     let mut deadline: Option<Instant> = None;
     let mut stopped = false;
     w.publish();
     loop {
         w.launch();
         w.publish();
-        if deadline.is_some() && w.tasks.is_empty() && (w.count == 0 || w.ready.is_empty()) {
+        let durable = w.ctx.outbox.durable();
+        if deadline.is_some()
+            && w.tasks.is_empty()
+            && (w.count == 0
+                || w.ready.is_empty()
+                || (durable && w.breaker.state() != State::Active))
+        {
             break;
         }
         tokio::select! {
@@ -490,10 +618,12 @@ pub async fn run(
             Some(c) = ctl.recv() => match c {
                 Control::Pause => {
                     w.breaker.pause(Instant::now());
+                    w.save_pause();
                     tracing::warn!(endpoint = %w.id(), "paused by an operator");
                 }
                 Control::Resume => {
                     w.breaker.resume();
+                    w.save_pause();
                     tracing::info!(endpoint = %w.id(), "resumed by an operator");
                     // Requests waiting for a retry go now.
                     for key in w.waiting.drain() {
@@ -528,8 +658,9 @@ pub async fn run(
             }
             () = sleep_until(deadline) => break,
         }
-        if deadline.is_some() {
-            // Draining: waiting retries go now, once, and a pause no longer holds them back.
+        if deadline.is_some() && !w.ctx.outbox.durable() {
+            // Draining with nothing kept on disk: waiting retries go now, once, and a pause no
+            // longer holds them back.
             for key in w.waiting.drain() {
                 w.ready.push_back(key);
             }
@@ -538,6 +669,19 @@ pub async fn run(
         }
     }
     w.tasks.abort_all();
+    if stopped {
+        w.ctx.outbox.clear(w.id());
+    } else if w.ctx.outbox.durable() {
+        // Everything left is in the outbox and goes out after the next start.
+        let kept = w.count + w.parked.len();
+        if kept > 0 {
+            tracing::info!(endpoint = %w.id(), kept, "requests kept in the outbox for the next start");
+        }
+        w.count = 0;
+        w.bytes = 0;
+        w.publish();
+        return kept;
+    }
     let parked = std::mem::take(&mut w.parked);
     for job in &parked {
         count_dropped(&w.ctx, job, "shutdown");

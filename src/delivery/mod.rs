@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod endpoint;
 pub mod guard;
+pub mod outbox;
 pub mod retry;
 pub mod sign;
 
@@ -68,6 +69,7 @@ pub struct Deliveries {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: Mutex<JoinSet<usize>>,
+    pub outbox: outbox::Outbox,
 }
 
 /// The HTTP client every endpoint shares: no redirects, the SSRF guard as resolver, rustls.
@@ -91,9 +93,11 @@ impl Deliveries {
         webhooks: &[WebhookConfig],
         policy: Arc<DeliveryConfig>,
         metrics: Arc<Metrics>,
+        outbox: outbox::Outbox,
         shutdown: CancellationToken,
     ) -> Result<Self, String> {
         let d = Self {
+            outbox,
             endpoints: RwLock::new(Arc::new(Vec::new())),
             client: http_client(&policy)?,
             policy,
@@ -122,6 +126,7 @@ impl Deliveries {
             client: self.client.clone(),
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
+            outbox: self.outbox.clone(),
         }))
     }
 
@@ -239,15 +244,19 @@ impl Deliveries {
         let ep = self
             .get(id)
             .ok_or_else(|| DeliveryError::NotFound(id.into()))?;
-        ep.tx
-            .try_send(job)
-            .map_err(|_| DeliveryError::Full(id.into()))
+        let mut batch = vec![(ep, job)];
+        match self.enqueue(&mut batch, false) {
+            0 => Ok(()),
+            _ => Err(DeliveryError::Full(id.into())),
+        }
     }
 
-    /// Queues the change set for every webhook that wants any of its events.
+    /// Queues the change set for every webhook that wants any of its events: on disk first
+    /// (one transaction for the whole set), then in each endpoint's queue.
     pub fn publish(&self, set: &ChangeSet) {
         // Seed bodies are the same for every endpoint: build each at most once.
         let mut seed: Vec<Option<bytes::Bytes>> = vec![None; set.events.len()];
+        let mut batch: Vec<(Arc<Endpoint>, Job)> = Vec::new();
         for ep in self.list().iter() {
             if ep.kind != Kind::Events {
                 continue;
@@ -260,9 +269,10 @@ impl Deliveries {
                             continue;
                         }
                         let body = seed[i].get_or_insert_with(|| seed_body(set, ev)).clone();
-                        self.enqueue(
-                            ep,
+                        batch.push((
+                            ep.clone(),
                             Job {
+                                seq: 0,
                                 id: ev.id.clone(),
                                 order_key: set.flag_id,
                                 body,
@@ -270,7 +280,7 @@ impl Deliveries {
                                 encoding: None,
                                 records: 0,
                             },
-                        );
+                        ));
                     }
                 }
                 PayloadFormat::Flagr => {
@@ -279,9 +289,10 @@ impl Deliveries {
                         .iter()
                         .any(|ev| w.wants(ev.event, &set.flag_key, &set.tags))
                     {
-                        self.enqueue(
-                            ep,
+                        batch.push((
+                            ep.clone(),
                             Job {
+                                seq: 0,
                                 id: set.id.clone(),
                                 order_key: set.flag_id,
                                 body: flagr_body(set, w.detailed_diff),
@@ -289,25 +300,48 @@ impl Deliveries {
                                 encoding: None,
                                 records: 0,
                             },
-                        );
+                        ));
                     }
                 }
             }
         }
+        self.enqueue(&mut batch, true);
     }
 
-    fn enqueue(&self, ep: &Endpoint, job: Job) {
-        if let Err(e) = ep.tx.try_send(job) {
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "queue_full",
-                mpsc::error::TrySendError::Closed(_) => "shutdown",
-            };
-            self.metrics
-                .dropped
-                .with_label_values(&[&ep.webhook.id, reason])
-                .inc();
-            tracing::warn!(endpoint = %ep.webhook.id, reason, "request not queued");
+    /// Writes the jobs to the outbox, then queues each; returns how many could not be queued
+    /// (their rows are removed again; counted here when `count` is set, else by the caller).
+    fn enqueue(&self, batch: &mut [(Arc<Endpoint>, Job)], count: bool) -> usize {
+        if batch.is_empty() {
+            return 0;
         }
+        for (_, job) in batch.iter_mut() {
+            job.seq = self.outbox.next_seq();
+        }
+        let rows: Vec<(&str, &Job)> = batch
+            .iter()
+            .map(|(ep, job)| (ep.webhook.id.as_str(), job))
+            .collect();
+        self.outbox.insert(&rows);
+        let mut failed = 0;
+        for (ep, job) in batch.iter() {
+            if let Err(e) = ep.tx.try_send(job.clone()) {
+                failed += 1;
+                self.outbox.remove(&ep.webhook.id, &[job.seq]);
+                if !count {
+                    continue;
+                }
+                let reason = match e {
+                    mpsc::error::TrySendError::Full(_) => "queue_full",
+                    mpsc::error::TrySendError::Closed(_) => "shutdown",
+                };
+                self.metrics
+                    .dropped
+                    .with_label_values(&[&ep.webhook.id, reason])
+                    .inc();
+                tracing::warn!(endpoint = %ep.webhook.id, reason, "request not queued");
+            }
+        }
+        failed
     }
 
     /// Stops every worker (they deliver within the shutdown deadline) and returns how many

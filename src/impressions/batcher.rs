@@ -177,6 +177,7 @@ impl Batchers {
                 .observe(body.len() as f64 / raw_len.max(1) as f64);
         }
         let job = Job {
+            seq: 0,
             id: format!("batch_{}", uuid::Uuid::now_v7().simple()),
             order_key: 0,
             body: Bytes::from(body),

@@ -1,7 +1,8 @@
-//! The embedded store (redb, one file): runtime webhooks and the changelog follower's cursors.
+//! The embedded store (redb, one file): runtime webhooks, the changelog follower's cursors, and
+//! the delivery outbox (every queued request and each endpoint's pause state).
 //!
-//! In: webhook definitions from the admin API; cursor advances from the follower.
-//! Out: the same after a restart. With no path, an in-memory database with the same interface
+//! In: webhook definitions from the admin API; cursor advances from the follower; queued,
+//! retried and finished requests from delivery. Out: the same after a restart or a crash. With no path, an in-memory database with the same interface
 //! (nothing survives a restart; start-up says so).
 //! Never: is read on the proxy path; the file holds secrets, so it is created 0600.
 
@@ -16,10 +17,16 @@ const WEBHOOKS: TableDefinition<'_, &str, &str> = TableDefinition::new("webhooks
 const CURSORS: TableDefinition<'_, i64, &str> = TableDefinition::new("changelog_cursors");
 /// Follower-wide values (`baseline`, `seen_max`).
 const META: TableDefinition<'_, &str, i64> = TableDefinition::new("changelog_meta");
+/// (endpoint id, sequence) → one queued request (delivery's own encoding).
+const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// Endpoint id → its pause state (delivery's own encoding).
+const ENDPOINTS: TableDefinition<'_, &str, &str> = TableDefinition::new("endpoint_state");
 
 pub struct Store {
     db: Database,
     durable: bool,
+    /// The next outbox sequence number: above every stored one, so order survives restarts.
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +94,22 @@ impl Store {
         tx.open_table(WEBHOOKS).map_err(err)?;
         tx.open_table(CURSORS).map_err(err)?;
         tx.open_table(META).map_err(err)?;
+        tx.open_table(ENDPOINTS).map_err(err)?;
+        let next = {
+            let t = tx.open_table(OUTBOX).map_err(err)?;
+            let mut max = 0;
+            for row in t.iter().map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                max = max.max(k.value().1);
+            }
+            max + 1
+        };
         tx.commit().map_err(err)?;
-        Ok(Self { db, durable })
+        Ok(Self {
+            db,
+            durable,
+            next_seq: std::sync::atomic::AtomicU64::new(next),
+        })
     }
 
     /// False for the in-memory store.
@@ -174,6 +195,99 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// A fresh outbox sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds queued requests, on disk before this returns (they must survive a crash).
+    pub fn outbox_insert(&self, rows: &[(&str, u64, &[u8])]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(OUTBOX).map_err(err)?;
+            for (endpoint, seq, row) in rows {
+                t.insert((*endpoint, *seq), *row).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Rewrites a queued request (its attempts, next attempt, parking). Not flushed at once:
+    /// after a crash the older row is read back, which only repeats an attempt.
+    pub fn outbox_update(&self, endpoint: &str, seq: u64, row: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(err)?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(OUTBOX).map_err(err)?;
+            t.insert((endpoint, seq), row).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Removes finished requests. Not flushed at once: after a crash a delivered request may
+    /// be sent again, under its same `webhook-id`.
+    pub fn outbox_remove(&self, endpoint: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(err)?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(OUTBOX).map_err(err)?;
+            for seq in seqs {
+                t.remove((endpoint, *seq)).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Every queued request of an endpoint, oldest first.
+    pub fn outbox_load(&self, endpoint: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(OUTBOX).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((endpoint, 0u64)..=(endpoint, u64::MAX))
+            .map_err(err)?
+        {
+            let (k, v) = row.map_err(err)?;
+            out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Forgets an endpoint's queue and state (the webhook was deleted).
+    pub fn outbox_clear(&self, endpoint: &str) -> Result<(), StoreError> {
+        let seqs: Vec<u64> = self
+            .outbox_load(endpoint)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        self.outbox_remove(endpoint, &seqs)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(ENDPOINTS).map_err(err)?;
+            t.remove(endpoint).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    pub fn endpoint_state(&self, endpoint: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(ENDPOINTS).map_err(err)?;
+        Ok(t.get(endpoint).map_err(err)?.map(|v| v.value().to_string()))
+    }
+
+    pub fn put_endpoint_state(&self, endpoint: &str, state: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(ENDPOINTS).map_err(err)?;
+            t.insert(endpoint, state).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
     /// Forgets every cursor and the baseline (Flagr's changelog went backwards: a new database).
     pub fn reset_changelog(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(err)?;
@@ -217,6 +331,34 @@ mod tests {
         }
         s.reset_changelog().unwrap();
         assert!(s.changelog().unwrap().cursors.is_empty());
+    }
+
+    #[test]
+    fn outbox_rows_survive_reopening_in_order_per_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.redb");
+        let path = path.to_str().unwrap();
+        {
+            let s = Store::open(path).unwrap();
+            let (a, b, c) = (s.next_seq(), s.next_seq(), s.next_seq());
+            s.outbox_insert(&[("x", a, b"1"), ("y", b, b"2"), ("x", c, b"3")])
+                .unwrap();
+            s.outbox_update("x", c, b"3'").unwrap();
+            s.outbox_remove("y", &[b]).unwrap();
+            s.put_endpoint_state("x", "paused").unwrap();
+        }
+        let s = Store::open(path).unwrap();
+        let rows = s.outbox_load("x").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].1, b"1");
+        assert_eq!(rows[1].1, b"3'");
+        assert!(s.outbox_load("y").unwrap().is_empty());
+        // New rows sort after the old ones.
+        assert!(s.next_seq() > rows[1].0);
+        assert_eq!(s.endpoint_state("x").unwrap().as_deref(), Some("paused"));
+        s.outbox_clear("x").unwrap();
+        assert!(s.outbox_load("x").unwrap().is_empty());
+        assert!(s.endpoint_state("x").unwrap().is_none());
     }
 
     #[test]

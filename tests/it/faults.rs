@@ -463,7 +463,7 @@ async fn sigterm_delivers_what_is_queued_and_reports_what_is_not() {
     let dead = format!("http://127.0.0.1:{}/gone", free_port());
     let echo = Receiver::start(vec![]).await;
     let cfg = format!(
-        "[admin]\ntoken = \"t\"\n[delivery]\nallow_loopback = true\nmax_in_flight = 1\nshutdown_deadline = \"5s\"\n\
+        "[admin]\ntoken = \"t\"\n[store]\npath = \"\"\n[delivery]\nallow_loopback = true\nmax_in_flight = 1\nshutdown_deadline = \"5s\"\n\
          [[webhooks]]\nid = \"slow\"\nurl = \"http://{slow_addr}/h\"\n[[webhooks]]\nid = \"dead\"\nurl = \"{dead}\"\n"
     );
     let mut fh = Flaghook::start(&format!("http://{}", echo.addr), &cfg).await;

@@ -5,6 +5,7 @@ mod support;
 
 mod with_flagr {
     mod admin;
+    mod durability;
     mod events;
     mod faults;
     mod gitsync;

@@ -142,6 +142,7 @@ pub struct Flaghook {
     pub proxy: String,
     pub admin: String,
     pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Flaghook {
@@ -167,32 +168,58 @@ impl Flaghook {
              [admin]\nlisten = \"127.0.0.1:{ap}\"\n{store}{extra}\n"
         );
         let cfg = merge_sections(&cfg);
-        let path = dir.path().join("flaghook.toml");
-        std::fs::write(&path, cfg).expect("config written");
-        let log = std::fs::File::create(dir.path().join("flaghook.log")).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaghook"));
-        cmd.arg("--config")
-            .arg(&path)
-            .env("FLAGHOOK_LOG__LEVEL", "flaghook=debug,info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("flaghook starts");
-        let fh = Flaghook {
-            child: Some(child),
+        std::fs::write(dir.path().join("flaghook.toml"), cfg).expect("config written");
+        let mut fh = Flaghook {
+            child: None,
             proxy: format!("http://127.0.0.1:{pp}"),
             admin: format!("http://127.0.0.1:{ap}"),
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        let health = format!("{}/healthz", fh.admin);
+        fh.spawn().await;
+        fh
+    }
+
+    /// Starts the binary on this instance's config, store and log (appended to).
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("flaghook.log"))
+            .expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaghook"));
+        cmd.arg("--config")
+            .arg(self.dir.path().join("flaghook.toml"))
+            .env("FLAGHOOK_LOG__LEVEL", "flaghook=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("flaghook starts"));
+        let health = format!("{}/healthz", self.admin);
         let ok = wait_until(Duration::from_secs(20), || async {
             matches!(client().get(&health).send().await, Ok(r) if r.status() == 200)
         })
         .await;
-        assert!(ok, "flaghook did not start:\n{}", fh.log());
-        fh
+        assert!(ok, "flaghook did not start:\n{}", self.log());
+    }
+
+    /// SIGKILL, as an OOM kill or a node loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same config and store (after `kill` or `terminate`).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
     }
 
     pub fn api(&self) -> String {
@@ -410,6 +437,7 @@ impl Hit {
 struct RecvState {
     hits: Vec<Hit>,
     script: VecDeque<Reply>,
+    otherwise: u16,
 }
 
 /// A real HTTP receiver on loopback that records every request and answers from a script
@@ -426,6 +454,7 @@ impl Receiver {
         let state = Arc::new(Mutex::new(RecvState {
             hits: vec![],
             script: script.into(),
+            otherwise: 200,
         }));
         let st = state.clone();
         let app = axum::Router::new().fallback(
@@ -439,7 +468,8 @@ impl Receiver {
                             body,
                             path: uri.path().to_string(),
                         });
-                        s.script.pop_front().unwrap_or(Reply::Status(200))
+                        let otherwise = Reply::Status(s.otherwise);
+                        s.script.pop_front().unwrap_or(otherwise)
                     };
                     match reply {
                         Reply::Status(c) => {
@@ -474,6 +504,11 @@ impl Receiver {
             addr,
             state,
         }
+    }
+
+    /// The status answered once the script is used up (200 unless set).
+    pub fn answer(&self, status: u16) {
+        self.state.lock().expect("lock").otherwise = status;
     }
 
     pub fn hits(&self) -> Vec<Hit> {

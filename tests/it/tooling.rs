@@ -123,4 +123,26 @@ fn helm_chart_lints_renders_validates_and_configures_flaghook() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode"));
+    // Several replicas on one Flagr database must not each send every change.
+    let replicas = |extra: &[&str]| {
+        Command::new(&helm)
+            .args(["template", "x"])
+            .arg(&chart)
+            .args(["--set", "replicaCount=2"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = replicas(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changelog.follow=proxied"));
+    let out = replicas(&["--set", "config.changelog.follow=proxied"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("replicas: 2"));
+    assert!(text.contains("/var/lib/flaghook/flaghook.redb"));
 }

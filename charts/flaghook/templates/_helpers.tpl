@@ -34,8 +34,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $admin := get $cfg "admin" | default dict -}}
 {{- $_ := set $admin "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
 {{- if or .Values.adminToken .Values.existingSecret -}}{{- $_ := set $admin "token" "file:/etc/flaghook/secrets/admin-token" -}}{{- end -}}
-{{- if .Values.persistence.enabled -}}{{- $_ := set $admin "store" "/var/lib/flaghook/webhooks.redb" -}}{{- end -}}
 {{- $_ := set $cfg "admin" $admin -}}
+{{/* The store lives on the data volume: a PVC with persistence, else an emptyDir (kept across
+     container restarts, not across pod deletion). */}}
+{{- $store := get $cfg "store" | default dict -}}
+{{- $_ := set $store "path" "/var/lib/flaghook/flaghook.redb" -}}
+{{- $_ := set $cfg "store" $store -}}
+{{- $changelog := get $cfg "changelog" | default dict -}}
+{{- if and (gt (int .Values.replicaCount) 1) (ne (get $changelog "follow" | default "all") "proxied") -}}
+{{- fail "replicaCount > 1: every replica would follow the same Flagr changelog and send each change once per replica. Set config.changelog.follow=proxied (each replica sends only the changes it proxied), or run one replica." -}}
+{{- end -}}
 {{- if not $cfg.webhooks -}}{{- $_ := unset $cfg "webhooks" -}}{{- end -}}
 {{- if not $cfg.impression_webhooks -}}{{- $_ := unset $cfg "impression_webhooks" -}}{{- end -}}
 {{- toPrettyJson $cfg -}}

@@ -1,0 +1,286 @@
+//! The durable outbox as delivery sees it: a request is on disk before it is queued in memory,
+//! rewritten when it waits for a retry or is parked, and removed when it is finished (delivered,
+//! refused for good, or dropped and counted). A restart reads every endpoint's queue back.
+//!
+//! In: jobs and their attempt state from the endpoint workers. Out: rows in the store; the rows
+//! back at start-up.
+//! Never: blocks delivery on a failing disk: a write that fails is counted and logged, the
+//! request stays queued in memory, and `/readyz` names the problem.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::endpoint::Job;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The store when it is durable; with an in-memory store the outbox does nothing (the queues in
+/// memory are all there is).
+#[derive(Clone)]
+pub struct Outbox {
+    store: Option<Arc<Store>>,
+    metrics: Arc<Metrics>,
+    /// The last write error, shown by `/readyz`; cleared by the next write that succeeds.
+    pub last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// A queued request read back from the store.
+pub struct Stored {
+    pub job: Job,
+    pub attempts: usize,
+    /// When the next attempt may go (a retry's delay outlives the restart).
+    pub next_at: Option<SystemTime>,
+    pub parked: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    id: String,
+    order_key: i64,
+    label: String,
+    encoding: Option<String>,
+    records: usize,
+    attempts: usize,
+    next_at_ms: Option<u64>,
+    parked: bool,
+}
+
+/// The pause state kept for an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PauseState {
+    /// Wall-clock end of an automatic pause, in ms since the epoch.
+    pub until_ms: Option<u64>,
+    pub cooldown_ms: u64,
+    pub manual: bool,
+}
+
+impl Outbox {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store: store.durable().then_some(store),
+            metrics,
+            last_error: Arc::default(),
+        }
+    }
+
+    /// An outbox that keeps nothing (tests of the worker, in-memory stores).
+    pub fn none(metrics: Arc<Metrics>) -> Self {
+        Self {
+            store: None,
+            metrics,
+            last_error: Arc::default(),
+        }
+    }
+
+    pub fn durable(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// A sequence number for a new job (0 when nothing is kept).
+    pub fn next_seq(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.next_seq())
+    }
+
+    fn result(&self, op: &str, r: Result<(), crate::store::StoreError>) {
+        match r {
+            Ok(()) => {
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+            }
+            Err(e) => {
+                self.metrics.outbox_errors.with_label_values(&[op]).inc();
+                tracing::error!(op, error = %e, "outbox write failed; the request stays queued in memory only");
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Writes new jobs, all in one transaction, before they are queued.
+    pub fn insert(&self, rows: &[(&str, &Job)]) {
+        let Some(store) = &self.store else { return };
+        let encoded: Vec<(&str, u64, Vec<u8>)> = rows
+            .iter()
+            .map(|(ep, job)| (*ep, job.seq, encode(job, 0, None, false)))
+            .collect();
+        let refs: Vec<(&str, u64, &[u8])> = encoded
+            .iter()
+            .map(|(e, s, r)| (*e, *s, r.as_slice()))
+            .collect();
+        self.result("insert", store.outbox_insert(&refs));
+    }
+
+    /// Records an attempt that failed and when the next may go, or that the job is parked.
+    pub fn update(
+        &self,
+        endpoint: &str,
+        job: &Job,
+        attempts: usize,
+        delay: Option<Duration>,
+        parked: bool,
+    ) {
+        let Some(store) = &self.store else { return };
+        let next_at = delay.map(|d| SystemTime::now() + d);
+        let row = encode(job, attempts, next_at, parked);
+        self.result("update", store.outbox_update(endpoint, job.seq, &row));
+    }
+
+    /// Forgets finished jobs.
+    pub fn remove(&self, endpoint: &str, seqs: &[u64]) {
+        let Some(store) = &self.store else { return };
+        self.result("remove", store.outbox_remove(endpoint, seqs));
+    }
+
+    /// Forgets an endpoint altogether (its webhook was deleted).
+    pub fn clear(&self, endpoint: &str) {
+        let Some(store) = &self.store else { return };
+        self.result("remove", store.outbox_clear(endpoint));
+    }
+
+    /// Every job kept for the endpoint, oldest first; unreadable rows are counted and removed.
+    pub fn load(&self, endpoint: &str) -> Vec<Stored> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let rows = match store.outbox_load(endpoint) {
+            Ok(r) => r,
+            Err(e) => {
+                self.result("load", Err(e));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for (seq, row) in rows {
+            match decode(seq, &row) {
+                Some(s) => out.push(s),
+                None => bad.push(seq),
+            }
+        }
+        if !bad.is_empty() {
+            tracing::error!(
+                endpoint,
+                rows = bad.len(),
+                "outbox rows not readable; removed"
+            );
+            self.metrics
+                .outbox_errors
+                .with_label_values(&["load"])
+                .inc_by(bad.len() as u64);
+            self.remove(endpoint, &bad);
+        }
+        out
+    }
+
+    pub fn pause_state(&self, endpoint: &str) -> Option<PauseState> {
+        let store = self.store.as_ref()?;
+        let raw = store.endpoint_state(endpoint).ok()??;
+        serde_json::from_str(&raw).ok()
+    }
+
+    pub fn save_pause_state(&self, endpoint: &str, state: &PauseState) {
+        let Some(store) = &self.store else { return };
+        let raw = serde_json::to_string(state).unwrap_or_default();
+        self.result("state", store.put_endpoint_state(endpoint, &raw));
+    }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One row: a JSON header line, then the body's exact bytes.
+fn encode(job: &Job, attempts: usize, next_at: Option<SystemTime>, parked: bool) -> Vec<u8> {
+    let h = Header {
+        id: job.id.clone(),
+        order_key: job.order_key,
+        label: job.label.to_string(),
+        encoding: job.encoding.map(str::to_string),
+        records: job.records,
+        attempts,
+        next_at_ms: next_at.map(ms),
+        parked,
+    };
+    // A struct of strings and numbers always serialises.
+    let mut out = serde_json::to_vec(&h).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(&job.body);
+    out
+}
+
+fn decode(seq: u64, row: &[u8]) -> Option<Stored> {
+    let nl = row.iter().position(|b| *b == b'\n')?;
+    let h: Header = serde_json::from_slice(&row[..nl]).ok()?;
+    Some(Stored {
+        job: Job {
+            seq,
+            id: h.id,
+            order_key: h.order_key,
+            body: Bytes::copy_from_slice(&row[nl + 1..]),
+            label: static_label(&h.label),
+            encoding: h.encoding.as_deref().map(|e| match e {
+                "gzip" => "gzip",
+                _ => "identity",
+            }),
+            records: h.records,
+        },
+        attempts: h.attempts,
+        next_at: h.next_at_ms.map(|m| UNIX_EPOCH + Duration::from_millis(m)),
+        parked: h.parked,
+    })
+}
+
+/// Labels are a closed set (event names, Flagr operations, a few kinds): read back as the same
+/// static strings, so a label never allocates on the hot path.
+fn static_label(s: &str) -> &'static str {
+    const OTHERS: [&str; 7] = [
+        "create",
+        "update",
+        "delete",
+        "restore",
+        "impressions",
+        "ping",
+        "event",
+    ];
+    crate::events::EVENT_NAMES
+        .iter()
+        .chain(OTHERS.iter())
+        .find(|l| **l == s)
+        .copied()
+        .unwrap_or("event")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_with_their_state() {
+        let job = Job {
+            seq: 9,
+            id: "evt_1".into(),
+            order_key: 4,
+            body: Bytes::from_static(b"{\"a\":\n1}"),
+            label: "flag.updated",
+            encoding: Some("gzip"),
+            records: 3,
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let s = decode(9, &encode(&job, 2, Some(at), true)).unwrap();
+        assert_eq!(s.job.id, "evt_1");
+        assert_eq!(s.job.body, job.body);
+        assert_eq!(s.job.label, "flag.updated");
+        assert_eq!(s.job.encoding, Some("gzip"));
+        assert_eq!((s.attempts, s.parked, s.job.records), (2, true, 3));
+        assert_eq!(s.next_at, Some(at));
+        assert!(decode(1, b"not a row").is_none());
+        assert_eq!(static_label("nonsense"), "event");
+    }
+}

@@ -1,0 +1,194 @@
+//! Nothing lost across crashes and restarts: the changelog cursor and the outbox on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// Retries for as long as these tests run, a short pause, and a quick poll.
+const PATIENT: &str = "[delivery]\nallow_loopback = true\ntimeout = \"2s\"\n\
+    retry_schedule = [\"0s\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]\n\
+    [delivery.protection]\ncooldown = \"300ms\"\nmax_cooldown = \"600ms\"\n\
+    [changelog]\npoll_interval = \"200ms\"\nhint_wait = \"300ms\"\n";
+
+/// Waits until every `(flag, description)` change has arrived with a 2xx answer; returns, per
+/// change, the set of `webhook-id`s it was sent under.
+async fn wait_for_changes(
+    r: &Receiver,
+    want: &BTreeSet<(i64, String)>,
+) -> BTreeMap<(i64, String), BTreeSet<String>> {
+    let got = || {
+        let mut m: BTreeMap<(i64, String), BTreeSet<String>> = BTreeMap::new();
+        for h in r.hits() {
+            let v = h.json();
+            if v["event"] != "flag.updated" {
+                continue;
+            }
+            let after = v["changes"]["description"]["after"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            m.entry((v["flag_id"].as_i64().unwrap(), after))
+                .or_default()
+                .insert(h.header("webhook-id"));
+        }
+        m
+    };
+    let ok = wait_until(Duration::from_secs(60), || async {
+        want.iter().all(|k| got().contains_key(k))
+    })
+    .await;
+    let m = got();
+    let missing: Vec<_> = want.iter().filter(|k| !m.contains_key(*k)).collect();
+    assert!(ok, "never arrived: {missing:?}");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_and_changes_while_down_lose_nothing() {
+    let f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    r.answer(503);
+    let mut fh = Flaghook::start(&f.url(), &format!("{PATIENT}{}", webhook("w", &r, ""))).await;
+    for i in 1..=5 {
+        let (s, _) = call(
+            "POST",
+            &format!("{}/flags", fh.api()),
+            Some(json!({"description": "start", "key": format!("f{i}")})),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let mut want = BTreeSet::new();
+    // A burst of 100 changes through flaghook while the receiver fails; SIGKILL at the 60th.
+    for i in 0..100 {
+        let flag = (i % 5 + 1) as i64;
+        let d = format!("p{i}");
+        if i == 60 {
+            fh.kill();
+        }
+        // While flaghook is down the changes go straight to Flagr (its UI, a script).
+        let base = if i < 60 { fh.api() } else { f.api() };
+        let (s, _) = call(
+            "PUT",
+            &format!("{base}/flags/{flag}"),
+            Some(json!({"description": d})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        want.insert((flag, d));
+        if i == 80 {
+            break;
+        }
+    }
+    fh.restart().await;
+    // Everything before this answered 503; from here on each request succeeds at once.
+    let failed_before = r.hits().len();
+    r.answer(200);
+    let got = wait_for_changes(&r, &want).await;
+    for (change, ids) in &got {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{change:?} arrived under several ids: {ids:?}"
+        );
+    }
+    let all_ids: BTreeSet<&String> = got.values().flatten().collect();
+    assert_eq!(all_ids.len(), got.len(), "two changes shared an id");
+    // Each flag's changes arrived in the order Flagr made them.
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for h in &r.hits()[failed_before..] {
+        let v = h.json();
+        if v["event"] != "flag.updated" {
+            continue;
+        }
+        let n: i64 = v["changes"]["description"]["after"].as_str().unwrap()[1..]
+            .parse()
+            .unwrap();
+        let flag = v["flag_id"].as_i64().unwrap();
+        if let Some(prev) = last.get(&flag) {
+            assert!(n >= *prev, "flag {flag}: p{n} after p{prev}");
+        }
+        last.insert(flag, n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_receiver_down_keeps_everything_for_the_next_start() {
+    let f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    r.answer(503);
+    let mut fh = Flaghook::start(&f.url(), &format!("{PATIENT}{}", webhook("w", &r, ""))).await;
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "start", "key": "k"})),
+    )
+    .await;
+    let mut want = BTreeSet::new();
+    for i in 0..10 {
+        let d = format!("s{i}");
+        call(
+            "PUT",
+            &format!("{}/flags/1", fh.api()),
+            Some(json!({"description": d})),
+        )
+        .await;
+        want.insert((1, d));
+    }
+    // Some attempts fail before the signal.
+    r.wait_for(2).await;
+    let (status, log) = {
+        let st = tokio::task::block_in_place(|| fh.terminate());
+        (st, fh.log())
+    };
+    assert!(status.success(), "{log}");
+    assert!(log.contains("kept in the outbox"), "{log}");
+    r.answer(200);
+    fh.restart().await;
+    let got = wait_for_changes(&r, &want).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.values().all(|ids| ids.len() == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_stops_start_up_with_exit_64() {
+    let f = flagr(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("flaghook.redb");
+    std::fs::write(&store, vec![0x5a; 16 * 1024]).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[store]\npath = \"{}\"\n",
+            free_port(),
+            f.url(),
+            free_port(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store.path") && err.contains("not a readable store"),
+        "{err}"
+    );
+    // A folder where the file should be: the same, with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("FLAGHOOK_STORE__PATH", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.path"));
+}
