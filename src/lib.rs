@@ -145,7 +145,9 @@ impl App {
             legacy: legacy.clone(),
             ready: changelog_ready.clone(),
         });
-        let follower_task = tokio::spawn(follower.run(hint_rx));
+        // Before the proxy serves: on a first start, the baseline precedes every proxied change.
+        let early = follower.start_early(Duration::from_secs(3)).await;
+        let follower_task = tokio::spawn(follower.run(hint_rx, early));
         let deriver = Arc::new(derive::Deriver {
             impressions: impression_sink.clone(),
             flagr: flagr.clone(),

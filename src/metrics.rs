@@ -27,6 +27,7 @@ pub struct Metrics {
     pub queue_bytes: IntGaugeVec,
     pub dropped: IntCounterVec,
     pub endpoint_paused: IntGaugeVec,
+    pub endpoint_disabled: IntGaugeVec,
     pub impressions_derived: IntCounter,
     pub impressions_batched: IntCounter,
     pub impressions_delivered: IntCounter,
@@ -168,6 +169,11 @@ impl Metrics {
             endpoint_paused: gauge_vec(
                 "flaghook_endpoint_paused",
                 "1 while an endpoint is paused or being probed, by endpoint.",
+                &["endpoint"],
+            ),
+            endpoint_disabled: gauge_vec(
+                "flaghook_endpoint_disabled",
+                "1 while an endpoint is disabled because its receiver answered 410 Gone.",
                 &["endpoint"],
             ),
             impressions_derived: reg(
@@ -356,6 +362,7 @@ impl Metrics {
             self.dropped.with_label_values(&[endpoint, reason]);
         }
         self.delivery_retries.with_label_values(&[endpoint]);
+        self.endpoint_disabled.with_label_values(&[endpoint]);
         if impressions {
             self.dropped
                 .with_label_values(&[endpoint, "parked_overflow"]);

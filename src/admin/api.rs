@@ -49,6 +49,8 @@ pub struct WebhookInput {
     pub tags: Vec<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub final_statuses: Vec<u16>,
 }
 
 fn all_events() -> Vec<String> {
@@ -74,6 +76,7 @@ impl WebhookInput {
             flag_keys: self.flag_keys.clone(),
             tags: self.tags.clone(),
             headers: self.headers.clone(),
+            final_statuses: self.final_statuses.clone(),
         }
     }
 }

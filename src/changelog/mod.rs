@@ -73,7 +73,7 @@ pub struct Follower {
 }
 
 /// The follower's working state; the durable part is mirrored in the store.
-struct State {
+pub struct State {
     baseline: i64,
     seen_max: i64,
     cursors: HashMap<i64, Cursor>,
@@ -87,10 +87,23 @@ struct State {
 }
 
 impl Follower {
+    /// Reads the starting point before the proxy serves, when Flagr answers within `limit`:
+    /// on a first start no proxied change can then land before the baseline.
+    pub async fn start_early(&self, limit: Duration) -> Option<State> {
+        match tokio::time::timeout(limit, self.init()).await {
+            Ok(Ok(Some(st))) => Some(st),
+            _ => None,
+        }
+    }
+
     /// Follows until the hint channel closes (the proxy stopped), then walks what the last
-    /// hints point at and returns.
-    pub async fn run(self: Arc<Self>, mut hints: mpsc::Receiver<Hint>) {
+    /// hints point at and returns. `early` is the state [`Follower::start_early`] read.
+    pub async fn run(self: Arc<Self>, mut hints: mpsc::Receiver<Hint>, early: Option<State>) {
+        let mut early = early;
         let mut st = loop {
+            if let Some(st) = early.take() {
+                break st;
+            }
             match self.init().await {
                 Ok(Some(st)) => break st,
                 Ok(None) => {

@@ -337,16 +337,19 @@ impl Default for DeliveryConfig {
         let m = |s: u64| Duration::from_secs(60 * s);
         Self {
             timeout: Duration::from_secs(10),
+            // About 27 hours in all, as Svix and Standard Webhooks do: a receiver down for a
+            // day loses nothing.
             retry_schedule: vec![
                 Duration::ZERO,
                 Duration::from_secs(5),
                 Duration::from_secs(30),
                 m(2),
                 m(5),
-                m(15),
                 m(30),
-                m(60),
-                m(60),
+                m(120),
+                m(300),
+                m(600),
+                m(600),
             ],
             jitter: 0.2,
             max_retry_after: Duration::from_secs(3600),

@@ -52,6 +52,10 @@ pub struct WebhookConfig {
     /// Extra request headers, e.g. an `Authorization` the receiver wants.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Answers that are final for this receiver (not retried), e.g. `[400, 422]`. Every other
+    /// non-2xx answer is retried; 410 disables the endpoint.
+    #[serde(default)]
+    pub final_statuses: Vec<u16>,
 }
 
 fn all_events() -> Vec<String> {
@@ -95,6 +99,16 @@ impl WebhookConfig {
             .map_err(|e| ConfigError::invalid(key("url"), e.to_string()))?;
         if self.events.is_empty() {
             return Err(ConfigError::invalid(key("events"), "subscribes to nothing"));
+        }
+        if let Some(s) = self
+            .final_statuses
+            .iter()
+            .find(|s| !(300..=599).contains(*s) || **s == 410)
+        {
+            return Err(ConfigError::invalid(
+                key("final_statuses"),
+                format!("{s}: only 3xx, 4xx and 5xx answers can be final (410 always disables)"),
+            ));
         }
         for e in &self.events {
             if !EVENT_NAMES.iter().any(|n| event_matches(e, n)) {
@@ -274,6 +288,7 @@ impl ImpressionWebhookConfig {
             flag_keys: vec![],
             tags: vec![],
             headers: self.headers.clone(),
+            final_statuses: vec![],
         }
     }
 }

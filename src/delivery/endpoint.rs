@@ -83,7 +83,7 @@ pub struct LogEntry {
 /// What the admin API shows of an endpoint; updated by the worker.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
-    /// `active`, `paused` or `probing`.
+    /// `active`, `paused`, `probing`, or `disabled` (the receiver answered 410 Gone).
     pub state: &'static str,
     /// RFC 3339: when the next probe may go (automatic pauses only).
     pub paused_until: Option<String>,
@@ -176,6 +176,8 @@ struct Worker {
     lost_at_shutdown: usize,
     /// The pause state last written to the outbox.
     saved_pause: Option<PauseState>,
+    /// The receiver answered 410 Gone: nothing is sent until an operator resumes it.
+    disabled: bool,
 }
 
 impl Worker {
@@ -235,6 +237,9 @@ impl Worker {
     /// while paused but the one probe.
     fn launch(&mut self) {
         self.wake = None;
+        if self.disabled {
+            return;
+        }
         while self.tasks.len() < self.ctx.policy.max_in_flight {
             let Some(key) = self.ready.pop_front() else {
                 break;
@@ -280,9 +285,14 @@ impl Worker {
                 tracing::warn!(endpoint = %self.id(), until = %instant_rfc3339(until), "probe failed: pause extended");
             }
             Some(Transition::Resumed) => {
-                tracing::info!(endpoint = %self.id(), "probe succeeded: endpoint resumed");
+                tracing::info!(endpoint = %self.id(), "probe succeeded: endpoint resumed; everything waiting goes now");
+                self.release_waiting();
             }
             None => {}
+        }
+        if a.verdict == Verdict::Gone && !self.disabled {
+            self.disabled = true;
+            tracing::warn!(endpoint = %self.id(), delivery_id = %a.entry.delivery_id, "receiver answered 410 Gone: endpoint disabled until resumed by hand");
         }
         self.save_pause();
         self.log(a.entry.clone());
@@ -291,6 +301,13 @@ impl Worker {
             return;
         };
         let Some(front) = q.front_mut() else { return };
+        if a.verdict == Verdict::Gone {
+            // Not the request's fault: it waits, with its attempt given back, for the endpoint
+            // to be enabled again.
+            front.attempts = front.attempts.saturating_sub(1);
+            self.ready.push_back(a.key);
+            return;
+        }
         if failure && self.breaker.state() != State::Active && !draining {
             // The endpoint is paused (this failure may have paused it, or it was the probe):
             // the failure is the endpoint's, not the request's, so it does not use up the
@@ -375,7 +392,7 @@ impl Worker {
             {
                 self.park(done.job);
             }
-            Verdict::Final => {
+            Verdict::Final | Verdict::Gone => {
                 self.ctx
                     .metrics
                     .dropped
@@ -451,14 +468,20 @@ impl Worker {
                 }),
                 cooldown_ms: cooldown.as_millis() as u64,
                 manual,
+                disabled: false,
             },
             // A probe in flight: after a restart the endpoint is probed again at once.
             State::Probing { cooldown } => PauseState {
                 until_ms: Some(0),
                 cooldown_ms: cooldown.as_millis() as u64,
                 manual: false,
+                disabled: false,
             },
             State::Active => PauseState::default(),
+        };
+        let state = PauseState {
+            disabled: self.disabled,
+            ..state
         };
         if self.saved_pause.as_ref() != Some(&state) {
             self.ctx.outbox.save_pause_state(self.id(), &state);
@@ -469,6 +492,7 @@ impl Worker {
     fn restore(&mut self) {
         let id = self.ctx.webhook.id.clone();
         if let Some(p) = self.ctx.outbox.pause_state(&id) {
+            self.disabled = p.disabled;
             if p.manual {
                 self.breaker.pause(Instant::now());
             } else if let Some(until_ms) = p.until_ms {
@@ -514,6 +538,14 @@ impl Worker {
         tracing::info!(endpoint = %id, requests = n, "outbox read back: resuming delivery");
     }
 
+    /// Requests waiting out a retry delay go at once (the endpoint is back).
+    fn release_waiting(&mut self) {
+        for key in self.waiting.drain() {
+            self.ready.push_back(key);
+        }
+        self.delays.clear();
+    }
+
     fn log(&mut self, e: LogEntry) {
         let max = self.ctx.policy.log_size;
         if let Ok(mut s) = self.status.lock() {
@@ -547,9 +579,13 @@ impl Worker {
             }
             State::Probing { .. } => ("probing", None, false),
         };
+        let state = if self.disabled { "disabled" } else { state };
         m.endpoint_paused
             .with_label_values(&[id])
-            .set((state != "active") as i64);
+            .set((state == "paused" || state == "probing") as i64);
+        m.endpoint_disabled
+            .with_label_values(&[id])
+            .set(self.disabled as i64);
         if let Ok(mut s) = self.status.lock() {
             s.state = state;
             s.paused_until = until;
@@ -593,6 +629,7 @@ pub async fn run(
         parked_bytes: 0,
         lost_at_shutdown: 0,
         saved_pause: None,
+        disabled: false,
     };
     w.restore();
     let mut deadline: Option<Instant> = None;
@@ -606,7 +643,7 @@ pub async fn run(
             && w.tasks.is_empty()
             && (w.count == 0
                 || w.ready.is_empty()
-                || (durable && w.breaker.state() != State::Active))
+                || (durable && (w.disabled || w.breaker.state() != State::Active)))
         {
             break;
         }
@@ -623,13 +660,10 @@ pub async fn run(
                 }
                 Control::Resume => {
                     w.breaker.resume();
+                    w.disabled = false;
                     w.save_pause();
                     tracing::info!(endpoint = %w.id(), "resumed by an operator");
-                    // Requests waiting for a retry go now.
-                    for key in w.waiting.drain() {
-                        w.ready.push_back(key);
-                    }
-                    w.delays.clear();
+                    w.release_waiting();
                 }
                 Control::Reconfigure(new) => w.ctx = new,
                 Control::Stop => {
@@ -769,9 +803,10 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
             let excerpt = read_excerpt(resp, ctx.policy.response_excerpt_bytes).await;
             let verdict = match ctx.kind {
                 // Seed 002: a 200 is the only success; anything else is tried again.
+                Kind::Impressions { .. } if status == 410 => Verdict::Gone,
                 Kind::Impressions { .. } if status != 200 => Verdict::Retry { retry_after: None },
                 Kind::Impressions { .. } => Verdict::Success,
-                Kind::Events => classify(status, retry_after),
+                Kind::Events => classify(status, retry_after, &w.final_statuses),
             };
             let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}"));
             (verdict, Some(status), error, excerpt)
@@ -800,7 +835,7 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
     let outcome = match verdict {
         Verdict::Success => "success",
         Verdict::Retry { .. } => "error_retryable",
-        Verdict::Final => "error_final",
+        Verdict::Final | Verdict::Gone => "error_final",
     };
     ctx.metrics.delivery(&w.id, outcome);
     tracing::debug!(endpoint = %w.id, delivery_id = %job.id, attempt, probe, ?status, ?elapsed, outcome, "delivery attempt");

@@ -55,6 +55,9 @@ pub struct PauseState {
     pub until_ms: Option<u64>,
     pub cooldown_ms: u64,
     pub manual: bool,
+    /// Disabled by a 410 Gone, until resumed by hand.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 impl Outbox {

@@ -13,17 +13,23 @@ pub enum Verdict {
     Retry {
         retry_after: Option<Duration>,
     },
-    /// Another try would get the same answer (4xx other than 408/429, redirects).
+    /// The webhook says another try would get the same answer (a status in its
+    /// `final_statuses`).
     Final,
+    /// 410 Gone: the receiver is gone for good; the endpoint is disabled until re-enabled by
+    /// hand (Standard Webhooks).
+    Gone,
 }
 
-/// 2xx succeeds; 408, 429 and 5xx are retried; everything else (other 4xx, 3xx since redirects
-/// are not followed, 1xx) is final.
-pub fn classify(status: u16, retry_after: Option<Duration>) -> Verdict {
+/// 2xx succeeds; 410 disables the endpoint; statuses the webhook lists as final are final;
+/// every other answer is retried on the schedule (a durable queue outlasts a receiver's bad
+/// deploy, whatever it answers meanwhile).
+pub fn classify(status: u16, retry_after: Option<Duration>, final_statuses: &[u16]) -> Verdict {
     match status {
         200..=299 => Verdict::Success,
-        408 | 429 | 500..=599 => Verdict::Retry { retry_after },
-        _ => Verdict::Final,
+        410 => Verdict::Gone,
+        s if final_statuses.contains(&s) => Verdict::Final,
+        _ => Verdict::Retry { retry_after },
     }
 }
 
@@ -63,14 +69,24 @@ mod tests {
 
     #[test]
     fn status_rules() {
-        assert_eq!(classify(200, None), Verdict::Success);
-        assert_eq!(classify(204, None), Verdict::Success);
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(matches!(classify(s, None), Verdict::Retry { .. }), "{s}");
+        assert_eq!(classify(200, None, &[]), Verdict::Success);
+        assert_eq!(classify(204, None, &[]), Verdict::Success);
+        for s in [
+            301, 302, 400, 401, 403, 404, 408, 422, 429, 500, 502, 503, 504,
+        ] {
+            assert!(
+                matches!(classify(s, None, &[]), Verdict::Retry { .. }),
+                "{s}"
+            );
         }
-        for s in [301, 302, 400, 401, 403, 404, 410, 422] {
-            assert_eq!(classify(s, None), Verdict::Final, "{s}");
-        }
+        assert_eq!(classify(410, None, &[]), Verdict::Gone);
+        assert_eq!(classify(410, None, &[410]), Verdict::Gone);
+        assert_eq!(classify(400, None, &[400, 422]), Verdict::Final);
+        assert_eq!(classify(422, None, &[400, 422]), Verdict::Final);
+        assert!(matches!(
+            classify(404, None, &[400, 422]),
+            Verdict::Retry { .. }
+        ));
     }
 
     #[test]

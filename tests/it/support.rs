@@ -392,6 +392,22 @@ pub async fn call_as(
 }
 
 /// Several JSON calls in order against `base` (an API root); each must succeed (200).
+/// A call to the admin API with a bearer token; status and parsed body.
+pub async fn call_auth(method: &str, url: &str, token: &str) -> (u16, Value) {
+    let resp = client()
+        .request(method.parse().expect("method"), url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 pub async fn calls(base: &str, steps: &[(&str, &str, Value)]) {
     for (method, path, body) in steps {
         let body = (!body.is_null()).then(|| body.clone());

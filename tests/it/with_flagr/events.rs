@@ -501,7 +501,15 @@ async fn a_hundred_rapid_changes_arrive_in_order() {
             .await;
         }
     }
-    let hits = r.wait_for(152).await;
+    let complete = wait_until(Duration::from_secs(30), || async { r.hits().len() >= 152 }).await;
+    assert!(
+        complete,
+        "got {} of 152; flaghook's log:\n{}\n{}",
+        r.hits().len(),
+        fh.log(),
+        fh.metrics().await
+    );
+    let hits = r.hits();
     let of = |flag: i64| -> Vec<String> {
         hits.iter()
             .map(|h| h.json())
@@ -548,7 +556,7 @@ async fn retries_then_success_same_id_and_no_more() {
         &format!(
             "{FAST_DELIVERY}{}{}",
             webhook("flaky", &r, ""),
-            webhook("gone", &gone, "")
+            webhook("gone", &gone, "final_statuses = [404]")
         ),
     )
     .await;
@@ -581,7 +589,7 @@ async fn retries_then_success_same_id_and_no_more() {
     // Past the whole retry schedule, nothing more arrives at either.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(r.hits().len(), 3);
-    assert_eq!(gone.hits().len(), 1, "404 is final");
+    assert_eq!(gone.hits().len(), 1, "404 is final for this webhook");
     let m = fh.metrics().await;
     assert_eq!(
         metric_value(
@@ -637,10 +645,11 @@ async fn hanging_receiver_is_cut_at_the_timeout_and_redirects_are_not_followed()
             .await,
         1.0
     );
-    redirect.wait_for(1).await;
+    // A redirect is an answer like any other non-2xx: retried, never followed.
+    redirect.wait_for(2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(target.hits().is_empty(), "redirect was followed");
-    assert_eq!(redirect.hits().len(), 1);
+    assert_eq!(redirect.hits().len(), 2);
     assert!(fh.log().contains("timeout"), "the timeout is logged");
 }
 
@@ -728,6 +737,79 @@ async fn flagr_format_matches_flagrs_own_notifier() {
         assert!(v.get("timestamp").is_some());
         assert!(v.get("event").is_none(), "flagr format has no seed fields");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_until_resumed_and_other_answers_are_retried() {
+    let f = flagr(&[]).await;
+    let lost = Receiver::start(vec![Reply::Status(410)]).await;
+    let flaky = Receiver::start(vec![Reply::Status(400), Reply::Status(404)]).await;
+    let fh = Flaghook::start(
+        &f.url(),
+        &format!(
+            "[admin]\ntoken = \"t\"\n{FAST_DELIVERY}{}{}",
+            webhook("lost", &lost, ""),
+            webhook("flaky", &flaky, "")
+        ),
+    )
+    .await;
+    let change = |d: &'static str| {
+        let api = fh.api();
+        async move {
+            call(
+                "PUT",
+                &format!("{api}/flags/1"),
+                Some(json!({"description": d})),
+            )
+            .await
+        }
+    };
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "x", "key": "k"})),
+    )
+    .await;
+    // 400 and 404 are retried (the receiver may be mid-deploy): the third attempt succeeds.
+    let hits = flaky.wait_for(3).await;
+    assert!(hits
+        .iter()
+        .all(|h| h.header("webhook-id") == hits[0].header("webhook-id")));
+    fh.wait_metric("flaghook_endpoint_disabled{endpoint=\"lost\"}", 1.0)
+        .await;
+    let (_, w) = call_auth("GET", &format!("{}/api/webhooks/lost", fh.admin), "t").await;
+    assert_eq!(w["state"], "disabled", "{w}");
+    change("y").await;
+    flaky.wait_for(4).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        lost.hits().len(),
+        1,
+        "nothing is sent to a disabled endpoint"
+    );
+    // Enabled again by hand: what waited goes, in order, the first under its first id.
+    let first_id = lost.hits()[0].header("webhook-id");
+    let (s, _) = call_auth(
+        "POST",
+        &format!("{}/api/webhooks/lost/resume", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let hits = lost.wait_for(3).await;
+    assert_eq!(hits[1].header("webhook-id"), first_id);
+    assert_eq!(hits[1].json()["event"], "flag.created");
+    assert_eq!(hits[2].json()["event"], "flag.updated");
+    fh.wait_metric(
+        "flaghook_deliveries_total{endpoint=\"lost\",outcome=\"success\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        fh.metric("flaghook_endpoint_disabled{endpoint=\"lost\"}")
+            .await,
+        0.0
+    );
 }
 
 /// `(event, before, after)` of a description change, or the event name alone.

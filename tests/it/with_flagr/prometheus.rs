@@ -71,7 +71,7 @@ async fn setup() -> (Flagr, Flaghook, Receiver) {
     let cfg = format!(
         "{FAST_DELIVERY}{}{}[[impression_webhooks]]\nid = \"imp\"\nurl = \"{}\"\nflush_interval = \"200ms\"\n",
         webhook("ok", &ok, ""),
-        webhook("rejecting", &rejecting, ""),
+        webhook("rejecting", &rejecting, "final_statuses = [404]"),
         sink.url
     );
     let fh = Flaghook::start(&f.url(), &cfg).await;
