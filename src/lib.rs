@@ -147,7 +147,7 @@ impl App {
         });
         // Before the proxy serves: on a first start, the baseline precedes every proxied change.
         let early = follower.start_early(Duration::from_secs(3)).await;
-        let follower_task = tokio::spawn(follower.run(hint_rx, early));
+        let follower_task = tokio::spawn(follower.clone().run(hint_rx, early));
         let deriver = Arc::new(derive::Deriver {
             impressions: impression_sink.clone(),
             flagr: flagr.clone(),
@@ -237,6 +237,7 @@ impl App {
             token: cfg.admin.token.clone(),
             store,
             changelog_ready,
+            follower,
             delivery: policy,
             gitsync,
             max_body_bytes: cfg.admin.max_body_bytes,

@@ -134,6 +134,7 @@ pub fn router(state: AdminState) -> Router<AdminState> {
         .route("/webhooks/{id}/test", post(test_event))
         .route("/webhooks/{id}/pause", post(pause))
         .route("/webhooks/{id}/resume", post(resume))
+        .route("/webhooks/{id}/backfill", post(backfill))
         .route("/gitsync", get(gitsync_status))
         .route("/gitsync/{id}/sync", post(gitsync_trigger))
         .fallback(|| async {
@@ -405,6 +406,57 @@ async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResul
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.remove(&id)?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct BackfillQuery {
+    since_snapshot: Option<i64>,
+    since: Option<String>,
+}
+
+/// Re-derives Flagr's history since a snapshot id or a time and queues it for this endpoint
+/// only; answers when everything is queued, with what was.
+async fn backfill(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    q: Result<axum::extract::Query<BackfillQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid", m);
+    let axum::extract::Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let ep = endpoint(&s, &id)?;
+    if ep.kind != crate::delivery::Kind::Events {
+        return Err(bad("backfill is for change-event webhooks".into()));
+    }
+    let since = match (q.since_snapshot, q.since.as_deref()) {
+        (Some(n), None) => crate::changelog::Since::Snapshot(n),
+        (None, Some(t)) => crate::changelog::Since::Time(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| bad(format!("since: not an RFC 3339 time: {e}")))?
+                .with_timezone(&chrono::Utc),
+        ),
+        _ => {
+            return Err(bad(
+                "give exactly one of since_snapshot=<id> or since=<RFC 3339 time>".into(),
+            ))
+        }
+    };
+    if s.follower.legacy.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no_changelog",
+            "Flagr 1.1.x keeps no snapshot history to backfill from".into(),
+        ));
+    }
+    let report = s
+        .follower
+        .backfill(&id, &since)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "flagr", e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"webhook": id, "queued": report})),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -32,6 +32,8 @@ pub struct AdminState {
     pub store: Arc<crate::store::Store>,
     /// Set once the changelog follower knows where it starts.
     pub changelog_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// For backfills.
+    pub follower: Arc<crate::changelog::Follower>,
     pub delivery: Arc<DeliveryConfig>,
     pub gitsync: Option<Arc<GitSync>>,
     /// Largest request body the admin listener takes (forge pushes can list many commits).

@@ -7,7 +7,10 @@
 //! Never: runs on the request path; sends one snapshot's events under two ids; passes a snapshot
 //! by without counting why (no change, too old, not proxied, unreadable).
 
+mod backfill;
 mod walk;
+
+pub use backfill::{Report as BackfillReport, Since};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

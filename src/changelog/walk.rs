@@ -49,35 +49,14 @@ impl Follower {
             .iter()
             .map(|s| FlagState::from_value(s.flag.clone()).ok())
             .collect();
-        // What each snapshot changed, before any hint is applied.
-        let mut plain: Vec<Vec<Draft>> = Vec::with_capacity(new.len());
-        {
-            let mut last = prev.as_ref().map(|p| &p.flag);
-            for s in &states {
-                plain.push(match (last, s) {
-                    (Some(b), Some(a)) => events::diff(b, &a.flag),
-                    (None, Some(_)) => vec![events::Draft {
-                        event: "flag.created",
-                        changes: json!({}),
-                    }],
-                    (_, None) => Vec::new(),
-                });
-                if let Some(a) = s {
-                    last = Some(&a.flag);
-                }
-            }
-        }
+        let plain = plain_drafts(prev.as_ref(), &states);
         // The listing says the flag was deleted (or restored) since the cursor, and a delete's
         // snapshot holds the same flag as the one before it: the last snapshot that changed
         // nothing is taken for it, unless a hint names the call.
         let mut deleted = cur.deleted;
-        let flip_at = listed.filter(|l| l.deleted != cur.deleted).and_then(|_| {
-            plain
-                .iter()
-                .enumerate()
-                .rposition(|(i, d)| d.is_empty() && (i > 0 || prev.is_some()))
-        });
-
+        let flip_at = listed
+            .filter(|l| l.deleted != cur.deleted)
+            .and_then(|_| flip_index(&plain, prev.is_some()));
         let mut cursor = cur.clone();
         let mut deferred = false;
         for (i, snap) in new.iter().enumerate() {
@@ -182,7 +161,7 @@ impl Follower {
 
     /// The flag's snapshots after `floor` plus the newest one at or below it, oldest first;
     /// and whether the history was read back far enough (to the floor, or to its start).
-    async fn read_back_to(
+    pub(super) async fn read_back_to(
         &self,
         flag: i64,
         floor: i64,
@@ -222,7 +201,7 @@ impl Follower {
         age.to_std().is_ok_and(|a| a > self.cfg.catch_up_max_age)
     }
 
-    fn change_set(
+    pub(super) fn change_set(
         &self,
         flag: i64,
         snap: &Snapshot,
@@ -268,6 +247,39 @@ impl Follower {
             before: before.map(|b| Arc::new(b.raw.clone())),
         }
     }
+}
+
+/// What each snapshot changed against the one before it (the first against `prev`, or its
+/// creation when there is none), before any hint is applied. Unreadable snapshots change nothing.
+pub(super) fn plain_drafts(
+    prev: Option<&FlagState>,
+    states: &[Option<FlagState>],
+) -> Vec<Vec<Draft>> {
+    let mut out = Vec::with_capacity(states.len());
+    let mut last = prev.map(|p| &p.flag);
+    for s in states {
+        out.push(match (last, s) {
+            (Some(b), Some(a)) => events::diff(b, &a.flag),
+            (None, Some(_)) => vec![events::Draft {
+                event: "flag.created",
+                changes: json!({}),
+            }],
+            (_, None) => Vec::new(),
+        });
+        if let Some(a) = s {
+            last = Some(&a.flag);
+        }
+    }
+    out
+}
+
+/// The snapshot taken for a delete or restore the flag lists show but no hint names: the last
+/// one that changed nothing (and is not the flag's creation).
+pub(super) fn flip_index(plain: &[Vec<Draft>], has_prev: bool) -> Option<usize> {
+    plain
+        .iter()
+        .enumerate()
+        .rposition(|(i, d)| d.is_empty() && (i > 0 || has_prev))
 }
 
 /// The first waiting hint of the flag that can have written this snapshot; hints queued before

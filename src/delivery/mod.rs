@@ -254,11 +254,20 @@ impl Deliveries {
     /// Queues the change set for every webhook that wants any of its events: on disk first
     /// (one transaction for the whole set), then in each endpoint's queue.
     pub fn publish(&self, set: &ChangeSet) {
+        self.publish_where(set, |_| true);
+    }
+
+    /// Queues the change set for one endpoint only (a backfill), within its filters.
+    pub fn publish_to(&self, id: &str, set: &ChangeSet) {
+        self.publish_where(set, |ep| ep.webhook.id == id);
+    }
+
+    fn publish_where(&self, set: &ChangeSet, pick: impl Fn(&Endpoint) -> bool) {
         // Seed bodies are the same for every endpoint: build each at most once.
         let mut seed: Vec<Option<bytes::Bytes>> = vec![None; set.events.len()];
         let mut batch: Vec<(Arc<Endpoint>, Job)> = Vec::new();
         for ep in self.list().iter() {
-            if ep.kind != Kind::Events {
+            if ep.kind != Kind::Events || !pick(ep) {
                 continue;
             }
             let w = &ep.webhook;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -191,4 +191,87 @@ async fn a_corrupt_store_stops_start_up_with_exit_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("store.path"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_sends_the_past_to_one_endpoint_under_the_original_ids() {
+    let f = flagr(&[]).await;
+    let live = Receiver::start(vec![]).await;
+    let audit = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(
+        &f.url(),
+        &format!(
+            "[admin]\ntoken = \"t\"\n{FAST_DELIVERY}{}",
+            webhook("live", &live, "")
+        ),
+    )
+    .await;
+    let api = fh.api();
+    calls(
+        &api,
+        &[
+            ("POST", "/flags", json!({"description": "a", "key": "one"})),
+            ("PUT", "/flags/1", json!({"description": "b"})),
+            ("PUT", "/flags/1/enabled", json!({"enabled": true})),
+            ("POST", "/flags", json!({"description": "x", "key": "two"})),
+            ("DELETE", "/flags/2", Value::Null),
+        ],
+    )
+    .await;
+    let live_hits = live.wait_for(5).await;
+    // A new audit sink, added at runtime, asks for everything.
+    let resp = client()
+        .post(format!("{}/api/webhooks", fh.admin))
+        .bearer_auth("t")
+        .json(&json!({"id": "audit", "url": audit.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let (s, e) = call_auth(
+        "POST",
+        &format!("{}/api/webhooks/audit/backfill", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    let (s, rep) = call_auth(
+        "POST",
+        &format!("{}/api/webhooks/audit/backfill?since_snapshot=0", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(s, 202, "{rep}");
+    assert_eq!(rep["queued"]["events"], 5, "{rep}");
+    let hits = audit.wait_for(5).await;
+    let ids =
+        |hs: &[Hit]| -> BTreeSet<String> { hs.iter().map(|h| h.header("webhook-id")).collect() };
+    assert_eq!(
+        ids(&hits),
+        ids(&live_hits),
+        "the same ids as when the changes happened"
+    );
+    // Each flag's events in snapshot order (flags go concurrently).
+    let of = |flag: i64| -> Vec<String> {
+        hits.iter()
+            .map(|h| h.json())
+            .filter(|v| v["flag_id"] == flag)
+            .map(|v| v["event"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(of(1), ["flag.created", "flag.updated", "flag.enabled"]);
+    assert_eq!(of(2), ["flag.created", "flag.deleted"]);
+    // From a snapshot on: only what came after it. Snapshot ids are global: flag 1's second
+    // snapshot is id 2.
+    let (s, rep) = call_auth(
+        "POST",
+        &format!("{}/api/webhooks/audit/backfill?since_snapshot=2", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(s, 202);
+    assert_eq!(rep["queued"]["events"], 3, "{rep}");
+    audit.wait_for(8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(live.hits().len(), 5, "a backfill goes to its endpoint only");
 }

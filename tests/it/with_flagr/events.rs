@@ -983,3 +983,76 @@ async fn path_variants_flagr_accepts_are_recognised_as_the_calls_they_are() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_each_flag_matches_its_snapshot_history() {
+    let f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(
+        &f.url(),
+        &format!("{FAST_DELIVERY}{}", webhook("w", &r, "")),
+    )
+    .await;
+    let api = fh.api();
+    for i in 1..=10 {
+        call(
+            "POST",
+            &format!("{api}/flags"),
+            Some(json!({"description": "start", "key": format!("c{i}")})),
+        )
+        .await;
+    }
+    // SQLite refuses some concurrent writes (500, "database is locked"): a refused change
+    // writes no snapshot and must give no event, nor shift the others.
+    let mut tasks = Vec::new();
+    for c in 0..50 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for k in 0..4 {
+                let flag = (c * 7 + k * 3) % 10 + 1;
+                let (s, _) = call(
+                    "PUT",
+                    &format!("{api}/flags/{flag}"),
+                    Some(json!({"description": format!("c{c}k{k}")})),
+                )
+                .await;
+                ok += usize::from(s == 200);
+            }
+            ok
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.unwrap();
+    }
+    assert!(applied >= 20, "only {applied} of 200 changes applied");
+    let hits = r.wait_for(10 + applied).await;
+    for flag in 1..=10 {
+        // Flagr's own history of the flag, oldest first.
+        let (_, snaps) = call(
+            "GET",
+            &format!("{}/flags/{flag}/snapshots?sort=ASC", f.api()),
+            None,
+        )
+        .await;
+        let mut snaps = snaps.as_array().unwrap().clone();
+        snaps.sort_by_key(|s| s["id"].as_i64().unwrap());
+        let history: Vec<String> = snaps[1..]
+            .iter()
+            .map(|s| s["flag"]["description"].as_str().unwrap().to_string())
+            .collect();
+        let delivered: Vec<String> = hits
+            .iter()
+            .map(|h| h.json())
+            .filter(|v| v["flag_id"] == flag && v["event"] == "flag.updated")
+            .map(|v| {
+                v["changes"]["description"]["after"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(delivered, history, "flag {flag}");
+    }
+}
