@@ -126,12 +126,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     // A failing outbox does not take the proxy out of service (clients would lose Flagr); it
     // is said here and counted in flaghook_outbox_errors_total.
     let store = s
-        .deliveries
-        .outbox
-        .last_error
-        .lock()
-        .ok()
-        .and_then(|e| e.clone())
+        .store
+        .last_error()
         .map_or_else(|| "ok".to_string(), |e| format!("failing: {e}"));
     if s.changelog_ready.load(std::sync::atomic::Ordering::Relaxed) {
         Json(json!({"status": "ready", "upstream": "ok", "store": store})).into_response()

@@ -153,8 +153,17 @@ impl Follower {
         }
         cursor.deleted = deleted;
         if cursor != cur {
-            self.store.save_changelog(&[(flag, &cursor)], None, None)?;
+            // Kept in memory even when the disk refuses it: walking again would send the same
+            // events again. The next successful save carries it.
+            let saved = self.store.save_changelog(&[(flag, &cursor)], None, None);
             st.cursors.insert(flag, cursor);
+            if let Err(e) = saved {
+                self.metrics
+                    .changelog_errors
+                    .with_label_values(&["store"])
+                    .inc();
+                tracing::error!(flag, error = %e, "changelog: cursor not saved");
+            }
         }
         Ok(())
     }

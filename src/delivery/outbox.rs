@@ -5,9 +5,9 @@
 //! In: jobs and their attempt state from the endpoint workers. Out: rows in the store; the rows
 //! back at start-up.
 //! Never: blocks delivery on a failing disk: a write that fails is counted and logged, the
-//! request stays queued in memory, and `/readyz` names the problem.
+//! request stays queued in memory, and `/readyz` names the problem (the store's last error).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,8 +23,6 @@ use crate::store::Store;
 pub struct Outbox {
     store: Option<Arc<Store>>,
     metrics: Arc<Metrics>,
-    /// The last write error, shown by `/readyz`; cleared by the next write that succeeds.
-    pub last_error: Arc<Mutex<Option<String>>>,
 }
 
 /// A queued request read back from the store.
@@ -65,7 +63,6 @@ impl Outbox {
         Self {
             store: store.durable().then_some(store),
             metrics,
-            last_error: Arc::default(),
         }
     }
 
@@ -74,7 +71,6 @@ impl Outbox {
         Self {
             store: None,
             metrics,
-            last_error: Arc::default(),
         }
     }
 
@@ -88,19 +84,9 @@ impl Outbox {
     }
 
     fn result(&self, op: &str, r: Result<(), crate::store::StoreError>) {
-        match r {
-            Ok(()) => {
-                if let Ok(mut e) = self.last_error.lock() {
-                    *e = None;
-                }
-            }
-            Err(e) => {
-                self.metrics.outbox_errors.with_label_values(&[op]).inc();
-                tracing::error!(op, error = %e, "outbox write failed; the request stays queued in memory only");
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(e.to_string());
-                }
-            }
+        if let Err(e) = r {
+            self.metrics.outbox_errors.with_label_values(&[op]).inc();
+            tracing::error!(op, error = %e, "outbox write failed; the request stays queued in memory only");
         }
     }
 

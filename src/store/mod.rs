@@ -27,6 +27,7 @@ pub struct Store {
     durable: bool,
     /// The next outbox sequence number: above every stored one, so order survives restarts.
     next_seq: std::sync::atomic::AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,7 @@ impl Store {
             db,
             durable,
             next_seq: std::sync::atomic::AtomicU64::new(next),
+            last_error: Default::default(),
         })
     }
 
@@ -129,23 +131,47 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs `f` in one write transaction and commits it; `eventual` skips the flush (a crash
+    /// may lose it). Every outcome is noted for [`Store::last_error`].
+    fn write(
+        &self,
+        eventual: bool,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let r = (|| {
+            let mut tx = self.db.begin_write().map_err(err)?;
+            if eventual {
+                tx.set_durability(redb::Durability::Eventual);
+            }
+            f(&tx)?;
+            tx.commit().map_err(err)
+        })();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = r.as_ref().err().map(|e| e.to_string());
+        }
+        r
+    }
+
+    /// The error of the last write, when it failed (a full or unwritable disk).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
     pub fn put<T: Serialize>(&self, id: &str, w: &T) -> Result<(), StoreError> {
         let json = serde_json::to_string(w).map_err(err)?;
-        let tx = self.db.begin_write().map_err(err)?;
-        {
+        self.write(false, |tx| {
             let mut t = tx.open_table(WEBHOOKS).map_err(err)?;
             t.insert(id, json.as_str()).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        {
+        self.write(false, |tx| {
             let mut t = tx.open_table(WEBHOOKS).map_err(err)?;
             t.remove(id).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// The follower's state as last committed.
@@ -177,8 +203,7 @@ impl Store {
         baseline: Option<i64>,
         seen_max: Option<i64>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        {
+        self.write(false, |tx| {
             let mut t = tx.open_table(CURSORS).map_err(err)?;
             for (flag, c) in cursors {
                 let json = serde_json::to_string(c).map_err(err)?;
@@ -191,8 +216,8 @@ impl Store {
             if let Some(s) = seen_max {
                 m.insert("seen_max", s).map_err(err)?;
             }
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// A fresh outbox sequence number.
@@ -206,40 +231,35 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(err)?;
-        {
+        self.write(false, |tx| {
             let mut t = tx.open_table(OUTBOX).map_err(err)?;
             for (endpoint, seq, row) in rows {
                 t.insert((*endpoint, *seq), *row).map_err(err)?;
             }
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Rewrites a queued request (its attempts, next attempt, parking). Not flushed at once:
     /// after a crash the older row is read back, which only repeats an attempt.
     pub fn outbox_update(&self, endpoint: &str, seq: u64, row: &[u8]) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(err)?;
-        tx.set_durability(redb::Durability::Eventual);
-        {
+        self.write(true, |tx| {
             let mut t = tx.open_table(OUTBOX).map_err(err)?;
             t.insert((endpoint, seq), row).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Removes finished requests. Not flushed at once: after a crash a delivered request may
     /// be sent again, under its same `webhook-id`.
     pub fn outbox_remove(&self, endpoint: &str, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(err)?;
-        tx.set_durability(redb::Durability::Eventual);
-        {
+        self.write(true, |tx| {
             let mut t = tx.open_table(OUTBOX).map_err(err)?;
             for seq in seqs {
                 t.remove((endpoint, *seq)).map_err(err)?;
             }
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Every queued request of an endpoint, oldest first.
@@ -265,12 +285,11 @@ impl Store {
             .map(|(s, _)| s)
             .collect();
         self.outbox_remove(endpoint, &seqs)?;
-        let tx = self.db.begin_write().map_err(err)?;
-        {
+        self.write(false, |tx| {
             let mut t = tx.open_table(ENDPOINTS).map_err(err)?;
             t.remove(endpoint).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     pub fn endpoint_state(&self, endpoint: &str) -> Result<Option<String>, StoreError> {
@@ -280,22 +299,22 @@ impl Store {
     }
 
     pub fn put_endpoint_state(&self, endpoint: &str, state: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        {
+        self.write(false, |tx| {
             let mut t = tx.open_table(ENDPOINTS).map_err(err)?;
             t.insert(endpoint, state).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Forgets every cursor and the baseline (Flagr's changelog went backwards: a new database).
     pub fn reset_changelog(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        tx.delete_table(CURSORS).map_err(err)?;
-        tx.delete_table(META).map_err(err)?;
-        tx.open_table(CURSORS).map_err(err)?;
-        tx.open_table(META).map_err(err)?;
-        tx.commit().map_err(err)
+        self.write(false, |tx| {
+            tx.delete_table(CURSORS).map_err(err)?;
+            tx.delete_table(META).map_err(err)?;
+            tx.open_table(CURSORS).map_err(err)?;
+            tx.open_table(META).map_err(err)?;
+            Ok(())
+        })
     }
 }
 

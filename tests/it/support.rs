@@ -39,6 +39,23 @@ pub fn flagr_bin() -> Option<PathBuf> {
     })
 }
 
+/// The legacy Flagr 1.1.20 (no changelog): `FLAGHOOK_FLAGR_LEGACY_BIN` or the project's cache.
+pub fn flagr_legacy_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("FLAGHOOK_FLAGR_LEGACY_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let cached = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/flagr-server-1.1.20");
+    cached.exists().then_some(cached)
+}
+
+/// A real Flagr 1.1.20, like [`flagr`].
+pub async fn flagr_legacy(extra_env: &[(&str, &str)]) -> Flagr {
+    let bin = flagr_legacy_bin().expect(
+        "no flagr-server-1.1.20: run scripts/install-flagr 1.1.20 or set FLAGHOOK_FLAGR_LEGACY_BIN",
+    );
+    flagr_from(bin, extra_env).await
+}
+
 /// A real Flagr on SQLite in a temporary folder; killed on drop.
 pub struct Flagr {
     child: Child,
@@ -53,9 +70,13 @@ pub struct Flagr {
 pub async fn flagr(extra_env: &[(&str, &str)]) -> Flagr {
     let bin = flagr_bin()
         .expect("no flagr-server: run scripts/install-test-deps or set FLAGHOOK_FLAGR_BIN");
+    flagr_from(bin, extra_env).await
+}
+
+async fn flagr_from(bin: PathBuf, extra_env: &[(&str, &str)]) -> Flagr {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(&bin);
     cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .env("FLAGR_DB_DBDRIVER", "sqlite3")
         .env("FLAGR_DB_DBCONNECTIONSTR", dir.path().join("flagr.sqlite"))
@@ -78,7 +99,7 @@ pub async fn flagr(extra_env: &[(&str, &str)]) -> Flagr {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        bin: flagr_bin().expect("flagr binary"),
+        bin,
         _dir: dir,
     };
     let health = format!("{}/api/v1/health", f.url());

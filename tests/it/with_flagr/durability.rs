@@ -275,3 +275,100 @@ async fn backfill_sends_the_past_to_one_endpoint_under_the_original_ids() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(live.hits().len(), 5, "a backfill goes to its endpoint only");
 }
+
+/// A tmpfs of a few MiB, unmounted on drop: a disk that really fills up.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mounting a small tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_the_proxy_serving_and_says_why() {
+    let disk = SmallDisk::mount("3m");
+    let f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    r.answer(503);
+    let mut fh = Flaghook::start(
+        &f.url(),
+        &format!(
+            "[store]\npath = \"{}\"\n{PATIENT}{}",
+            disk.path.join("flaghook.redb").display(),
+            webhook("w", &r, "")
+        ),
+    )
+    .await;
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "start", "key": "big"})),
+    )
+    .await;
+    // Each change queues an event carrying the flag before and after: ~120 KiB apiece.
+    let filler = "x".repeat(40 * 1024);
+    let mut want = BTreeSet::new();
+    let mut full = false;
+    for i in 0..80 {
+        let d = format!("{i}{filler}");
+        let (s, _) = call(
+            "PUT",
+            &format!("{}/flags/1", fh.api()),
+            Some(json!({"description": d})),
+        )
+        .await;
+        assert_eq!(s, 200, "the proxy keeps serving on a full disk");
+        want.insert((1, d));
+        if fh
+            .metric("flaghook_outbox_errors_total{op=\"insert\"}")
+            .await
+            >= 1.0
+        {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the disk never filled:\n{}", fh.metrics().await);
+    let (s, ready) = call("GET", &format!("{}/readyz", fh.admin), None).await;
+    assert_eq!(
+        s, 200,
+        "a full disk does not take the proxy out of service: {ready}"
+    );
+    assert!(
+        ready["store"].as_str().unwrap().starts_with("failing"),
+        "{ready}"
+    );
+    let (s, _) = call("GET", &format!("{}/flags/1", fh.api()), None).await;
+    assert_eq!(s, 200);
+    // While the process lives, what could not be written is still delivered.
+    r.answer(200);
+    let got = wait_for_changes(&r, &want).await;
+    assert_eq!(got.len(), want.len());
+    fh.kill();
+}
