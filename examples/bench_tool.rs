@@ -6,6 +6,9 @@
 //! bench_tool events <api> <listen> <n> <mode>    n changes through <api>; a receiver on <listen>
 //!                                                timing each event (mode: flaghook | flagr)
 //! bench_tool micro <records>                     one core: map, serialise, batch and gzip records
+//! bench_tool changes <api> <flags> <n> <clients>  n description changes over flags 1..=flags,
+//!                                                from <clients> concurrent clients; prints how
+//!                                                many Flagr applied and how long it took
 //! ```
 //! Everything talks to loopback only, in bounded loops.
 
@@ -27,6 +30,15 @@ async fn main() {
         Some("sink") => sink(&args[1]).await,
         Some("events") => events(&args[1], &args[2], args[3].parse().expect("n"), &args[4]).await,
         Some("micro") => micro(args[1].parse().expect("records")),
+        Some("changes") => {
+            changes(
+                &args[1],
+                args[2].parse().expect("flags"),
+                args[3].parse().expect("n"),
+                args[4].parse().expect("clients"),
+            )
+            .await
+        }
         _ => eprintln!("usage: see the module docs"),
     }
 }
@@ -245,6 +257,42 @@ async fn events(api: &str, listen: &str, n: usize, mode: &str) {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+async fn changes(api: &str, flags: usize, n: usize, clients: usize) {
+    let c = http();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let applied = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (c, next, applied, api) = (c.clone(), next.clone(), applied.clone(), api.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return;
+                }
+                let flag = i % flags + 1;
+                let r = c
+                    .put(format!("{api}/flags/{flag}"))
+                    .json(&json!({"description": format!("bench-{i}")}))
+                    .send()
+                    .await;
+                if matches!(r, Ok(ref r) if r.status() == 200) {
+                    applied.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!(
+        "{{\"changes\":{n},\"applied\":{},\"seconds\":{:.3}}}",
+        applied.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
     );
 }
 

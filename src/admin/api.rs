@@ -272,6 +272,8 @@ async fn replay(
         &id,
         Job {
             seq: 0,
+            size: 0,
+            on_disk: false,
             id: entry.delivery_id.clone(),
             order_key: entry.order_key,
             body: entry.body.clone(),
@@ -305,6 +307,8 @@ async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiR
         &id,
         Job {
             seq: 0,
+            size: 0,
+            on_disk: false,
             id: msg_id.clone(),
             order_key: 0,
             body: bytes::Bytes::from(body.to_string()),

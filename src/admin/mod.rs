@@ -53,7 +53,12 @@ pub fn router(state: AdminState) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             state.max_body_bytes,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A 503 from /readyz is an answer, not a failure of the admin listener: logged at debug.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(state)
 }
 

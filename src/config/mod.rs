@@ -309,6 +309,9 @@ pub struct DeliveryConfig {
     pub queue_max_events: usize,
     /// Per endpoint: queued body bytes at most; the oldest is dropped beyond it.
     pub queue_max_bytes: usize,
+    /// Per endpoint: queued bodies kept in memory at most; beyond it (with a store on disk) a
+    /// body stays in the outbox until it is sent.
+    pub queue_memory_bytes: usize,
     /// Per endpoint: requests in flight at once (one per flag at most, to keep order).
     pub max_in_flight: usize,
     /// Allow destinations on loopback addresses (refused by default: SSRF guard).
@@ -355,6 +358,7 @@ impl Default for DeliveryConfig {
             max_retry_after: Duration::from_secs(3600),
             queue_max_events: 10_000,
             queue_max_bytes: 64 << 20,
+            queue_memory_bytes: 8 << 20,
             max_in_flight: 16,
             allow_loopback: false,
             allow_private: false,

@@ -32,6 +32,12 @@ use crate::metrics::Metrics;
 pub struct Job {
     /// Its row in the outbox (0 until queued, or when nothing is kept on disk).
     pub seq: u64,
+    /// The body's length (`body` may be empty: see `on_disk`).
+    pub size: usize,
+    /// The row is in the outbox. Beyond `delivery.queue_memory_bytes` of bodies in memory, a
+    /// worker keeps only the job's metadata and reads the body back for each attempt, so a large
+    /// backlog costs disk, not memory.
+    pub on_disk: bool,
     /// `webhook-id`: stable across retries.
     pub id: String,
     /// Jobs with the same key are delivered one after the other, in order (the flag id).
@@ -176,6 +182,8 @@ struct Worker {
     lost_at_shutdown: usize,
     /// The pause state last written to the outbox.
     saved_pause: Option<PauseState>,
+    /// Bytes of queued bodies held in memory (the rest are read from the outbox when sent).
+    body_bytes: usize,
     /// The receiver answered 410 Gone: nothing is sent until an operator resumes it.
     disabled: bool,
 }
@@ -189,10 +197,17 @@ impl Worker {
         self.enqueue_with(job, 0, None);
     }
 
-    fn enqueue_with(&mut self, job: Job, attempts: usize, not_before: Option<SystemTime>) {
+    fn enqueue_with(&mut self, mut job: Job, attempts: usize, not_before: Option<SystemTime>) {
+        if job.on_disk
+            && !job.body.is_empty()
+            && self.body_bytes + job.size > self.ctx.policy.queue_memory_bytes
+        {
+            job.body = Bytes::new();
+        }
+        self.body_bytes += job.body.len();
         self.seq += 1;
         self.count += 1;
-        self.bytes += job.body.len();
+        self.bytes += job.size;
         let key = job.order_key;
         self.unsent.insert(self.seq, key);
         let q = self.queues.entry(key).or_default();
@@ -216,7 +231,8 @@ impl Worker {
             if let Some(pos) = q.iter().position(|j| j.seq == old_seq) {
                 if let Some(d) = q.remove(pos) {
                     self.count -= 1;
-                    self.bytes -= d.job.body.len();
+                    self.bytes -= d.job.size;
+                    self.body_bytes -= d.job.body.len();
                     self.ctx
                         .metrics
                         .dropped
@@ -356,7 +372,8 @@ impl Worker {
         }
         let Some(done) = q.pop_front() else { return };
         self.count -= 1;
-        self.bytes -= done.job.body.len();
+        self.bytes -= done.job.size;
+        self.body_bytes -= done.job.body.len();
         // Parked batches keep their row (rewritten as parked); everything else is finished.
         let parks = matches!(a.verdict, Verdict::Retry { .. })
             && !draining
@@ -430,13 +447,13 @@ impl Worker {
             .inc_by(job.records as u64);
         tracing::warn!(endpoint = %id, delivery_id = %job.id, records = job.records, "batch failed its retry: parked until the endpoint recovers");
         self.ctx.outbox.update(&id, &job, 0, None, true);
-        self.parked_bytes += job.body.len();
+        self.parked_bytes += job.size;
         self.parked.push_back(job);
         while self.parked_bytes > park_max_bytes {
             let Some(old) = self.parked.pop_front() else {
                 break;
             };
-            self.parked_bytes -= old.body.len();
+            self.parked_bytes -= old.size;
             self.ctx
                 .metrics
                 .dropped
@@ -512,7 +529,7 @@ impl Worker {
         let n = stored.len();
         for s in stored {
             if s.parked {
-                self.parked_bytes += s.job.body.len();
+                self.parked_bytes += s.job.size;
                 self.parked.push_back(s.job);
             } else {
                 self.enqueue_with(s.job, s.attempts, s.next_at);
@@ -629,6 +646,7 @@ pub async fn run(
         parked_bytes: 0,
         lost_at_shutdown: 0,
         saved_pause: None,
+        body_bytes: 0,
         disabled: false,
     };
     w.restore();
@@ -758,6 +776,21 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: bool) -> Attempt {
     let w = &ctx.webhook;
     let at = now_rfc3339();
+    let loaded;
+    let job = if job.body.is_empty() && job.size > 0 {
+        match ctx.outbox.body(&w.id, job.seq) {
+            Ok(Some(body)) => {
+                loaded = Job {
+                    body,
+                    ..job.clone()
+                };
+                &loaded
+            }
+            other => return unreadable(ctx, key, job, attempt, probe, at, other.err()),
+        }
+    } else {
+        job
+    };
     let ts = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -855,6 +888,48 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
             response,
             records: job.records,
             body: job.body.clone(),
+            order_key: job.order_key,
+            encoding: job.encoding,
+        },
+    }
+}
+
+/// The body of a queued request could not be read back. A read error (a failing disk) is tried
+/// again on the schedule; a row that is gone (the file was replaced under flaghook) cannot be
+/// sent at all and is finished as refused. Both are logged.
+fn unreadable(
+    ctx: &EndpointCtx,
+    key: i64,
+    job: &Job,
+    attempt: usize,
+    probe: bool,
+    at: String,
+    error: Option<String>,
+) -> Attempt {
+    let (verdict, error) = match error {
+        Some(e) => (
+            Verdict::Retry { retry_after: None },
+            format!("outbox not readable: {e}"),
+        ),
+        None => (Verdict::Final, "body not found in the outbox".to_string()),
+    };
+    tracing::error!(endpoint = %ctx.webhook.id, delivery_id = %job.id, error, "request's body not read back");
+    Attempt {
+        key,
+        probe,
+        verdict,
+        entry: LogEntry {
+            at,
+            delivery_id: job.id.clone(),
+            event: job.label,
+            attempt,
+            probe,
+            status: None,
+            latency_ms: 0.0,
+            error: Some(error),
+            response: String::new(),
+            records: job.records,
+            body: Bytes::new(),
             order_key: job.order_key,
             encoding: job.encoding,
         },

@@ -282,6 +282,8 @@ impl Deliveries {
                             ep.clone(),
                             Job {
                                 seq: 0,
+                                size: 0,
+                                on_disk: false,
                                 id: ev.id.clone(),
                                 order_key: set.flag_id,
                                 body,
@@ -302,6 +304,8 @@ impl Deliveries {
                             ep.clone(),
                             Job {
                                 seq: 0,
+                                size: 0,
+                                on_disk: false,
                                 id: set.id.clone(),
                                 order_key: set.flag_id,
                                 body: flagr_body(set, w.detailed_diff),
@@ -325,12 +329,18 @@ impl Deliveries {
         }
         for (_, job) in batch.iter_mut() {
             job.seq = self.outbox.next_seq();
+            job.size = job.body.len();
         }
         let rows: Vec<(&str, &Job)> = batch
             .iter()
             .map(|(ep, job)| (ep.webhook.id.as_str(), job))
             .collect();
-        self.outbox.insert(&rows);
+        if self.outbox.insert(&rows) {
+            // On disk now: a worker with a long queue may let go of the body.
+            for (_, job) in batch.iter_mut() {
+                job.on_disk = true;
+            }
+        }
         let mut failed = 0;
         for (ep, job) in batch.iter() {
             if let Err(e) = ep.tx.try_send(job.clone()) {

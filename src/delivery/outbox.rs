@@ -83,16 +83,21 @@ impl Outbox {
         self.store.as_ref().map_or(0, |s| s.next_seq())
     }
 
-    fn result(&self, op: &str, r: Result<(), crate::store::StoreError>) {
-        if let Err(e) = r {
+    /// Counts and logs a failed write; true when it succeeded.
+    fn result(&self, op: &str, r: Result<(), crate::store::StoreError>) -> bool {
+        if let Err(e) = &r {
             self.metrics.outbox_errors.with_label_values(&[op]).inc();
             tracing::error!(op, error = %e, "outbox write failed; the request stays queued in memory only");
         }
+        r.is_ok()
     }
 
-    /// Writes new jobs, all in one transaction, before they are queued.
-    pub fn insert(&self, rows: &[(&str, &Job)]) {
-        let Some(store) = &self.store else { return };
+    /// Writes new jobs, all in one transaction, before they are queued; true when they are on
+    /// disk (their bodies need not stay in memory).
+    pub fn insert(&self, rows: &[(&str, &Job)]) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
         let encoded: Vec<(&str, u64, Vec<u8>)> = rows
             .iter()
             .map(|(ep, job)| (*ep, job.seq, encode(job, 0, None, false)))
@@ -101,7 +106,26 @@ impl Outbox {
             .iter()
             .map(|(e, s, r)| (*e, *s, r.as_slice()))
             .collect();
-        self.result("insert", store.outbox_insert(&refs));
+        self.result("insert", store.outbox_insert(&refs))
+    }
+
+    /// A queued request's body, read back for an attempt: `Ok(None)` when its row is gone,
+    /// `Err` when the store cannot be read (counted).
+    pub fn body(&self, endpoint: &str, seq: u64) -> Result<Option<Bytes>, String> {
+        let Some(store) = self.store.as_ref() else {
+            return Ok(None);
+        };
+        match store.outbox_get(endpoint, seq) {
+            Ok(row) => Ok(row.and_then(|row| {
+                let nl = row.iter().position(|b| *b == b'\n')?;
+                Some(Bytes::copy_from_slice(&row[nl + 1..]))
+            })),
+            Err(e) => {
+                let text = e.to_string();
+                self.result("load", Err(e));
+                Err(text)
+            }
+        }
     }
 
     /// Records an attempt that failed and when the next may go, or that the job is parked.
@@ -115,8 +139,12 @@ impl Outbox {
     ) {
         let Some(store) = &self.store else { return };
         let next_at = delay.map(|d| SystemTime::now() + d);
-        let row = encode(job, attempts, next_at, parked);
-        self.result("update", store.outbox_update(endpoint, job.seq, &row));
+        // The body in memory may be empty (it is on disk): only the header is rewritten.
+        let head = header(job, attempts, next_at, parked);
+        self.result(
+            "update",
+            store.outbox_update_header(endpoint, job.seq, &head),
+        );
     }
 
     /// Forgets finished jobs.
@@ -145,8 +173,8 @@ impl Outbox {
         };
         let mut out = Vec::with_capacity(rows.len());
         let mut bad = Vec::new();
-        for (seq, row) in rows {
-            match decode(seq, &row) {
+        for (seq, head, size) in rows {
+            match decode(seq, &head, size) {
                 Some(s) => out.push(s),
                 None => bad.push(seq),
             }
@@ -187,6 +215,14 @@ fn ms(t: SystemTime) -> u64 {
 
 /// One row: a JSON header line, then the body's exact bytes.
 fn encode(job: &Job, attempts: usize, next_at: Option<SystemTime>, parked: bool) -> Vec<u8> {
+    let mut out = header(job, attempts, next_at, parked);
+    out.push(b'\n');
+    out.extend_from_slice(&job.body);
+    out
+}
+
+/// The header line of a row, without its newline.
+fn header(job: &Job, attempts: usize, next_at: Option<SystemTime>, parked: bool) -> Vec<u8> {
     let h = Header {
         id: job.id.clone(),
         order_key: job.order_key,
@@ -198,21 +234,21 @@ fn encode(job: &Job, attempts: usize, next_at: Option<SystemTime>, parked: bool)
         parked,
     };
     // A struct of strings and numbers always serialises.
-    let mut out = serde_json::to_vec(&h).unwrap_or_default();
-    out.push(b'\n');
-    out.extend_from_slice(&job.body);
-    out
+    serde_json::to_vec(&h).unwrap_or_default()
 }
 
-fn decode(seq: u64, row: &[u8]) -> Option<Stored> {
-    let nl = row.iter().position(|b| *b == b'\n')?;
-    let h: Header = serde_json::from_slice(&row[..nl]).ok()?;
+/// A row read back: its header line and its body's length (the body stays on disk).
+fn decode(seq: u64, head: &[u8], size: usize) -> Option<Stored> {
+    let h: Header = serde_json::from_slice(head).ok()?;
     Some(Stored {
         job: Job {
             seq,
+            // Read back per attempt (see `Outbox::body`).
+            size,
+            on_disk: true,
             id: h.id,
             order_key: h.order_key,
-            body: Bytes::copy_from_slice(&row[nl + 1..]),
+            body: Bytes::new(),
             label: static_label(&h.label),
             encoding: h.encoding.as_deref().map(|e| match e {
                 "gzip" => "gzip",
@@ -254,6 +290,8 @@ mod tests {
     fn rows_round_trip_with_their_state() {
         let job = Job {
             seq: 9,
+            size: 8,
+            on_disk: true,
             id: "evt_1".into(),
             order_key: 4,
             body: Bytes::from_static(b"{\"a\":\n1}"),
@@ -262,14 +300,18 @@ mod tests {
             records: 3,
         };
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let s = decode(9, &encode(&job, 2, Some(at), true)).unwrap();
+        let row = encode(&job, 2, Some(at), true);
+        let nl = row.iter().position(|b| *b == b'\n').unwrap();
+        assert_eq!(&row[nl + 1..], &job.body[..]);
+        let s = decode(9, &row[..nl], row.len() - nl - 1).unwrap();
         assert_eq!(s.job.id, "evt_1");
-        assert_eq!(s.job.body, job.body);
+        assert_eq!(s.job.size, job.body.len());
+        assert!(s.job.body.is_empty(), "bodies stay on disk");
         assert_eq!(s.job.label, "flag.updated");
         assert_eq!(s.job.encoding, Some("gzip"));
         assert_eq!((s.attempts, s.parked, s.job.records), (2, true, 3));
         assert_eq!(s.next_at, Some(at));
-        assert!(decode(1, b"not a row").is_none());
+        assert!(decode(1, b"not a header", 0).is_none());
         assert_eq!(static_label("nonsense"), "event");
     }
 }

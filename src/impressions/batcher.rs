@@ -178,6 +178,8 @@ impl Batchers {
         }
         let job = Job {
             seq: 0,
+            size: 0,
+            on_disk: false,
             id: format!("batch_{}", uuid::Uuid::now_v7().simple()),
             order_key: 0,
             body: Bytes::from(body),

@@ -240,14 +240,44 @@ impl Store {
         })
     }
 
-    /// Rewrites a queued request (its attempts, next attempt, parking). Not flushed at once:
-    /// after a crash the older row is read back, which only repeats an attempt.
-    pub fn outbox_update(&self, endpoint: &str, seq: u64, row: &[u8]) -> Result<(), StoreError> {
+    /// Replaces a queued request's header line, keeping its body. Not flushed at once: after a
+    /// crash the older header is read back, which only repeats an attempt.
+    pub fn outbox_update_header(
+        &self,
+        endpoint: &str,
+        seq: u64,
+        head: &[u8],
+    ) -> Result<(), StoreError> {
         self.write(true, |tx| {
             let mut t = tx.open_table(OUTBOX).map_err(err)?;
-            t.insert((endpoint, seq), row).map_err(err)?;
+            let row = match t.get((endpoint, seq)).map_err(err)? {
+                Some(old) => {
+                    let old = old.value();
+                    let body = old
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .map_or(&[][..], |nl| &old[nl + 1..]);
+                    let mut row = Vec::with_capacity(head.len() + 1 + body.len());
+                    row.extend_from_slice(head);
+                    row.push(b'\n');
+                    row.extend_from_slice(body);
+                    row
+                }
+                // Finished meanwhile: nothing to rewrite.
+                None => return Ok(()),
+            };
+            t.insert((endpoint, seq), row.as_slice()).map_err(err)?;
             Ok(())
         })
+    }
+
+    /// One queued request's row.
+    pub fn outbox_get(&self, endpoint: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(OUTBOX).map_err(err)?;
+        Ok(t.get((endpoint, seq))
+            .map_err(err)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Removes finished requests. Not flushed at once: after a crash a delivered request may
@@ -262,8 +292,9 @@ impl Store {
         })
     }
 
-    /// Every queued request of an endpoint, oldest first.
-    pub fn outbox_load(&self, endpoint: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    /// Every queued request of an endpoint, oldest first, as (sequence, header line, body
+    /// length): bodies stay on disk until an attempt reads them.
+    pub fn outbox_load(&self, endpoint: &str) -> Result<Vec<(u64, Vec<u8>, usize)>, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(OUTBOX).map_err(err)?;
         let mut out = Vec::new();
@@ -272,7 +303,13 @@ impl Store {
             .map_err(err)?
         {
             let (k, v) = row.map_err(err)?;
-            out.push((k.value().1, v.value().to_vec()));
+            let v = v.value();
+            let nl = v.iter().position(|b| *b == b'\n').unwrap_or(v.len());
+            out.push((
+                k.value().1,
+                v[..nl].to_vec(),
+                v.len().saturating_sub(nl + 1),
+            ));
         }
         Ok(out)
     }
@@ -282,7 +319,7 @@ impl Store {
         let seqs: Vec<u64> = self
             .outbox_load(endpoint)?
             .into_iter()
-            .map(|(s, _)| s)
+            .map(|(s, _, _)| s)
             .collect();
         self.outbox_remove(endpoint, &seqs)?;
         self.write(false, |tx| {
@@ -360,17 +397,18 @@ mod tests {
         {
             let s = Store::open(path).unwrap();
             let (a, b, c) = (s.next_seq(), s.next_seq(), s.next_seq());
-            s.outbox_insert(&[("x", a, b"1"), ("y", b, b"2"), ("x", c, b"3")])
+            s.outbox_insert(&[("x", a, b"h1\n1"), ("y", b, b"h2\n2"), ("x", c, b"h3\n3")])
                 .unwrap();
-            s.outbox_update("x", c, b"3'").unwrap();
+            s.outbox_update_header("x", c, b"h3'").unwrap();
             s.outbox_remove("y", &[b]).unwrap();
             s.put_endpoint_state("x", "paused").unwrap();
         }
         let s = Store::open(path).unwrap();
         let rows = s.outbox_load("x").unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].1, b"1");
-        assert_eq!(rows[1].1, b"3'");
+        assert_eq!((rows[0].1.as_slice(), rows[0].2), (&b"h1"[..], 1));
+        assert_eq!(rows[1].1, b"h3'");
+        assert_eq!(s.outbox_get("x", rows[1].0).unwrap().unwrap(), b"h3'\n3");
         assert!(s.outbox_load("y").unwrap().is_empty());
         // New rows sort after the old ones.
         assert!(s.next_seq() > rows[1].0);
