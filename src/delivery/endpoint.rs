@@ -877,20 +877,34 @@ async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: boo
         probe,
         verdict,
         entry: LogEntry {
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            error,
+            response,
+            body: job.body.clone(),
+            ..LogEntry::of(job, at, attempt, probe)
+        },
+    }
+}
+
+impl LogEntry {
+    /// An attempt of `job` with nothing known yet of its outcome.
+    fn of(job: &Job, at: String, attempt: usize, probe: bool) -> Self {
+        LogEntry {
             at,
             delivery_id: job.id.clone(),
             event: job.label,
             attempt,
             probe,
-            status,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            error,
-            response,
+            status: None,
+            latency_ms: 0.0,
+            error: None,
+            response: String::new(),
             records: job.records,
-            body: job.body.clone(),
+            body: Bytes::new(),
             order_key: job.order_key,
             encoding: job.encoding,
-        },
+        }
     }
 }
 
@@ -919,19 +933,8 @@ fn unreadable(
         probe,
         verdict,
         entry: LogEntry {
-            at,
-            delivery_id: job.id.clone(),
-            event: job.label,
-            attempt,
-            probe,
-            status: None,
-            latency_ms: 0.0,
             error: Some(error),
-            response: String::new(),
-            records: job.records,
-            body: Bytes::new(),
-            order_key: job.order_key,
-            encoding: job.encoding,
+            ..LogEntry::of(job, at, attempt, probe)
         },
     }
 }
