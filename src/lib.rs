@@ -85,7 +85,7 @@ impl App {
             .upstream_legacy
             .set(legacy.load(Ordering::Relaxed) as i64);
         let store = Arc::new(
-            store::Store::open(&cfg.store.path)
+            store::Store::open(&cfg.store.path, cfg.store.cache_bytes)
                 .map_err(|e| SetupError(format!("store.path ({}): {e}", cfg.store.path)))?,
         );
         if !store.durable() {

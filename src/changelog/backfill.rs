@@ -37,7 +37,7 @@ impl Follower {
         let mut report = Report::default();
         for f in &listed {
             // The whole history: floor 0 reads back to the flag's first snapshot.
-            let (snaps, _) = self.read_back_to(f.id, 0).await?;
+            let (snaps, _) = self.read_back_to(f.id, 0, 100).await?;
             let states: Vec<Option<FlagState>> = snaps
                 .iter()
                 .map(|s| FlagState::from_value(s.flag.clone()).ok())

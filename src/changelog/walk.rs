@@ -12,7 +12,8 @@ use crate::events::payload::{change_set_id, event_id, ChangeEvent, ChangeSet};
 use crate::events::{self, Draft};
 use crate::flagr::{FlagState, ListedFlag, Mutation, Snapshot};
 
-/// Snapshots read per request while walking back to the cursor.
+/// Most snapshots read per request while walking back to the cursor (pages start smaller and
+/// double: each snapshot carries the whole flag).
 const PAGE: usize = 100;
 /// A walk reads at most this many snapshots of one flag; older ones are counted as passed over.
 const MAX_WALK: usize = 10_000;
@@ -32,7 +33,10 @@ impl Follower {
         } else {
             st.baseline
         };
-        let (snaps, complete) = self.read_back_to(flag, floor).await?;
+        // Usually only the hinted changes are new: read that many (and the one before them),
+        // then further back only if the floor is not reached yet.
+        let expect = st.hints.get(&flag).map_or(0, |q| q.len()) + 2;
+        let (snaps, complete) = self.read_back_to(flag, floor, expect).await?;
         let split = snaps.partition_point(|s| s.id <= floor);
         let mut prev: Option<FlagState> = snaps[..split]
             .last()
@@ -80,14 +84,13 @@ impl Follower {
             let first_snapshot = prev.is_none();
             let hint = take_hint(st, flag, first_snapshot, &plain[i], &self.metrics);
             if hint.is_none() {
-                // A proxied call's note may still be on its way: wait for it a little.
-                let since = match st.waiting.get(&flag) {
-                    Some((s, t)) if *s == snap.id => *t,
-                    _ => {
-                        st.waiting.insert(flag, (snap.id, Instant::now()));
-                        Instant::now()
-                    }
-                };
+                // A proxied call's note may still be on its way: wait for it a little, once for
+                // everything this walk found without one (a catch-up waits once, not per change).
+                let since = st
+                    .waiting
+                    .entry(flag)
+                    .or_insert((snap.id, Instant::now()))
+                    .1;
                 if since.elapsed() < self.cfg.hint_wait {
                     deferred = true;
                     break;
@@ -174,18 +177,21 @@ impl Follower {
         &self,
         flag: i64,
         floor: i64,
+        first_page: usize,
     ) -> Result<(Vec<Snapshot>, bool), FollowError> {
         let mut snaps: Vec<Snapshot> = Vec::new();
         let mut offset = 0;
+        let mut limit = first_page.clamp(1, PAGE);
         let complete = loop {
-            let page = self.flagr.snapshots_page(flag, PAGE, offset).await?;
+            let page = self.flagr.snapshots_page(flag, limit, offset).await?;
             let n = page.len();
             let reached = page.last().is_some_and(|s| s.id <= floor);
             snaps.extend(page);
-            if reached || n < PAGE {
+            if reached || n < limit {
                 break true;
             }
-            offset += PAGE;
+            offset += n;
+            limit = (limit * 4).min(PAGE);
             if offset >= MAX_WALK {
                 break false;
             }

@@ -278,15 +278,18 @@ impl Default for ChangelogConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The embedded store's file (runtime webhooks, changelog cursors). Empty: in memory,
-    /// nothing survives a restart.
+    /// The embedded store's file (runtime webhooks, changelog cursors, the outbox). Empty: in
+    /// memory, nothing survives a restart.
     pub path: String,
+    /// Memory the store may use to cache its file's pages.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: "data/flaghook.redb".into(),
+            cache_bytes: 16 << 20,
         }
     }
 }
@@ -499,6 +502,8 @@ impl Config {
         positive("proxy.inspect_max_bytes", self.proxy.inspect_max_bytes)?;
         positive("proxy.tap_capacity", self.proxy.tap_capacity)?;
         positive("derive.lanes", self.derive.lanes)?;
+        positive("store.cache_bytes", self.store.cache_bytes)?;
+        positive("delivery.queue_memory_bytes", self.delivery.queue_memory_bytes)?;
         for (key, d) in [
             ("changelog.poll_interval", self.changelog.poll_interval),
             ("changelog.rescan_interval", self.changelog.rescan_interval),

@@ -61,10 +61,12 @@ pub struct ChangelogState {
 }
 
 impl Store {
-    /// Opens (or creates, 0600) the file at `path`; an empty path gives an in-memory store.
-    pub fn open(path: &str) -> Result<Self, StoreError> {
+    /// Opens (or creates, 0600) the file at `path` with a page cache of at most `cache_bytes`;
+    /// an empty path gives an in-memory store.
+    pub fn open(path: &str, cache_bytes: usize) -> Result<Self, StoreError> {
         if path.is_empty() {
             let db = Database::builder()
+                .set_cache_size(cache_bytes)
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(err)?;
             return Self::init(db, false);
@@ -85,6 +87,7 @@ impl Store {
             .open(path)
             .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
         let db = Database::builder()
+            .set_cache_size(cache_bytes)
             .create_file(file)
             .map_err(|e| err(format!("{} is not a readable store: {e}", path.display())))?;
         Self::init(db, true)
@@ -365,7 +368,7 @@ mod tests {
         let path = dir.path().join("sub/flaghook.redb");
         let path = path.to_str().unwrap();
         {
-            let s = Store::open(path).unwrap();
+            let s = Store::open(path, 1 << 20).unwrap();
             assert!(s.durable());
             assert!(s.changelog().unwrap().baseline.is_none());
             let c = Cursor {
@@ -375,7 +378,7 @@ mod tests {
             };
             s.save_changelog(&[(3, &c)], Some(5), Some(9)).unwrap();
         }
-        let s = Store::open(path).unwrap();
+        let s = Store::open(path, 1 << 20).unwrap();
         let st = s.changelog().unwrap();
         assert_eq!((st.baseline, st.seen_max), (Some(5), 9));
         assert_eq!(st.cursors[&3].snapshot, 7);
@@ -395,7 +398,7 @@ mod tests {
         let path = dir.path().join("o.redb");
         let path = path.to_str().unwrap();
         {
-            let s = Store::open(path).unwrap();
+            let s = Store::open(path, 1 << 20).unwrap();
             let (a, b, c) = (s.next_seq(), s.next_seq(), s.next_seq());
             s.outbox_insert(&[("x", a, b"h1\n1"), ("y", b, b"h2\n2"), ("x", c, b"h3\n3")])
                 .unwrap();
@@ -403,7 +406,7 @@ mod tests {
             s.outbox_remove("y", &[b]).unwrap();
             s.put_endpoint_state("x", "paused").unwrap();
         }
-        let s = Store::open(path).unwrap();
+        let s = Store::open(path, 1 << 20).unwrap();
         let rows = s.outbox_load("x").unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].1.as_slice(), rows[0].2), (&b"h1"[..], 1));
@@ -423,8 +426,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junk.redb");
         std::fs::write(&path, vec![7u8; 8192]).unwrap();
-        let e = Store::open(path.to_str().unwrap()).err().unwrap();
+        let e = Store::open(path.to_str().unwrap(), 1 << 20).err().unwrap();
         assert!(e.to_string().contains("not a readable store"), "{e}");
-        assert!(!Store::open("").unwrap().durable());
+        assert!(!Store::open("", 1 << 20).unwrap().durable());
     }
 }
