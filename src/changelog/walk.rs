@@ -63,6 +63,8 @@ impl Follower {
             .and_then(|_| flip_index(&plain, prev.is_some()));
         let mut cursor = cur.clone();
         let mut deferred = false;
+        // Published together after the walk: one outbox transaction for all of them.
+        let mut sets = Vec::new();
         for (i, snap) in new.iter().enumerate() {
             let Some(after) = &states[i] else {
                 self.count_snapshot("unreadable");
@@ -141,10 +143,11 @@ impl Follower {
                         .with_label_values(&[e.event])
                         .inc();
                 }
-                self.deliveries.publish(&set);
+                sets.push(set);
             }
             prev = Some(after.clone());
         }
+        self.deliveries.publish_all(&sets);
         if !deferred {
             st.waiting.remove(&flag);
             if let Some(l) = listed {

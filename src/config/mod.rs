@@ -503,7 +503,10 @@ impl Config {
         positive("proxy.tap_capacity", self.proxy.tap_capacity)?;
         positive("derive.lanes", self.derive.lanes)?;
         positive("store.cache_bytes", self.store.cache_bytes)?;
-        positive("delivery.queue_memory_bytes", self.delivery.queue_memory_bytes)?;
+        positive(
+            "delivery.queue_memory_bytes",
+            self.delivery.queue_memory_bytes,
+        )?;
         for (key, d) in [
             ("changelog.poll_interval", self.changelog.poll_interval),
             ("changelog.rescan_interval", self.changelog.rescan_interval),

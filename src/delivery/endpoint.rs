@@ -522,18 +522,19 @@ impl Worker {
             }
             self.saved_pause = Some(p);
         }
-        let stored = self.ctx.outbox.load(&id);
-        if stored.is_empty() {
-            return;
-        }
-        let n = stored.len();
-        for s in stored {
+        let mut n = 0;
+        let outbox = self.ctx.outbox.clone();
+        outbox.load(&id, |s| {
+            n += 1;
             if s.parked {
                 self.parked_bytes += s.job.size;
                 self.parked.push_back(s.job);
             } else {
                 self.enqueue_with(s.job, s.attempts, s.next_at);
             }
+        });
+        if n == 0 {
+            return;
         }
         // A retry's delay outlives the restart: the key waits out what is left of it.
         let now = SystemTime::now();

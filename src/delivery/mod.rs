@@ -254,18 +254,35 @@ impl Deliveries {
     /// Queues the change set for every webhook that wants any of its events: on disk first
     /// (one transaction for the whole set), then in each endpoint's queue.
     pub fn publish(&self, set: &ChangeSet) {
-        self.publish_where(set, |_| true);
+        self.publish_all(std::slice::from_ref(set));
+    }
+
+    /// Queues several change sets, in order, with one outbox transaction for all of them (a
+    /// walk over many changes of a flag pays for one disk flush, not one per change).
+    pub fn publish_all(&self, sets: &[ChangeSet]) {
+        let mut batch = Vec::new();
+        for set in sets {
+            self.jobs_for(set, |_| true, &mut batch);
+        }
+        self.enqueue(&mut batch, true);
     }
 
     /// Queues the change set for one endpoint only (a backfill), within its filters.
     pub fn publish_to(&self, id: &str, set: &ChangeSet) {
-        self.publish_where(set, |ep| ep.webhook.id == id);
+        let mut batch = Vec::new();
+        self.jobs_for(set, |ep| ep.webhook.id == id, &mut batch);
+        self.enqueue(&mut batch, true);
     }
 
-    fn publish_where(&self, set: &ChangeSet, pick: impl Fn(&Endpoint) -> bool) {
+    /// The requests a change set makes for the endpoints `pick` chooses and whose filters want it.
+    fn jobs_for(
+        &self,
+        set: &ChangeSet,
+        pick: impl Fn(&Endpoint) -> bool,
+        batch: &mut Vec<(Arc<Endpoint>, Job)>,
+    ) {
         // Seed bodies are the same for every endpoint: build each at most once.
         let mut seed: Vec<Option<bytes::Bytes>> = vec![None; set.events.len()];
-        let mut batch: Vec<(Arc<Endpoint>, Job)> = Vec::new();
         for ep in self.list().iter() {
             if ep.kind != Kind::Events || !pick(ep) {
                 continue;
@@ -318,7 +335,6 @@ impl Deliveries {
                 }
             }
         }
-        self.enqueue(&mut batch, true);
     }
 
     /// Writes the jobs to the outbox, then queues each; returns how many could not be queued

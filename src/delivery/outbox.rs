@@ -159,25 +159,18 @@ impl Outbox {
         self.result("remove", store.outbox_clear(endpoint));
     }
 
-    /// Every job kept for the endpoint, oldest first; unreadable rows are counted and removed.
-    pub fn load(&self, endpoint: &str) -> Vec<Stored> {
-        let Some(store) = &self.store else {
-            return Vec::new();
-        };
-        let rows = match store.outbox_load(endpoint) {
-            Ok(r) => r,
-            Err(e) => {
-                self.result("load", Err(e));
-                return Vec::new();
-            }
-        };
-        let mut out = Vec::with_capacity(rows.len());
+    /// Every job kept for the endpoint, oldest first, handed to `each`; unreadable rows are
+    /// counted and removed.
+    pub fn load(&self, endpoint: &str, mut each: impl FnMut(Stored)) {
+        let Some(store) = &self.store else { return };
         let mut bad = Vec::new();
-        for (seq, head, size) in rows {
-            match decode(seq, &head, size) {
-                Some(s) => out.push(s),
+        let scanned =
+            store.outbox_scan(endpoint, |seq, head, size| match decode(seq, head, size) {
+                Some(s) => each(s),
                 None => bad.push(seq),
-            }
+            });
+        if let Err(e) = scanned {
+            self.result("load", Err(e));
         }
         if !bad.is_empty() {
             tracing::error!(
@@ -191,7 +184,6 @@ impl Outbox {
                 .inc_by(bad.len() as u64);
             self.remove(endpoint, &bad);
         }
-        out
     }
 
     pub fn pause_state(&self, endpoint: &str) -> Option<PauseState> {

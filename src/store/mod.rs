@@ -295,12 +295,16 @@ impl Store {
         })
     }
 
-    /// Every queued request of an endpoint, oldest first, as (sequence, header line, body
-    /// length): bodies stay on disk until an attempt reads them.
-    pub fn outbox_load(&self, endpoint: &str) -> Result<Vec<(u64, Vec<u8>, usize)>, StoreError> {
+    /// Every queued request of an endpoint, oldest first, handed to `each` as (sequence,
+    /// header line, body length): bodies stay on disk until an attempt reads them, and nothing
+    /// is collected here, so reading a long backlog back costs no more memory than the queue.
+    pub fn outbox_scan(
+        &self,
+        endpoint: &str,
+        mut each: impl FnMut(u64, &[u8], usize),
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(OUTBOX).map_err(err)?;
-        let mut out = Vec::new();
         for row in t
             .range((endpoint, 0u64)..=(endpoint, u64::MAX))
             .map_err(err)?
@@ -308,22 +312,21 @@ impl Store {
             let (k, v) = row.map_err(err)?;
             let v = v.value();
             let nl = v.iter().position(|b| *b == b'\n').unwrap_or(v.len());
-            out.push((
-                k.value().1,
-                v[..nl].to_vec(),
-                v.len().saturating_sub(nl + 1),
-            ));
+            each(k.value().1, &v[..nl], v.len().saturating_sub(nl + 1));
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The sequence numbers of an endpoint's queued requests.
+    fn outbox_seqs(&self, endpoint: &str) -> Result<Vec<u64>, StoreError> {
+        let mut seqs = Vec::new();
+        self.outbox_scan(endpoint, |seq, _, _| seqs.push(seq))?;
+        Ok(seqs)
     }
 
     /// Forgets an endpoint's queue and state (the webhook was deleted).
     pub fn outbox_clear(&self, endpoint: &str) -> Result<(), StoreError> {
-        let seqs: Vec<u64> = self
-            .outbox_load(endpoint)?
-            .into_iter()
-            .map(|(s, _, _)| s)
-            .collect();
+        let seqs = self.outbox_seqs(endpoint)?;
         self.outbox_remove(endpoint, &seqs)?;
         self.write(false, |tx| {
             let mut t = tx.open_table(ENDPOINTS).map_err(err)?;
@@ -407,17 +410,23 @@ mod tests {
             s.put_endpoint_state("x", "paused").unwrap();
         }
         let s = Store::open(path, 1 << 20).unwrap();
-        let rows = s.outbox_load("x").unwrap();
+        let load = |ep: &str| {
+            let mut rows = Vec::new();
+            s.outbox_scan(ep, |seq, head, size| rows.push((seq, head.to_vec(), size)))
+                .unwrap();
+            rows
+        };
+        let rows = load("x");
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].1.as_slice(), rows[0].2), (&b"h1"[..], 1));
         assert_eq!(rows[1].1, b"h3'");
         assert_eq!(s.outbox_get("x", rows[1].0).unwrap().unwrap(), b"h3'\n3");
-        assert!(s.outbox_load("y").unwrap().is_empty());
+        assert!(load("y").is_empty());
         // New rows sort after the old ones.
         assert!(s.next_seq() > rows[1].0);
         assert_eq!(s.endpoint_state("x").unwrap().as_deref(), Some("paused"));
         s.outbox_clear("x").unwrap();
-        assert!(s.outbox_load("x").unwrap().is_empty());
+        assert!(load("x").is_empty());
         assert!(s.endpoint_state("x").unwrap().is_none());
     }
 
