@@ -1,5 +1,6 @@
-//! One endpoint's delivery worker: a bounded queue, per-flag ordering, concurrent flags, retries,
-//! delivery protection (pause, probe, resume) and the delivery log.
+//! One endpoint's delivery worker: the loop that joins the queue's bookkeeping (`queue`), the
+//! attempts (`attempt`), the endpoint's policy (`policy`), delivery protection (`breaker`) and
+//! the outbox, and keeps the delivery log.
 //!
 //! In: [`Job`]s and [`Control`] messages on channels. Out: signed POSTs to the endpoint, the
 //! endpoint's [`Status`] for the admin API, metrics, logs.
@@ -7,23 +8,23 @@
 //! order), sends while paused (except the one probe), holds more than its bounds (the oldest
 //! unsent job is dropped and counted), or blocks another endpoint.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::time::DelayQueue;
 
+use super::attempt;
 use super::breaker::{Breaker, Permit, State, Transition};
 use super::outbox::{Outbox, PauseState};
-use super::retry::{classify, delay_before, parse_retry_after, Verdict};
-use super::sign;
+use super::policy::DeliveryPolicy;
+use super::queue::{Bounds, Queue};
+use super::retry::Verdict;
 use crate::config::{DeliveryConfig, WebhookConfig};
 use crate::metrics::Metrics;
 
@@ -106,29 +107,20 @@ pub struct Status {
 /// The status shared between the worker (writer) and the admin API (reader).
 pub type SharedStatus = Arc<Mutex<Status>>;
 
-struct Queued {
-    job: Job,
-    seq: u64,
-    attempts: usize,
-    /// Read back from the outbox: the retry delay it was waiting out.
-    not_before: Option<SystemTime>,
-}
-
 /// The result of one attempt, as the worker needs it.
-struct Attempt {
-    key: i64,
-    probe: bool,
-    verdict: Verdict,
-    entry: LogEntry,
+pub struct Attempt {
+    pub key: i64,
+    pub probe: bool,
+    pub verdict: Verdict,
+    pub entry: LogEntry,
 }
 
-/// What an endpoint carries, which decides success, retries and what happens after them.
+/// What an endpoint carries; its [`DeliveryPolicy`] is made from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Change events: 2xx succeeds, the retry ladder, then dropped.
+    /// Change events.
     Events,
-    /// Impression batches (seed 002): only 200 succeeds, one retry after `retry_delay`, then
-    /// parked (bounded) until the endpoint recovers.
+    /// Impression batches, with their retry delay and parking bound.
     Impressions {
         retry_delay: Duration,
         park_max_bytes: usize,
@@ -137,7 +129,9 @@ pub enum Kind {
 
 /// What an endpoint needs to send: its config, the shared client, the shared policy.
 pub struct EndpointCtx {
-    pub kind: Kind,
+    /// Success, retries, and what comes after them: the only thing the worker asks about what
+    /// the endpoint carries.
+    pub rules: DeliveryPolicy,
     pub webhook: Arc<WebhookConfig>,
     pub url: reqwest::Url,
     pub client: reqwest::Client,
@@ -146,7 +140,7 @@ pub struct EndpointCtx {
     pub outbox: Outbox,
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -162,17 +156,8 @@ struct Worker {
     ctx: Arc<EndpointCtx>,
     status: SharedStatus,
     breaker: Breaker,
-    queues: HashMap<i64, VecDeque<Queued>>,
-    /// Jobs never attempted, by arrival: the oldest is dropped when a bound is hit.
-    unsent: BTreeMap<u64, i64>,
-    in_flight: HashSet<i64>,
-    waiting: HashSet<i64>,
-    ready: VecDeque<i64>,
-    delays: DelayQueue<i64>,
+    queue: Queue,
     tasks: JoinSet<Attempt>,
-    count: usize,
-    bytes: usize,
-    seq: u64,
     /// When a pause ends and a probe may go.
     wake: Option<Instant>,
     /// Impression batches that failed their retry, oldest first, for when the endpoint recovers.
@@ -182,8 +167,6 @@ struct Worker {
     lost_at_shutdown: usize,
     /// The pause state last written to the outbox.
     saved_pause: Option<PauseState>,
-    /// Bytes of queued bodies held in memory (the rest are read from the outbox when sent).
-    body_bytes: usize,
     /// The receiver answered 410 Gone: nothing is sent until an operator resumes it.
     disabled: bool,
 }
@@ -197,55 +180,16 @@ impl Worker {
         self.enqueue_with(job, 0, None);
     }
 
-    fn enqueue_with(&mut self, mut job: Job, attempts: usize, not_before: Option<SystemTime>) {
-        if job.on_disk
-            && !job.body.is_empty()
-            && self.body_bytes + job.size > self.ctx.policy.queue_memory_bytes
-        {
-            job.body = Bytes::new();
-        }
-        self.body_bytes += job.body.len();
-        self.seq += 1;
-        self.count += 1;
-        self.bytes += job.size;
-        let key = job.order_key;
-        self.unsent.insert(self.seq, key);
-        let q = self.queues.entry(key).or_default();
-        q.push_back(Queued {
-            job,
-            seq: self.seq,
-            attempts,
-            not_before,
-        });
-        if q.len() == 1 {
-            self.ready.push_back(key);
-        }
-        let p = &self.ctx.policy;
-        while self.count > p.queue_max_events || self.bytes > p.queue_max_bytes {
-            let Some((old_seq, old_key)) = self.unsent.pop_first() else {
-                break;
-            };
-            let Some(q) = self.queues.get_mut(&old_key) else {
-                continue;
-            };
-            if let Some(pos) = q.iter().position(|j| j.seq == old_seq) {
-                if let Some(d) = q.remove(pos) {
-                    self.count -= 1;
-                    self.bytes -= d.job.size;
-                    self.body_bytes -= d.job.body.len();
-                    self.ctx
-                        .metrics
-                        .dropped
-                        .with_label_values(&[&self.ctx.webhook.id, "queue_full"])
-                        .inc();
-                    tracing::warn!(endpoint = %self.ctx.webhook.id, delivery_id = %d.job.id, "queue full: dropped the oldest undelivered request");
-                    count_dropped(&self.ctx, &d.job, "queue_full");
-                    self.ctx.outbox.remove(&self.ctx.webhook.id, &[d.job.seq]);
-                }
-            }
-            if q.is_empty() {
-                self.queues.remove(&old_key);
-            }
+    fn enqueue_with(&mut self, job: Job, attempts: usize, not_before: Option<SystemTime>) {
+        for d in self.queue.push(job, attempts, not_before) {
+            self.ctx
+                .metrics
+                .dropped
+                .with_label_values(&[&self.ctx.webhook.id, "queue_full"])
+                .inc();
+            tracing::warn!(endpoint = %self.ctx.webhook.id, delivery_id = %d.id, "queue full: dropped the oldest undelivered request");
+            count_dropped(&self.ctx, &d, "queue_full");
+            self.ctx.outbox.remove(&self.ctx.webhook.id, &[d.seq]);
         }
     }
 
@@ -257,15 +201,9 @@ impl Worker {
             return;
         }
         while self.tasks.len() < self.ctx.policy.max_in_flight {
-            let Some(key) = self.ready.pop_front() else {
+            let Some(key) = self.queue.pop_ready() else {
                 break;
             };
-            if self.in_flight.contains(&key)
-                || self.waiting.contains(&key)
-                || self.queues.get(&key).is_none_or(|q| q.is_empty())
-            {
-                continue;
-            }
             let probe = match self.breaker.permit(Instant::now()) {
                 Permit::Send => false,
                 Permit::Probe => {
@@ -273,25 +211,21 @@ impl Worker {
                     true
                 }
                 Permit::Wait(until) => {
-                    self.ready.push_front(key);
+                    self.queue.unpop(key);
                     self.wake = until;
                     break;
                 }
             };
-            let Some(q) = self.queues.get_mut(&key).and_then(|q| q.front_mut()) else {
+            let Some((job, attempt)) = self.queue.start(key) else {
                 continue;
             };
-            self.unsent.remove(&q.seq);
-            q.attempts += 1;
-            self.in_flight.insert(key);
-            let (ctx, job, attempt) = (self.ctx.clone(), q.job.clone(), q.attempts);
+            let ctx = self.ctx.clone();
             self.tasks
-                .spawn(async move { send(&ctx, key, &job, attempt, probe).await });
+                .spawn(async move { attempt::send(&ctx, key, &job, attempt, probe).await });
         }
     }
 
     fn finish(&mut self, a: Attempt, draining: bool) {
-        self.in_flight.remove(&a.key);
         let failure = matches!(a.verdict, Verdict::Retry { .. });
         match self.breaker.record(Instant::now(), failure, a.probe) {
             Some(Transition::Paused { until }) => {
@@ -313,47 +247,32 @@ impl Worker {
         self.save_pause();
         self.log(a.entry.clone());
         let id = self.ctx.webhook.id.clone();
-        let Some(q) = self.queues.get_mut(&a.key) else {
+        if a.verdict == Verdict::Gone
+            || (failure && self.breaker.state() != State::Active && !draining)
+        {
+            // Not the request's fault: the endpoint is paused (this failure may have paused
+            // it, or it was the probe) or disabled. It waits, with its attempt given back.
+            self.queue.give_back(a.key);
+            return;
+        }
+        let Some(front) = self.queue.front(a.key) else {
             return;
         };
-        let Some(front) = q.front_mut() else { return };
-        if a.verdict == Verdict::Gone {
-            // Not the request's fault: it waits, with its attempt given back, for the endpoint
-            // to be enabled again.
-            front.attempts = front.attempts.saturating_sub(1);
-            self.ready.push_back(a.key);
-            return;
-        }
-        if failure && self.breaker.state() != State::Active && !draining {
-            // The endpoint is paused (this failure may have paused it, or it was the probe):
-            // the failure is the endpoint's, not the request's, so it does not use up the
-            // request's attempts. It waits for the endpoint to recover.
-            front.attempts = front.attempts.saturating_sub(1);
-            self.ready.push_back(a.key);
-            return;
-        }
         if draining && self.ctx.outbox.durable() && matches!(a.verdict, Verdict::Retry { .. }) {
             // Shutting down: the request stays in the outbox for the next start, its attempt
             // counted; it is not tried again now.
             self.ctx
                 .outbox
                 .update(&id, &front.job, front.attempts, None, false);
-            self.waiting.insert(a.key);
+            self.queue.hold(a.key);
             return;
         }
-        let retry_delay = match (&a.verdict, self.ctx.kind) {
-            (Verdict::Retry { .. }, _) if draining => None,
-            (Verdict::Retry { .. }, Kind::Impressions { retry_delay, .. }) => {
-                (front.attempts < 2).then_some(retry_delay)
+        let retry_delay = match &a.verdict {
+            Verdict::Retry { retry_after } if !draining => {
+                self.ctx
+                    .rules
+                    .retry_delay(front.attempts, *retry_after, fastrand::f64())
             }
-            (Verdict::Retry { retry_after }, Kind::Events) => delay_before(
-                &self.ctx.policy.retry_schedule,
-                front.attempts,
-                self.ctx.policy.jitter,
-                fastrand::f64(),
-                *retry_after,
-                self.ctx.policy.max_retry_after,
-            ),
             _ => None,
         };
         if let Some(delay) = retry_delay {
@@ -366,25 +285,18 @@ impl Worker {
             self.ctx
                 .outbox
                 .update(&id, &front.job, front.attempts, Some(delay), false);
-            self.waiting.insert(a.key);
-            self.delays.insert(a.key, delay);
+            self.queue.retry_later(a.key, delay);
             return;
         }
-        let Some(done) = q.pop_front() else { return };
-        self.count -= 1;
-        self.bytes -= done.job.size;
-        self.body_bytes -= done.job.body.len();
+        let Some(done) = self.queue.complete(a.key) else {
+            return;
+        };
         // Parked batches keep their row (rewritten as parked); everything else is finished.
         let parks = matches!(a.verdict, Verdict::Retry { .. })
             && !draining
-            && matches!(self.ctx.kind, Kind::Impressions { .. });
+            && self.ctx.rules.park_max_bytes().is_some();
         if !parks {
             self.ctx.outbox.remove(&id, &[done.job.seq]);
-        }
-        if q.is_empty() {
-            self.queues.remove(&a.key);
-        } else {
-            self.ready.push_back(a.key);
         }
         match a.verdict {
             Verdict::Success => {
@@ -404,11 +316,7 @@ impl Worker {
                     }
                 }
             }
-            Verdict::Retry { .. }
-                if !draining && matches!(self.ctx.kind, Kind::Impressions { .. }) =>
-            {
-                self.park(done.job);
-            }
+            Verdict::Retry { .. } if parks => self.park(done.job),
             Verdict::Final | Verdict::Gone => {
                 self.ctx
                     .metrics
@@ -437,7 +345,7 @@ impl Worker {
 
     /// Keeps a failed impression batch for later; beyond the bound the oldest is dropped.
     fn park(&mut self, job: Job) {
-        let Kind::Impressions { park_max_bytes, .. } = self.ctx.kind else {
+        let Some(park_max_bytes) = self.ctx.rules.park_max_bytes() else {
             return;
         };
         let id = self.ctx.webhook.id.clone();
@@ -537,31 +445,13 @@ impl Worker {
             return;
         }
         // A retry's delay outlives the restart: the key waits out what is left of it.
-        let now = SystemTime::now();
-        let mut later = Vec::new();
-        for (key, q) in &self.queues {
-            if let Some(left) = q
-                .front()
-                .and_then(|f| f.not_before)
-                .and_then(|t| t.duration_since(now).ok())
-            {
-                later.push((*key, left));
-            }
-        }
-        for (key, left) in later {
-            self.ready.retain(|k| *k != key);
-            self.waiting.insert(key);
-            self.delays.insert(key, left);
-        }
+        self.queue.resume_waits(SystemTime::now());
         tracing::info!(endpoint = %id, requests = n, "outbox read back: resuming delivery");
     }
 
     /// Requests waiting out a retry delay go at once (the endpoint is back).
     fn release_waiting(&mut self) {
-        for key in self.waiting.drain() {
-            self.ready.push_back(key);
-        }
-        self.delays.clear();
+        self.queue.release_waiting();
     }
 
     fn log(&mut self, e: LogEntry) {
@@ -586,10 +476,10 @@ impl Worker {
         let m = &self.ctx.metrics;
         m.queue_depth
             .with_label_values(&[id])
-            .set(self.count as i64);
+            .set(self.queue.len() as i64);
         m.queue_bytes
             .with_label_values(&[id])
-            .set(self.bytes as i64);
+            .set(self.queue.bytes() as i64);
         let (state, until, manual) = match self.breaker.state() {
             State::Active => ("active", None, false),
             State::Paused { until, manual, .. } => {
@@ -608,8 +498,8 @@ impl Worker {
             s.state = state;
             s.paused_until = until;
             s.paused_by_operator = manual;
-            s.queue_depth = self.count;
-            s.queue_bytes = self.bytes;
+            s.queue_depth = self.queue.len();
+            s.queue_bytes = self.queue.bytes();
         }
     }
 }
@@ -624,30 +514,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> usize {
     let breaker = Breaker::new(ctx.policy.protection.clone());
-    ctx.metrics.init_endpoint(
-        &ctx.webhook.id,
-        matches!(ctx.kind, Kind::Impressions { .. }),
-    );
+    ctx.metrics
+        .init_endpoint(&ctx.webhook.id, ctx.rules.park_max_bytes().is_some());
     let mut w = Worker {
-        ctx,
         status,
         breaker,
-        queues: HashMap::new(),
-        unsent: BTreeMap::new(),
-        in_flight: HashSet::new(),
-        waiting: HashSet::new(),
-        ready: VecDeque::new(),
-        delays: DelayQueue::new(),
+        queue: Queue::new(Bounds {
+            max_events: ctx.policy.queue_max_events,
+            max_bytes: ctx.policy.queue_max_bytes,
+            memory_bytes: ctx.policy.queue_memory_bytes,
+        }),
+        ctx,
         tasks: JoinSet::new(),
-        count: 0,
-        bytes: 0,
-        seq: 0,
         wake: None,
         parked: VecDeque::new(),
         parked_bytes: 0,
         lost_at_shutdown: 0,
         saved_pause: None,
-        body_bytes: 0,
         disabled: false,
     };
     w.restore();
@@ -660,8 +543,8 @@ pub async fn run(
         let durable = w.ctx.outbox.durable();
         if deadline.is_some()
             && w.tasks.is_empty()
-            && (w.count == 0
-                || w.ready.is_empty()
+            && (w.queue.is_empty()
+                || w.queue.nothing_ready()
                 || (durable && (w.disabled || w.breaker.state() != State::Active)))
         {
             break;
@@ -695,11 +578,7 @@ pub async fn run(
                     w.finish(a, deadline.is_some());
                 }
             }
-            Some(expired) = w.delays.next(), if !w.delays.is_empty() => {
-                let key = expired.into_inner();
-                w.waiting.remove(&key);
-                w.ready.push_front(key);
-            }
+            _ = w.queue.next_due() => {}
             () = sleep_until(w.wake), if w.wake.is_some() && deadline.is_none() => {}
             () = shutdown.cancelled(), if deadline.is_none() => {
                 // Take what is already queued, then stop accepting.
@@ -714,10 +593,7 @@ pub async fn run(
         if deadline.is_some() && !w.ctx.outbox.durable() {
             // Draining with nothing kept on disk: waiting retries go now, once, and a pause no
             // longer holds them back.
-            for key in w.waiting.drain() {
-                w.ready.push_back(key);
-            }
-            w.delays.clear();
+            w.queue.release_waiting();
             w.breaker.resume();
         }
     }
@@ -726,12 +602,11 @@ pub async fn run(
         w.ctx.outbox.clear(w.id());
     } else if w.ctx.outbox.durable() {
         // Everything left is in the outbox and goes out after the next start.
-        let kept = w.count + w.parked.len();
+        let kept = w.queue.len() + w.parked.len();
         if kept > 0 {
             tracing::info!(endpoint = %w.id(), kept, "requests kept in the outbox for the next start");
         }
-        w.count = 0;
-        w.bytes = 0;
+        w.queue.clear();
         w.publish();
         return kept;
     }
@@ -739,7 +614,7 @@ pub async fn run(
     for job in &parked {
         count_dropped(&w.ctx, job, "shutdown");
     }
-    let left = w.count + parked.len() + w.lost_at_shutdown;
+    let left = w.queue.len() + parked.len() + w.lost_at_shutdown;
     if left > 0 {
         let reason = if stopped { "deleted" } else { "shutdown" };
         // Those given up on while draining were counted one by one already.
@@ -750,8 +625,7 @@ pub async fn run(
             .inc_by((left - w.lost_at_shutdown) as u64);
         tracing::warn!(endpoint = %w.id(), undelivered = left, reason, "requests left undelivered");
     }
-    w.count = 0;
-    w.bytes = 0;
+    w.queue.clear();
     w.publish();
     left
 }
@@ -771,193 +645,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// One attempt: sign, POST, classify, and the log entry for it.
-async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: bool) -> Attempt {
-    let w = &ctx.webhook;
-    let at = now_rfc3339();
-    let loaded;
-    let job = if job.body.is_empty() && job.size > 0 {
-        match ctx.outbox.body(&w.id, job.seq) {
-            Ok(Some(body)) => {
-                loaded = Job {
-                    body,
-                    ..job.clone()
-                };
-                &loaded
-            }
-            other => return unreadable(ctx, key, job, attempt, probe, at, other.err()),
-        }
-    } else {
-        job
-    };
-    let ts = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut req = ctx
-        .client
-        .post(ctx.url.clone())
-        .timeout(ctx.policy.timeout)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("x-flaghook-event", job.label)
-        .header("x-flaghook-attempt", attempt.to_string());
-    if let Some(enc) = job.encoding {
-        req = req.header(http::header::CONTENT_ENCODING, enc);
-    }
-    for (k, v) in &w.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    if let Some(secret) = w.secret.expose() {
-        req = req.header(
-            "x-flagr-signature",
-            sign::flagr_signature(secret, &job.body),
-        );
-        let mut secrets = vec![secret];
-        secrets.extend(w.previous_secret.expose());
-        req = req.header(
-            "webhook-signature",
-            sign::standard_signature(&secrets, &job.id, ts, &job.body),
-        );
-    }
-    let started = Instant::now();
-    let result = req.body(job.body.clone()).send().await;
-    let (verdict, status, error, response) = match result {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            // Read (a bounded part of) the answer so the connection can be reused.
-            let excerpt = read_excerpt(resp, ctx.policy.response_excerpt_bytes).await;
-            let verdict = match ctx.kind {
-                // Seed 002: a 200 is the only success; anything else is tried again.
-                Kind::Impressions { .. } if status == 410 => Verdict::Gone,
-                Kind::Impressions { .. } if status != 200 => Verdict::Retry { retry_after: None },
-                Kind::Impressions { .. } => Verdict::Success,
-                Kind::Events => classify(status, retry_after, &w.final_statuses),
-            };
-            let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}"));
-            (verdict, Some(status), error, excerpt)
-        }
-        Err(e) => {
-            let kind = if e.is_timeout() {
-                "timeout"
-            } else if e.is_connect() {
-                "connect error"
-            } else {
-                "request error"
-            };
-            (
-                Verdict::Retry { retry_after: None },
-                None,
-                Some(format!("{kind}: {}", error_chain(&e))),
-                String::new(),
-            )
-        }
-    };
-    let elapsed = started.elapsed();
-    ctx.metrics
-        .delivery_duration
-        .with_label_values(&[&w.id])
-        .observe(elapsed.as_secs_f64());
-    let outcome = match verdict {
-        Verdict::Success => "success",
-        Verdict::Retry { .. } => "error_retryable",
-        Verdict::Final | Verdict::Gone => "error_final",
-    };
-    ctx.metrics.delivery(&w.id, outcome);
-    tracing::debug!(endpoint = %w.id, delivery_id = %job.id, attempt, probe, ?status, ?elapsed, outcome, "delivery attempt");
-    Attempt {
-        key,
-        probe,
-        verdict,
-        entry: LogEntry {
-            status,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            error,
-            response,
-            body: job.body.clone(),
-            ..LogEntry::of(job, at, attempt, probe)
-        },
-    }
-}
-
-impl LogEntry {
-    /// An attempt of `job` with nothing known yet of its outcome.
-    fn of(job: &Job, at: String, attempt: usize, probe: bool) -> Self {
-        LogEntry {
-            at,
-            delivery_id: job.id.clone(),
-            event: job.label,
-            attempt,
-            probe,
-            status: None,
-            latency_ms: 0.0,
-            error: None,
-            response: String::new(),
-            records: job.records,
-            body: Bytes::new(),
-            order_key: job.order_key,
-            encoding: job.encoding,
-        }
-    }
-}
-
-/// The body of a queued request could not be read back. A read error (a failing disk) is tried
-/// again on the schedule; a row that is gone (the file was replaced under flaghook) cannot be
-/// sent at all and is finished as refused. Both are logged.
-fn unreadable(
-    ctx: &EndpointCtx,
-    key: i64,
-    job: &Job,
-    attempt: usize,
-    probe: bool,
-    at: String,
-    error: Option<String>,
-) -> Attempt {
-    let (verdict, error) = match error {
-        Some(e) => (
-            Verdict::Retry { retry_after: None },
-            format!("outbox not readable: {e}"),
-        ),
-        None => (Verdict::Final, "body not found in the outbox".to_string()),
-    };
-    tracing::error!(endpoint = %ctx.webhook.id, delivery_id = %job.id, error, "request's body not read back");
-    Attempt {
-        key,
-        probe,
-        verdict,
-        entry: LogEntry {
-            error: Some(error),
-            ..LogEntry::of(job, at, attempt, probe)
-        },
-    }
-}
-
-async fn read_excerpt(mut resp: reqwest::Response, max: usize) -> String {
-    let mut buf = Vec::new();
-    while buf.len() < max {
-        match tokio::time::timeout(Duration::from_secs(2), resp.chunk()).await {
-            Ok(Ok(Some(c))) => buf.extend_from_slice(&c[..c.len().min(max - buf.len())]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -6,10 +6,13 @@
 //! Never: blocks the caller (`publish` uses `try_send`; a full queue drops and counts), follows a
 //! redirect, or lets one endpoint's trouble delay another.
 
+mod attempt;
 pub mod breaker;
 pub mod endpoint;
 pub mod guard;
 pub mod outbox;
+pub mod policy;
+pub mod queue;
 pub mod retry;
 pub mod sign;
 
@@ -119,8 +122,15 @@ impl Deliveries {
     ) -> Result<Arc<endpoint::EndpointCtx>, DeliveryError> {
         let url = guard::check_url(&w.url, &self.policy)
             .map_err(|e| DeliveryError::Invalid(format!("url: {e}")))?;
+        let rules = match kind {
+            Kind::Events => policy::DeliveryPolicy::change_events(&self.policy, &w),
+            Kind::Impressions {
+                retry_delay,
+                park_max_bytes,
+            } => policy::DeliveryPolicy::impressions(retry_delay, park_max_bytes),
+        };
         Ok(Arc::new(endpoint::EndpointCtx {
-            kind,
+            rules,
             webhook: w,
             url,
             client: self.client.clone(),

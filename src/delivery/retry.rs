@@ -1,4 +1,5 @@
-//! Retry decisions: which answers are final, how long to wait before the next attempt.
+//! Retry timing: how long to wait before the next attempt, and what an answer's `Retry-After`
+//! says. (Which answers are final is the endpoint's [`super::policy::DeliveryPolicy`].)
 //!
 //! In: a status code or transport error, the attempt number, the schedule, a random number.
 //! Out: success, retry after a delay, or give up. Never: does I/O or reads the clock.
@@ -19,18 +20,6 @@ pub enum Verdict {
     /// 410 Gone: the receiver is gone for good; the endpoint is disabled until re-enabled by
     /// hand (Standard Webhooks).
     Gone,
-}
-
-/// 2xx succeeds; 410 disables the endpoint; statuses the webhook lists as final are final;
-/// every other answer is retried on the schedule (a durable queue outlasts a receiver's bad
-/// deploy, whatever it answers meanwhile).
-pub fn classify(status: u16, retry_after: Option<Duration>, final_statuses: &[u16]) -> Verdict {
-    match status {
-        200..=299 => Verdict::Success,
-        410 => Verdict::Gone,
-        s if final_statuses.contains(&s) => Verdict::Final,
-        _ => Verdict::Retry { retry_after },
-    }
 }
 
 /// The delay before attempt `next` (0-based), or `None` when the schedule is used up.
@@ -66,28 +55,6 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_rules() {
-        assert_eq!(classify(200, None, &[]), Verdict::Success);
-        assert_eq!(classify(204, None, &[]), Verdict::Success);
-        for s in [
-            301, 302, 400, 401, 403, 404, 408, 422, 429, 500, 502, 503, 504,
-        ] {
-            assert!(
-                matches!(classify(s, None, &[]), Verdict::Retry { .. }),
-                "{s}"
-            );
-        }
-        assert_eq!(classify(410, None, &[]), Verdict::Gone);
-        assert_eq!(classify(410, None, &[410]), Verdict::Gone);
-        assert_eq!(classify(400, None, &[400, 422]), Verdict::Final);
-        assert_eq!(classify(422, None, &[400, 422]), Verdict::Final);
-        assert!(matches!(
-            classify(404, None, &[400, 422]),
-            Verdict::Retry { .. }
-        ));
-    }
 
     #[test]
     fn schedule_with_jitter_and_retry_after() {

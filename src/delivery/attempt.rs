@@ -1,0 +1,217 @@
+//! One delivery attempt, in three steps: prepare (the body, read back from the outbox when it
+//! is not in memory; signatures; headers), call, classify (by the endpoint's policy). Also the
+//! log entry the attempt leaves.
+//!
+//! In: a job and its endpoint. Out: an [`Attempt`] for the worker.
+//! Never: retries or sleeps (the worker decides what comes next), or logs a secret.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::endpoint::{now_rfc3339, Attempt, EndpointCtx, Job, LogEntry};
+use super::retry::{parse_retry_after, Verdict};
+use super::sign;
+
+/// One attempt: prepare (body, signature, headers), call, classify; with its log entry.
+pub async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: bool) -> Attempt {
+    let w = &ctx.webhook;
+    let at = now_rfc3339();
+    let loaded;
+    let job = if job.body.is_empty() && job.size > 0 {
+        match ctx.outbox.body(&w.id, job.seq) {
+            Ok(Some(body)) => {
+                loaded = Job {
+                    body,
+                    ..job.clone()
+                };
+                &loaded
+            }
+            other => return unreadable(ctx, key, job, attempt, probe, at, other.err()),
+        }
+    } else {
+        job
+    };
+    let started = Instant::now();
+    let (verdict, status, error, response) =
+        classify(ctx, call(prepare(ctx, job, attempt)).await).await;
+    let elapsed = started.elapsed();
+    ctx.metrics
+        .delivery_duration
+        .with_label_values(&[&w.id])
+        .observe(elapsed.as_secs_f64());
+    let outcome = match verdict {
+        Verdict::Success => "success",
+        Verdict::Retry { .. } => "error_retryable",
+        Verdict::Final | Verdict::Gone => "error_final",
+    };
+    ctx.metrics.delivery(&w.id, outcome);
+    tracing::debug!(endpoint = %w.id, delivery_id = %job.id, attempt, probe, ?status, ?elapsed, outcome, "delivery attempt");
+    Attempt {
+        key,
+        probe,
+        verdict,
+        entry: LogEntry {
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            error,
+            response,
+            body: job.body.clone(),
+            ..LogEntry::of(job, at, attempt, probe)
+        },
+    }
+}
+
+/// The signed request for one attempt.
+fn prepare(ctx: &EndpointCtx, job: &Job, attempt: usize) -> reqwest::RequestBuilder {
+    let w = &ctx.webhook;
+    let ts = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut req = ctx
+        .client
+        .post(ctx.url.clone())
+        .timeout(ctx.policy.timeout)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", &job.id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("x-flaghook-event", job.label)
+        .header("x-flaghook-attempt", attempt.to_string());
+    if let Some(enc) = job.encoding {
+        req = req.header(http::header::CONTENT_ENCODING, enc);
+    }
+    for (k, v) in &w.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    if let Some(secret) = w.secret.expose() {
+        req = req.header(
+            "x-flagr-signature",
+            sign::flagr_signature(secret, &job.body),
+        );
+        let mut secrets = vec![secret];
+        secrets.extend(w.previous_secret.expose());
+        req = req.header(
+            "webhook-signature",
+            sign::standard_signature(&secrets, &job.id, ts, &job.body),
+        );
+    }
+    req.body(job.body.clone())
+}
+
+/// Sends the request (the client's timeout bounds it).
+async fn call(req: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+    req.send().await
+}
+
+/// What the answer (or its absence) means by the endpoint's policy: verdict, status, error text
+/// and the first bytes of the answer (read, so the connection can be reused).
+async fn classify(
+    ctx: &EndpointCtx,
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> (Verdict, Option<u16>, Option<String>, String) {
+    match result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let excerpt = read_excerpt(resp, ctx.policy.response_excerpt_bytes).await;
+            let verdict = ctx.rules.judge(status, retry_after);
+            let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}"));
+            (verdict, Some(status), error, excerpt)
+        }
+        Err(e) => {
+            let kind = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connect error"
+            } else {
+                "request error"
+            };
+            (
+                Verdict::Retry { retry_after: None },
+                None,
+                Some(format!("{kind}: {}", error_chain(&e))),
+                String::new(),
+            )
+        }
+    }
+}
+
+impl LogEntry {
+    /// An attempt of `job` with nothing known yet of its outcome.
+    fn of(job: &Job, at: String, attempt: usize, probe: bool) -> Self {
+        LogEntry {
+            at,
+            delivery_id: job.id.clone(),
+            event: job.label,
+            attempt,
+            probe,
+            status: None,
+            latency_ms: 0.0,
+            error: None,
+            response: String::new(),
+            records: job.records,
+            body: Bytes::new(),
+            order_key: job.order_key,
+            encoding: job.encoding,
+        }
+    }
+}
+
+/// The body of a queued request could not be read back. A read error (a failing disk) is tried
+/// again on the schedule; a row that is gone (the file was replaced under flaghook) cannot be
+/// sent at all and is finished as refused. Both are logged.
+fn unreadable(
+    ctx: &EndpointCtx,
+    key: i64,
+    job: &Job,
+    attempt: usize,
+    probe: bool,
+    at: String,
+    error: Option<String>,
+) -> Attempt {
+    let (verdict, error) = match error {
+        Some(e) => (
+            Verdict::Retry { retry_after: None },
+            format!("outbox not readable: {e}"),
+        ),
+        None => (Verdict::Final, "body not found in the outbox".to_string()),
+    };
+    tracing::error!(endpoint = %ctx.webhook.id, delivery_id = %job.id, error, "request's body not read back");
+    Attempt {
+        key,
+        probe,
+        verdict,
+        entry: LogEntry {
+            error: Some(error),
+            ..LogEntry::of(job, at, attempt, probe)
+        },
+    }
+}
+
+async fn read_excerpt(mut resp: reqwest::Response, max: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < max {
+        match tokio::time::timeout(Duration::from_secs(2), resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.extend_from_slice(&c[..c.len().min(max - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
