@@ -279,7 +279,16 @@ impl App {
         let _ = self.admin_task.await;
         let _ = tokio::time::timeout(self.shutdown_deadline, self.derive_task).await;
         // The tap is closed, so the follower sees the last hints, derives them and returns.
-        let _ = tokio::time::timeout(self.shutdown_deadline, self.follower_task).await;
+        let follower = self.follower_task;
+        let abort = follower.abort_handle();
+        if tokio::time::timeout(self.shutdown_deadline, follower)
+            .await
+            .is_err()
+        {
+            // Nothing it derives after this could be delivered; the cursor it did not save
+            // makes the next start derive it again.
+            abort.abort();
+        }
         // The last impression batches go out before delivery starts its deadline.
         self.flusher_stop.cancel();
         if let Some(t) = self.flusher_task {

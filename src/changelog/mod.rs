@@ -86,6 +86,8 @@ pub struct State {
     walked_above: BTreeSet<i64>,
     /// Flags whose newest snapshot waits for its hint: flag → (snapshot, first seen).
     waiting: HashMap<i64, (i64, Instant)>,
+    /// The highest snapshot id walked or stored: a `max_id` below it means a new database.
+    highest: i64,
     last_rescan: Instant,
 }
 
@@ -164,7 +166,14 @@ impl Follower {
         self.legacy.store(false, Ordering::Relaxed);
         self.metrics.upstream_legacy.set(0);
         let mut saved = self.store.changelog()?;
-        if saved.baseline.is_some() && max < saved.seen_max {
+        let highest = saved
+            .cursors
+            .values()
+            .map(|c| c.snapshot)
+            .max()
+            .unwrap_or(0)
+            .max(saved.seen_max);
+        if saved.baseline.is_some() && max < highest {
             tracing::warn!(
                 flagr_max_id = max,
                 cursor = saved.seen_max,
@@ -218,6 +227,7 @@ impl Follower {
             hints: HashMap::new(),
             walked_above: BTreeSet::new(),
             waiting: HashMap::new(),
+            highest: if saved.baseline.is_some() { highest.max(seen_max) } else { seen_max },
             last_rescan: Instant::now(),
         }))
     }
@@ -259,15 +269,34 @@ impl Follower {
         };
         self.metrics.changelog_max_id.set(max);
         let rescan = st.last_rescan.elapsed() >= self.cfg.rescan_interval;
-        if max < st.seen_max {
+        if max < st.seen_max.max(st.highest) {
             tracing::warn!(
                 flagr_max_id = max,
                 cursor = st.seen_max,
                 "Flagr's changelog went backwards (a new or restored database): following from its max_id"
             );
-            st.seen_max = max;
+            // Every cursor belongs to the old database: start over as on a first start.
+            if let Err(e) = self.store.reset_changelog() {
+                self.metrics
+                    .changelog_errors
+                    .with_label_values(&["store"])
+                    .inc();
+                tracing::error!(error = %e, "changelog: cursors not reset");
+            }
+            st.cursors.clear();
             st.walked_above.clear();
-            self.save_seen(st);
+            st.waiting.clear();
+            st.baseline = max;
+            st.seen_max = max;
+            st.highest = max;
+            if let Err(e) = self.store.save_changelog(&[], Some(max), Some(max)) {
+                self.metrics
+                    .changelog_errors
+                    .with_label_values(&["store"])
+                    .inc();
+                tracing::error!(error = %e, "changelog: baseline not saved");
+            }
+            self.metrics.changelog_cursor.set(max);
             return;
         }
         if !rescan && st.waiting.is_empty() {

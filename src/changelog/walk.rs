@@ -147,10 +147,25 @@ impl Follower {
             }
             prev = Some(after.clone());
         }
-        self.deliveries.publish_all(&sets);
         if !deferred {
             st.waiting.remove(&flag);
             if let Some(l) = listed {
+                if l.deleted != deleted {
+                    // The listing shows a delete (or restore) whose snapshot went by as a change
+                    // of nothing (another call's note was paired with it): it is sent now, on
+                    // that snapshot.
+                    let last = snaps.iter().find(|s| s.id == cursor.snapshot);
+                    if let (Some(snap), Some(state)) = (last, prev.as_ref()) {
+                        let m = if l.deleted {
+                            Mutation::DeleteFlag { flag }
+                        } else {
+                            Mutation::RestoreFlag { flag }
+                        };
+                        let drafts = events::derive(&m, Some(&state.flag), &state.flag);
+                        self.count_snapshot("events");
+                        sets.push(self.change_set(flag, snap, Some(state), state, drafts, None));
+                    }
+                }
                 // Only a walk that reached the newest snapshot may record what the listing
                 // showed; otherwise the next poll must walk this flag again.
                 cursor.updated_at = l.updated_at.clone();
@@ -158,18 +173,28 @@ impl Follower {
             }
         }
         cursor.deleted = deleted;
-        if cursor != cur {
+        st.highest = st.highest.max(cursor.snapshot);
+        let moved = cursor != cur;
+        // The events and the cursor that says they were derived go to disk in one transaction.
+        let written = self
+            .deliveries
+            .publish_all(&sets, moved.then_some((flag, &cursor)));
+        if moved {
+            // With an in-memory store the cursor is saved apart. On a disk that refused the
+            // transaction it is not saved at all: a cursor must never be on disk without the
+            // events it stands for (after a restart they are derived again).
+            if !written && !self.store.durable() {
+                if let Err(e) = self.store.save_changelog(&[(flag, &cursor)], None, None) {
+                    self.metrics
+                        .changelog_errors
+                        .with_label_values(&["store"])
+                        .inc();
+                    tracing::error!(flag, error = %e, "changelog: cursor not saved");
+                }
+            }
             // Kept in memory even when the disk refuses it: walking again would send the same
             // events again. The next successful save carries it.
-            let saved = self.store.save_changelog(&[(flag, &cursor)], None, None);
             st.cursors.insert(flag, cursor);
-            if let Err(e) = saved {
-                self.metrics
-                    .changelog_errors
-                    .with_label_values(&["store"])
-                    .inc();
-                tracing::error!(flag, error = %e, "changelog: cursor not saved");
-            }
         }
         Ok(())
     }

@@ -374,7 +374,7 @@ impl Worker {
     }
 
     /// Keeps the pause state in the outbox, so a restart does not hammer a dead receiver.
-    fn save_pause(&self) {
+    fn save_pause(&mut self) {
         if !self.ctx.outbox.durable() {
             return;
         }
@@ -410,6 +410,7 @@ impl Worker {
         };
         if self.saved_pause.as_ref() != Some(&state) {
             self.ctx.outbox.save_pause_state(self.id(), &state);
+            self.saved_pause = Some(state);
         }
     }
 
@@ -422,9 +423,11 @@ impl Worker {
                 self.breaker.pause(Instant::now());
             } else if let Some(until_ms) = p.until_ms {
                 let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until_ms);
+                // Capped: a clock far off must not pause an endpoint for years.
                 let left = until
                     .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_millis(p.cooldown_ms.max(1000)) * 2);
                 self.breaker
                     .restore_pause(Instant::now() + left, Duration::from_millis(p.cooldown_ms));
             }
@@ -602,9 +605,19 @@ pub async fn run(
         w.ctx.outbox.clear(w.id());
     } else if w.ctx.outbox.durable() {
         // Everything left is in the outbox and goes out after the next start.
-        let kept = w.queue.len() + w.parked.len();
+        let volatile = w.queue.not_on_disk();
+        let kept = w.queue.len() + w.parked.len() - volatile;
         if kept > 0 {
             tracing::info!(endpoint = %w.id(), kept, "requests kept in the outbox for the next start");
+        }
+        if volatile > 0 {
+            // Their outbox write had failed (a full disk): they end with the process.
+            w.ctx
+                .metrics
+                .dropped
+                .with_label_values(&[&w.ctx.webhook.id, "shutdown"])
+                .inc_by(volatile as u64);
+            tracing::warn!(endpoint = %w.id(), undelivered = volatile, "requests that never reached the outbox are lost at shutdown");
         }
         w.queue.clear();
         w.publish();

@@ -28,6 +28,7 @@ pub use endpoint::{Control, Job, Kind, LogEntry, SharedStatus, Status};
 use crate::config::{DeliveryConfig, PayloadFormat, WebhookConfig};
 use crate::events::payload::{flagr_body, seed_body, ChangeSet};
 use crate::metrics::Metrics;
+use crate::store::Cursor;
 
 /// Where an endpoint was defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -255,7 +256,7 @@ impl Deliveries {
             .get(id)
             .ok_or_else(|| DeliveryError::NotFound(id.into()))?;
         let mut batch = vec![(ep, job)];
-        match self.enqueue(&mut batch, false) {
+        match self.enqueue_with(&mut batch, false, None).0 {
             0 => Ok(()),
             _ => Err(DeliveryError::Full(id.into())),
         }
@@ -264,24 +265,26 @@ impl Deliveries {
     /// Queues the change set for every webhook that wants any of its events: on disk first
     /// (one transaction for the whole set), then in each endpoint's queue.
     pub fn publish(&self, set: &ChangeSet) {
-        self.publish_all(std::slice::from_ref(set));
+        self.publish_all(std::slice::from_ref(set), None);
     }
 
-    /// Queues several change sets, in order, with one outbox transaction for all of them (a
-    /// walk over many changes of a flag pays for one disk flush, not one per change).
-    pub fn publish_all(&self, sets: &[ChangeSet]) {
+    /// Queues several change sets, in order, with one outbox transaction for all of them and
+    /// for `cursor`, the changelog's note that they were derived (a walk over many changes of a
+    /// flag pays for one disk flush). Returns whether that transaction was written (false with
+    /// an in-memory store, or when the disk refused it: the caller saves the cursor itself).
+    pub fn publish_all(&self, sets: &[ChangeSet], cursor: Option<(i64, &Cursor)>) -> bool {
         let mut batch = Vec::new();
         for set in sets {
             self.jobs_for(set, |_| true, &mut batch);
         }
-        self.enqueue(&mut batch, true);
+        self.enqueue_with(&mut batch, true, cursor).1
     }
 
     /// Queues the change set for one endpoint only (a backfill), within its filters.
     pub fn publish_to(&self, id: &str, set: &ChangeSet) {
         let mut batch = Vec::new();
         self.jobs_for(set, |ep| ep.webhook.id == id, &mut batch);
-        self.enqueue(&mut batch, true);
+        self.enqueue_with(&mut batch, true, None);
     }
 
     /// The requests a change set makes for the endpoints `pick` chooses and whose filters want it.
@@ -347,11 +350,17 @@ impl Deliveries {
         }
     }
 
-    /// Writes the jobs to the outbox, then queues each; returns how many could not be queued
-    /// (their rows are removed again; counted here when `count` is set, else by the caller).
-    fn enqueue(&self, batch: &mut [(Arc<Endpoint>, Job)], count: bool) -> usize {
-        if batch.is_empty() {
-            return 0;
+    /// Writes the jobs (and `cursor`) to the outbox, then queues each; returns how many could
+    /// not be queued (their rows are removed again; counted here when `count` is set, else by
+    /// the caller) and whether the write went to disk.
+    fn enqueue_with(
+        &self,
+        batch: &mut [(Arc<Endpoint>, Job)],
+        count: bool,
+        cursor: Option<(i64, &Cursor)>,
+    ) -> (usize, bool) {
+        if batch.is_empty() && cursor.is_none() {
+            return (0, false);
         }
         for (_, job) in batch.iter_mut() {
             job.seq = self.outbox.next_seq();
@@ -361,7 +370,8 @@ impl Deliveries {
             .iter()
             .map(|(ep, job)| (ep.webhook.id.as_str(), job))
             .collect();
-        if self.outbox.insert(&rows) {
+        let written = self.outbox.insert(&rows, cursor);
+        if written {
             // On disk now: a worker with a long queue may let go of the body.
             for (_, job) in batch.iter_mut() {
                 job.on_disk = true;
@@ -371,7 +381,11 @@ impl Deliveries {
         for (ep, job) in batch.iter() {
             if let Err(e) = ep.tx.try_send(job.clone()) {
                 failed += 1;
-                self.outbox.remove(&ep.webhook.id, &[job.seq]);
+                // A worker that stopped (shutting down) leaves the row for the next start.
+                let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                if !(closed && written) {
+                    self.outbox.remove(&ep.webhook.id, &[job.seq]);
+                }
                 if !count {
                     continue;
                 }
@@ -386,7 +400,7 @@ impl Deliveries {
                 tracing::warn!(endpoint = %ep.webhook.id, reason, "request not queued");
             }
         }
-        failed
+        (failed, written)
     }
 
     /// Stops every worker (they deliver within the shutdown deadline) and returns how many

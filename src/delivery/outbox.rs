@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::endpoint::Job;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Cursor, Store};
 
 /// The store when it is durable; with an in-memory store the outbox does nothing (the queues in
 /// memory are all there is).
@@ -92,9 +92,10 @@ impl Outbox {
         r.is_ok()
     }
 
-    /// Writes new jobs, all in one transaction, before they are queued; true when they are on
-    /// disk (their bodies need not stay in memory).
-    pub fn insert(&self, rows: &[(&str, &Job)]) -> bool {
+    /// Writes new jobs, and the changelog cursor that derived them, in one transaction before
+    /// the jobs are queued; true when they are on disk (their bodies need not stay in memory,
+    /// and the cursor is saved).
+    pub fn insert(&self, rows: &[(&str, &Job)], cursor: Option<(i64, &Cursor)>) -> bool {
         let Some(store) = &self.store else {
             return false;
         };
@@ -106,7 +107,7 @@ impl Outbox {
             .iter()
             .map(|(e, s, r)| (*e, *s, r.as_slice()))
             .collect();
-        self.result("insert", store.outbox_insert(&refs))
+        self.result("insert", store.outbox_insert(&refs, cursor))
     }
 
     /// A queued request's body, read back for an attempt: `Ok(None)` when its row is gone,

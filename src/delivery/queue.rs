@@ -15,6 +15,9 @@ use tokio_util::time::DelayQueue;
 
 use super::endpoint::Job;
 
+/// The longest a retry delay read back from the outbox is honoured.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// A queued job and how often it was tried.
 #[derive(Debug)]
 pub struct Queued {
@@ -234,6 +237,8 @@ impl Queue {
             })
             .collect();
         for (key, left) in later {
+            // Capped: a clock far off must not hold a request for years (or overflow the timer).
+            let left = left.min(MAX_WAIT);
             self.ready.retain(|k| *k != key);
             self.waiting.insert(key);
             self.delays.insert(key, left);
@@ -253,6 +258,15 @@ impl Queue {
                 return key;
             }
         }
+    }
+
+    /// Queued jobs whose outbox write failed (they live only in memory).
+    pub fn not_on_disk(&self) -> usize {
+        self.queues
+            .values()
+            .flatten()
+            .filter(|q| !q.job.on_disk)
+            .count()
     }
 
     /// Empties the queue (the worker is done with it).

@@ -229,15 +229,28 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Adds queued requests, on disk before this returns (they must survive a crash).
-    pub fn outbox_insert(&self, rows: &[(&str, u64, &[u8])]) -> Result<(), StoreError> {
-        if rows.is_empty() {
+    /// Adds queued requests and, in the same transaction, the cursor that says their change was
+    /// derived: on disk before this returns (both survive a crash, or neither does).
+    pub fn outbox_insert(
+        &self,
+        rows: &[(&str, u64, &[u8])],
+        cursor: Option<(i64, &Cursor)>,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() && cursor.is_none() {
             return Ok(());
         }
+        let cursor_json = match cursor {
+            Some((flag, c)) => Some((flag, serde_json::to_string(c).map_err(err)?)),
+            None => None,
+        };
         self.write(false, |tx| {
             let mut t = tx.open_table(OUTBOX).map_err(err)?;
             for (endpoint, seq, row) in rows {
                 t.insert((*endpoint, *seq), *row).map_err(err)?;
+            }
+            if let Some((flag, json)) = &cursor_json {
+                let mut c = tx.open_table(CURSORS).map_err(err)?;
+                c.insert(*flag, json.as_str()).map_err(err)?;
             }
             Ok(())
         })
@@ -403,8 +416,15 @@ mod tests {
         {
             let s = Store::open(path, 1 << 20).unwrap();
             let (a, b, c) = (s.next_seq(), s.next_seq(), s.next_seq());
-            s.outbox_insert(&[("x", a, b"h1\n1"), ("y", b, b"h2\n2"), ("x", c, b"h3\n3")])
-                .unwrap();
+            let cur = Cursor {
+                snapshot: 42,
+                ..Default::default()
+            };
+            s.outbox_insert(
+                &[("x", a, b"h1\n1"), ("y", b, b"h2\n2"), ("x", c, b"h3\n3")],
+                Some((7, &cur)),
+            )
+            .unwrap();
             s.outbox_update_header("x", c, b"h3'").unwrap();
             s.outbox_remove("y", &[b]).unwrap();
             s.put_endpoint_state("x", "paused").unwrap();
@@ -425,6 +445,11 @@ mod tests {
         // New rows sort after the old ones.
         assert!(s.next_seq() > rows[1].0);
         assert_eq!(s.endpoint_state("x").unwrap().as_deref(), Some("paused"));
+        assert_eq!(
+            s.changelog().unwrap().cursors[&7].snapshot,
+            42,
+            "one transaction"
+        );
         s.outbox_clear("x").unwrap();
         assert!(load("x").is_empty());
         assert!(s.endpoint_state("x").unwrap().is_none());

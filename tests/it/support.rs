@@ -142,6 +142,22 @@ impl Flagr {
         self.child = cmd.spawn().expect("flagr restarts");
     }
 
+    /// Starts it again on the same port with a new, empty database (a restored or replaced
+    /// database, as far as clients can tell).
+    pub async fn restart_empty(&mut self) {
+        self.kill();
+        self._dir = tempfile::tempdir().expect("tempdir");
+        self.restart();
+        let health = format!("{}/api/v1/health", self.url());
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                matches!(client().get(&health).send().await, Ok(r) if r.status() == 200)
+            })
+            .await,
+            "flagr did not come back"
+        );
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -383,3 +383,38 @@ async fn a_full_disk_keeps_the_proxy_serving_and_says_why() {
     assert_eq!(got.len(), want.len());
     fh.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_flagr_database_is_followed_from_its_own_start() {
+    let mut f = flagr(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(&f.url(), &format!("{PATIENT}{}", webhook("w", &r, ""))).await;
+    let api = fh.api();
+    calls(
+        &api,
+        &[
+            ("POST", "/flags", json!({"description": "a", "key": "one"})),
+            ("PUT", "/flags/1", json!({"description": "b"})),
+            ("PUT", "/flags/1", json!({"description": "c"})),
+        ],
+    )
+    .await;
+    r.wait_for(3).await;
+    // Flagr comes back on an empty database: its snapshot ids start again below the cursor.
+    f.restart_empty().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    calls(
+        &api,
+        &[(
+            "POST",
+            "/flags",
+            json!({"description": "x", "key": "fresh"}),
+        )],
+    )
+    .await;
+    let ok = wait_until(Duration::from_secs(10), || async { r.hits().len() >= 4 }).await;
+    assert!(ok, "{}", fh.log());
+    let hits = r.hits();
+    assert_eq!(hits[3].json()["event"], "flag.created");
+    assert_eq!(hits[3].json()["flag_key"], "fresh");
+}
