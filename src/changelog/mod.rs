@@ -227,7 +227,11 @@ impl Follower {
             hints: HashMap::new(),
             walked_above: BTreeSet::new(),
             waiting: HashMap::new(),
-            highest: if saved.baseline.is_some() { highest.max(seen_max) } else { seen_max },
+            highest: if saved.baseline.is_some() {
+                highest.max(seen_max)
+            } else {
+                seen_max
+            },
             last_rescan: Instant::now(),
         }))
     }
