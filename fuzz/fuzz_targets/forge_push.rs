@@ -18,7 +18,13 @@ fuzz_target!(|data: &[u8]| {
         let mut h = http::HeaderMap::new();
         h.insert(ev, http::HeaderValue::from_static(evv));
         if let Ok(v) = http::HeaderValue::from_str(&sig) {
-            for name in ["x-hub-signature-256", "x-gitlab-token", "x-gitea-signature", "x-forgejo-signature", "x-flaghook-signature"] {
+            for name in [
+                "x-hub-signature-256",
+                "x-gitlab-token",
+                "x-gitea-signature",
+                "x-forgejo-signature",
+                "x-flaghook-signature",
+            ] {
                 h.insert(name, v.clone());
             }
         }

@@ -8,11 +8,20 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let gzip = http::HeaderValue::from_static("gzip");
-    let _ = json_of(&Captured::Complete(bytes::Bytes::copy_from_slice(data)), Some(&gzip), 1 << 16);
+    let _ = json_of(
+        &Captured::Complete(bytes::Bytes::copy_from_slice(data)),
+        Some(&gzip),
+        1 << 16,
+    );
     let _ = sdk_from_user_agent(std::str::from_utf8(data).ok());
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let ctx = Context::default();
-    for r in from_evaluation(&v, &ctx).iter().chain(from_exposures(&v, &v, &ctx).iter()) {
+    for r in from_evaluation(&v, &ctx)
+        .iter()
+        .chain(from_exposures(&v, &v, &ctx).iter())
+    {
         serde_json::to_vec(r).unwrap();
     }
 });

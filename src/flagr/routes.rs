@@ -169,10 +169,7 @@ impl RouteTable {
         // Flagr's router cleans the path and unescapes it before matching, so `//flags/1/enabled/`
         // and `%31` reach the same handler: match what Flagr matches. Clean paths (nearly all)
         // are matched without allocating.
-        if needs_cleaning(path) {
-            return self.classify_clean(method, &clean_path(path));
-        }
-        self.classify_clean(method, path)
+        self.classify_clean(method, &cleaned(path))
     }
 
     fn classify_clean(&self, method: &Method, path: &str) -> Route {
@@ -278,6 +275,15 @@ impl RouteTable {
             },
             _ => Route::Passthrough,
         }
+    }
+}
+
+/// The path as Flagr's router matches it (borrowed when it is already clean).
+pub fn cleaned(path: &str) -> std::borrow::Cow<'_, str> {
+    if needs_cleaning(path) {
+        std::borrow::Cow::Owned(clean_path(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
     }
 }
 
