@@ -1,5 +1,8 @@
 //! Backfill: Flagr's snapshot history re-derived for one endpoint (a new audit sink that wants
 //! the past), with the same event ids as when the changes happened.
+//!
+//! In: an endpoint id and where to start. Out: change sets queued for that endpoint alone.
+//! Never: touches the follower's cursors or another endpoint's queue.
 
 use serde::Serialize;
 

@@ -1,5 +1,9 @@
 //! One flag's walk: its snapshots after its cursor, in id order, each consecutive pair turned
 //! into events, hints paired with the snapshots they wrote.
+//!
+//! In: the flag, its cursor, its waiting hints, what the flag lists last showed of it.
+//! Out: its change sets and its advanced cursor, to the outbox in one transaction.
+//! Never: moves the cursor past a snapshot it did not derive or count.
 
 use std::sync::Arc;
 
