@@ -50,9 +50,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/hooks/git/{forge}", axum::routing::post(git_push))
         .nest("/api", api::router(state.clone()))
         // Push bodies and API bodies are small; a bound keeps a bad client from filling memory.
+        // One limit, the configured one: axum's own 2 MB default would cut bodies below it.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             state.max_body_bytes,
         ))
+        .layer(axum::extract::DefaultBodyLimit::disable())
         // A 503 from /readyz is an answer, not a failure of the admin listener: logged at debug.
         .layer(
             tower_http::trace::TraceLayer::new_for_http().on_failure(

@@ -578,16 +578,10 @@ impl Config {
         let mut repo_ids = std::collections::HashSet::new();
         for (i, r) in self.git_repositories.iter_mut().enumerate() {
             let key = |k: &str| format!("git_repositories[{i}].{k}");
-            if r.id.is_empty()
-                || !r
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                || !repo_ids.insert(r.id.clone())
-            {
+            if !valid_id(&r.id) || !repo_ids.insert(r.id.clone()) {
                 return Err(ConfigError::invalid(
                     key("id"),
-                    "must be unique, of letters, digits, '-', '_' or '.'",
+                    format!("must be unique; {ID_RULE}"),
                 ));
             }
             if r.url.trim().is_empty() {
@@ -644,6 +638,22 @@ mod durations {
             .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
             .collect()
     }
+}
+
+/// What an id (webhook, repository) may be, in words.
+pub const ID_RULE: &str =
+    "1..64 characters of letters, digits, '-', '_' or '.', and not '.' or '..'";
+
+/// Ids name files, metric labels and URL segments: a safe alphabet, and never `.` or `..`
+/// (a repository id `..` would put its cache in the workdir's parent).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn positive(key: &str, v: usize) -> Result<(), ConfigError> {

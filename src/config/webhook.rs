@@ -83,17 +83,8 @@ impl WebhookConfig {
         delivery: &DeliveryConfig,
     ) -> Result<(), ConfigError> {
         let key = |k: &str| format!("webhooks[{i}].{k}");
-        if self.id.is_empty()
-            || !self
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || self.id.len() > 64
-        {
-            return Err(ConfigError::invalid(
-                key("id"),
-                "must be 1..64 characters of letters, digits, '-', '_' or '.'",
-            ));
+        if !super::valid_id(&self.id) {
+            return Err(ConfigError::invalid(key("id"), super::ID_RULE));
         }
         crate::delivery::guard::check_url(&self.url, delivery)
             .map_err(|e| ConfigError::invalid(key("url"), e.to_string()))?;

@@ -19,7 +19,18 @@ pub enum GuardError {
 /// Why an address is refused: (kind, config switch), or `None` when it is public.
 pub fn classify(ip: IpAddr) -> Option<(&'static str, &'static str)> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        // IPv4-mapped (::ffff:a.b.c.d) and the deprecated IPv4-compatible (::a.b.c.d) forms
+        // reach the IPv4 address: judge that.
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .or_else(|| {
+                let s = v6.segments();
+                (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
+                    .then(|| v6.to_ipv4())
+                    .flatten()
+            })
+            .map(IpAddr::V4)
+            .unwrap_or(ip),
         v4 => v4,
     };
     match ip {
@@ -33,6 +44,14 @@ pub fn classify(ip: IpAddr) -> Option<(&'static str, &'static str)> {
                 || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
             {
                 Some(("private", "private"))
+            } else if v4.octets()[0] == 0
+                || v4.octets()[..3] == [192, 0, 0]
+                || v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18
+                || v4.octets()[0] >= 240
+            {
+                // "This network", IETF protocol assignments, benchmarking, reserved (and
+                // broadcast): nothing a webhook should reach.
+                Some(("reserved", "private"))
             } else {
                 None
             }
@@ -45,6 +64,12 @@ pub fn classify(ip: IpAddr) -> Option<(&'static str, &'static str)> {
                 Some(("private", "private"))
             } else if (s[0] & 0xffc0) == 0xfe80 {
                 Some(("link-local or metadata", "private"))
+            } else if (s[0] & 0xffc0) == 0xfec0 {
+                // Site-local (deprecated, still routed inward on some networks).
+                Some(("private", "private"))
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                // NAT64: reaches whatever IPv4 address it embeds.
+                Some(("NAT64", "private"))
             } else {
                 None
             }
@@ -161,6 +186,36 @@ mod tests {
         assert!(check_url("http://8.8.8.8/", &cfg).is_ok());
         assert!(check_url("ftp://example.com/", &cfg).is_err());
         assert!(check_url("not a url", &cfg).is_err());
+    }
+
+    #[test]
+    fn reserved_and_translated_ranges_are_refused() {
+        for ip in [
+            "0.1.2.3",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.254",
+            "240.0.0.1",
+            "255.255.255.255",
+            "64:ff9b::a9fe:a9fe",
+            "fec0::1",
+            "::7f00:1",
+            "::a9fe:a9fe",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(classify(ip).is_some(), "{ip} must be refused");
+        }
+        // Neighbours that are public stay allowed.
+        for ip in [
+            "198.20.0.1",
+            "192.0.1.1",
+            "1.1.1.1",
+            "2001:db8::1",
+            "64:ff9c::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(classify(ip).is_none(), "{ip} is public");
+        }
     }
 
     #[test]

@@ -166,3 +166,70 @@ fn bad_config_exits_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream_timeout"));
 }
+
+#[test]
+fn ids_dot_and_dot_dot_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ids.toml");
+    for (cfg, key) in [
+        (
+            "[[webhooks]]\nid = \"..\"\nurl = \"https://hooks.example.com/a\"\n",
+            "webhooks[0].id",
+        ),
+        (
+            "[[git_repositories]]\nid = \"..\"\nurl = \"file:///tmp/flags.git\"\n",
+            "git_repositories[0].id",
+        ),
+        (
+            "[[webhooks]]\nid = \".\"\nurl = \"https://hooks.example.com/a\"\n",
+            "webhooks[0].id",
+        ),
+    ] {
+        std::fs::write(&p, cfg).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+            .args(["check-config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{cfg}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{cfg}");
+    }
+    std::fs::write(
+        &p,
+        "[[webhooks]]\nid = \"a.b\"\nurl = \"https://hooks.example.com/a\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .args(["check-config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a dot inside an id is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bodies_up_to_the_configured_limit_are_taken() {
+    // One limit: admin.max_body_bytes (4 MiB by default), not axum's 2 MB.
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let fh = Flaghook::start(&upstream, "[admin]\ntoken = \"t\"\n").await;
+    let big = "d".repeat(3 << 20);
+    let send = |body: serde_json::Value| {
+        client()
+            .post(format!("{}/api/webhooks", fh.admin))
+            .bearer_auth("t")
+            .json(&body)
+            .send()
+    };
+    let r = send(
+        serde_json::json!({"id": "big", "url": "https://hooks.example.com/a", "description": big}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let too_big = "d".repeat(5 << 20);
+    // Refused: 413, or the connection closed while the body was still being sent.
+    match send(serde_json::json!({"id": "bigger", "url": "https://hooks.example.com/a", "description": too_big})).await {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+}
