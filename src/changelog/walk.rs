@@ -17,7 +17,7 @@ use crate::events::{self, Draft};
 use crate::flagr::{FlagState, ListedFlag, Mutation, Snapshot};
 
 /// Most snapshots read per request while walking back to the cursor (pages start smaller and
-/// double: each snapshot carries the whole flag).
+/// grow fourfold: each snapshot carries the whole flag).
 const PAGE: usize = 100;
 /// A walk reads at most this many snapshots of one flag; older ones are counted as passed over.
 const MAX_WALK: usize = 10_000;
