@@ -263,11 +263,7 @@ impl Follower {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
-                self.metrics
-                    .changelog_errors
-                    .with_label_values(&["flagr"])
-                    .inc();
-                tracing::debug!(error = %e, "changelog: max_id not readable");
+                self.failed("flagr", "max_id not readable", &e);
                 return;
             }
         };
@@ -279,28 +275,20 @@ impl Follower {
                 cursor = st.seen_max,
                 "Flagr's changelog went backwards (a new or restored database): following from its max_id"
             );
-            // Every cursor belongs to the old database: start over as on a first start.
+            // Every cursor belongs to the old database: start over as on a first start, keeping
+            // the hints that are waiting (their changes are in the new database).
             if let Err(e) = self.store.reset_changelog() {
-                self.metrics
-                    .changelog_errors
-                    .with_label_values(&["store"])
-                    .inc();
-                tracing::error!(error = %e, "changelog: cursors not reset");
+                self.failed("store", "cursors not reset", &e);
             }
-            st.cursors.clear();
-            st.walked_above.clear();
-            st.waiting.clear();
-            st.baseline = max;
-            st.seen_max = max;
-            st.highest = max;
-            if let Err(e) = self.store.save_changelog(&[], Some(max), Some(max)) {
-                self.metrics
-                    .changelog_errors
-                    .with_label_values(&["store"])
-                    .inc();
-                tracing::error!(error = %e, "changelog: baseline not saved");
+            match self.init().await {
+                Ok(Some(fresh)) => {
+                    let hints = std::mem::take(&mut st.hints);
+                    *st = fresh;
+                    st.hints = hints;
+                }
+                Ok(None) => {}
+                Err(e) => self.failed("flagr", "no new starting point yet", &e),
             }
-            self.metrics.changelog_cursor.set(max);
             return;
         }
         if !rescan && st.waiting.is_empty() {
@@ -320,11 +308,7 @@ impl Follower {
         let listed = match self.list_all().await {
             Ok(l) => l,
             Err(e) => {
-                self.metrics
-                    .changelog_errors
-                    .with_label_values(&["flagr"])
-                    .inc();
-                tracing::warn!(error = %e, "changelog: flag list not readable");
+                self.failed("flagr", "flag list not readable", &e);
                 return;
             }
         };
@@ -345,13 +329,18 @@ impl Follower {
         self.metrics.changelog_cursor.set(st.seen_max);
     }
 
+    /// Counts a failure by stage (`flagr`, `store`) and logs it; the follower tries again.
+    fn failed(&self, stage: &str, what: &str, e: &dyn std::fmt::Display) {
+        self.metrics
+            .changelog_errors
+            .with_label_values(&[stage])
+            .inc();
+        tracing::warn!(stage, error = %e, "changelog: {what}");
+    }
+
     fn save_seen(&self, st: &State) {
         if let Err(e) = self.store.save_changelog(&[], None, Some(st.seen_max)) {
-            self.metrics
-                .changelog_errors
-                .with_label_values(&["store"])
-                .inc();
-            tracing::error!(error = %e, "changelog: cursor not saved");
+            self.failed("store", "cursor not saved", &e);
         }
     }
 
@@ -361,11 +350,7 @@ impl Follower {
                 FollowError::Flagr(_) => "flagr",
                 FollowError::Store(_) => "store",
             };
-            self.metrics
-                .changelog_errors
-                .with_label_values(&[stage])
-                .inc();
-            tracing::warn!(flag, error = %e, "changelog: flag not followed this time; will try again");
+            self.failed(stage, &format!("flag {flag} not followed this time"), &e);
             // Walked again at the next poll.
             st.waiting.entry(flag).or_insert((0, Instant::now()));
         }

@@ -189,11 +189,7 @@ impl Follower {
             // events it stands for (after a restart they are derived again).
             if !written && !self.store.durable() {
                 if let Err(e) = self.store.save_changelog(&[(flag, &cursor)], None, None) {
-                    self.metrics
-                        .changelog_errors
-                        .with_label_values(&["store"])
-                        .inc();
-                    tracing::error!(flag, error = %e, "changelog: cursor not saved");
+                    self.failed("store", &format!("cursor of flag {flag} not saved"), &e);
                 }
             }
             // Kept in memory even when the disk refuses it: walking again would send the same

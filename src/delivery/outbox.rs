@@ -66,14 +66,6 @@ impl Outbox {
         }
     }
 
-    /// An outbox that keeps nothing (tests of the worker, in-memory stores).
-    pub fn none(metrics: Arc<Metrics>) -> Self {
-        Self {
-            store: None,
-            metrics,
-        }
-    }
-
     pub fn durable(&self) -> bool {
         self.store.is_some()
     }

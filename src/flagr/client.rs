@@ -124,15 +124,6 @@ impl FlagrClient {
         }
     }
 
-    /// The newest `limit` snapshots of a flag, newest first (sorted here, whatever Flagr's order).
-    pub async fn snapshots(&self, flag: i64, limit: usize) -> Result<Vec<Snapshot>, FlagrError> {
-        let mut v: Vec<Snapshot> = self
-            .get_json(&format!("/flags/{flag}/snapshots?limit={limit}&sort=DESC"))
-            .await?;
-        v.sort_by_key(|s| std::cmp::Reverse(s.id));
-        Ok(v)
-    }
-
     /// One page of a flag's snapshots, newest first (sorted here, whatever Flagr's order).
     pub async fn snapshots_page(
         &self,
@@ -160,19 +151,6 @@ impl FlagrClient {
         for f in &mut v {
             f.deleted = deleted;
         }
-        Ok(v)
-    }
-
-    /// The oldest `limit` snapshots of a flag, oldest first.
-    pub async fn snapshots_oldest(
-        &self,
-        flag: i64,
-        limit: usize,
-    ) -> Result<Vec<Snapshot>, FlagrError> {
-        let mut v: Vec<Snapshot> = self
-            .get_json(&format!("/flags/{flag}/snapshots?limit={limit}&sort=ASC"))
-            .await?;
-        v.sort_by_key(|s| s.id);
         Ok(v)
     }
 
