@@ -201,11 +201,6 @@ impl App {
             cfg.proxy.shutdown_grace,
         ));
         let gitsync = (!cfg.git_repositories.is_empty()).then(|| {
-            let workdir = if cfg.gitsync.workdir.is_empty() {
-                std::env::temp_dir().join("flaghook-git")
-            } else {
-                std::path::PathBuf::from(&cfg.gitsync.workdir)
-            };
             let host = match proxy_addr.ip() {
                 ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
                 ip if ip.is_unspecified() => "127.0.0.1".to_string(),
@@ -222,8 +217,7 @@ impl App {
             });
             Arc::new(gitsync::GitSync::start(
                 &cfg.git_repositories,
-                &workdir,
-                cfg.gitsync.git_timeout,
+                &cfg.gitsync,
                 flagr.clone(),
                 applier,
                 metrics.clone(),

@@ -52,6 +52,8 @@ pub struct GitSyncConfig {
     /// Longest a single git command may take.
     #[serde(with = "humantime_serde")]
     pub git_timeout: Duration,
+    /// Largest flag file read from git; a commit with a larger one is refused, not read.
+    pub max_file_bytes: u64,
 }
 
 impl Default for GitSyncConfig {
@@ -59,6 +61,7 @@ impl Default for GitSyncConfig {
         Self {
             workdir: String::new(),
             git_timeout: Duration::from_secs(60),
+            max_file_bytes: 8 << 20,
         }
     }
 }
@@ -521,6 +524,10 @@ impl Config {
         positive("delivery.max_in_flight", self.delivery.max_in_flight)?;
         positive("delivery.log_size", self.delivery.log_size)?;
         positive("admin.max_body_bytes", self.admin.max_body_bytes)?;
+        positive(
+            "gitsync.max_file_bytes",
+            self.gitsync.max_file_bytes as usize,
+        )?;
         let pr = &self.delivery.protection;
         positive(
             "delivery.protection.consecutive_failures",

@@ -2,7 +2,7 @@
 //! signature checks only.
 //!
 //! In: the forge name, request headers and the raw body. Out: a [`Push`] (repository URLs,
-//! branch, before, after, changed files when listed, delivery id) or why it was refused.
+//! branch, before, after, delivery id) or why it was refused.
 //! Never: compares a secret or signature in anything but constant time.
 
 use http::HeaderMap;
@@ -51,8 +51,6 @@ pub struct Push {
     pub branch: String,
     pub before: String,
     pub after: String,
-    /// Files the push says it touched; `None` when the payload does not list them all.
-    pub files: Option<Vec<String>>,
     /// The forge's delivery id, for de-duplication.
     pub delivery: String,
 }
@@ -123,28 +121,6 @@ pub fn parse(forge: Forge, headers: &HeaderMap, body: &[u8]) -> Result<Push, Pus
     if repo_urls.is_empty() {
         return Err(PushError::Malformed("no repository in the payload".into()));
     }
-    // The payload lists files only when it lists every commit.
-    let commits = v.get("commits").and_then(Value::as_array);
-    let total = v
-        .get("total_commits")
-        .or_else(|| v.get("total_commits_count"))
-        .and_then(Value::as_u64);
-    let files = commits.and_then(|cs| {
-        let complete = match (forge, total) {
-            (_, Some(t)) => t as usize == cs.len(),
-            // GitHub sends at most 20 commits and no total: 20 may be truncated.
-            (Forge::GitHub, None) => cs.len() < 20,
-            (_, None) => true,
-        };
-        let mut files = Vec::new();
-        for c in cs {
-            for k in ["added", "modified", "removed"] {
-                let list = c.get(k).and_then(Value::as_array)?;
-                files.extend(list.iter().filter_map(|f| f.as_str().map(str::to_string)));
-            }
-        }
-        (complete && !cs.is_empty()).then_some(files)
-    });
     let delivery = [
         "x-github-delivery",
         "x-gitlab-event-uuid",
@@ -162,7 +138,6 @@ pub fn parse(forge: Forge, headers: &HeaderMap, body: &[u8]) -> Result<Push, Pus
         branch: r#ref.strip_prefix("refs/heads/").unwrap_or("").to_string(),
         before,
         after,
-        files,
         delivery,
     })
 }
@@ -267,10 +242,6 @@ mod tests {
             ),
             ("main", "aaa", "bbb", "d-1")
         );
-        assert_eq!(
-            p.files,
-            Some(vec!["flags/a.json".to_string(), "README.md".to_string()])
-        );
         assert!(same_repo(&p.repo_urls[0], "https://GitHub.com/o/r/"));
         assert_eq!(verify(Forge::GitHub, Some("s"), &hd, GH.as_bytes()), Ok(()));
         assert_eq!(
@@ -294,7 +265,7 @@ mod tests {
             "project": {"git_http_url": "https://gitlab.example.com/o/r.git"}, "commits": [{"added": [], "modified": ["x"], "removed": []}]}"#;
         let hd = h(&[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "tok")]);
         let p = parse(Forge::GitLab, &hd, gl.as_bytes()).unwrap();
-        assert_eq!(p.files, None, "one of two commits listed: files unknown");
+        assert_eq!(p.after, "b");
         assert_eq!(
             verify(Forge::GitLab, Some("tok"), &hd, gl.as_bytes()),
             Ok(())

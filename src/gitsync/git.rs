@@ -92,13 +92,17 @@ impl Repo {
         self.rev(commit).await.is_ok()
     }
 
-    /// The `*.json` files under `folder` at `commit`, with their contents.
+    /// The `*.json` files under `folder` at `commit`: their contents, or their size when it
+    /// is above `max_bytes` (read by name, never whole, so a huge file cannot fill memory).
     pub async fn files(
         &self,
         commit: &str,
         folder: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>, GitError> {
-        let mut args = vec!["ls-tree", "-r", "--name-only", commit];
+        max_bytes: u64,
+    ) -> Result<Vec<(String, FileContent)>, GitError> {
+        // `-z`: names come back as they are, not C-quoted (non-ASCII names stay readable);
+        // `-l`: each blob's size, checked before it is read.
+        let mut args = vec!["ls-tree", "-r", "-z", "-l", commit];
         let folder = folder.trim_matches('/');
         if !folder.is_empty() {
             args.push("--");
@@ -106,15 +110,85 @@ impl Repo {
         }
         let list = self.git(&args).await?;
         let mut out = Vec::new();
-        for path in String::from_utf8_lossy(&list).lines() {
-            if !path.ends_with(".json") {
+        for entry in parse_ls_tree(&list) {
+            if !entry.path.ends_with(".json") || entry.kind != "blob" {
                 continue;
             }
-            let content = self.git(&["show", &format!("{commit}:{path}")]).await?;
-            out.push((path.to_string(), content));
+            let content = if entry.size > max_bytes {
+                FileContent::TooLarge(entry.size)
+            } else {
+                FileContent::Bytes(self.git(&["cat-file", "blob", &entry.object]).await?)
+            };
+            out.push((entry.path, content));
         }
         Ok(out)
     }
+
+    /// The `*.json` files under `folder` that differ between two commits, from git's own
+    /// trees (a push payload's file lists can miss what a force push dropped).
+    pub async fn changed_files(
+        &self,
+        from: &str,
+        to: &str,
+        folder: &str,
+    ) -> Result<Vec<String>, GitError> {
+        let mut args = vec![
+            "diff-tree",
+            "-r",
+            "-z",
+            "--name-only",
+            "--no-renames",
+            from,
+            to,
+        ];
+        let folder = folder.trim_matches('/');
+        if !folder.is_empty() {
+            args.push("--");
+            args.push(folder);
+        }
+        let out = self.git(&args).await?;
+        Ok(out
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect())
+    }
+}
+
+/// A flag file's content as read from git.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContent {
+    Bytes(Vec<u8>),
+    /// Above `gitsync.max_file_bytes`: not read.
+    TooLarge(u64),
+}
+
+struct TreeEntry {
+    kind: String,
+    object: String,
+    size: u64,
+    path: String,
+}
+
+/// `git ls-tree -r -z -l` records: `<mode> SP <type> SP <object> SP+ <size> TAB <path> NUL`.
+fn parse_ls_tree(out: &[u8]) -> Vec<TreeEntry> {
+    out.split(|b| *b == 0)
+        .filter_map(|rec| {
+            let tab = rec.iter().position(|b| *b == b'\t')?;
+            let meta = std::str::from_utf8(&rec[..tab]).ok()?;
+            let mut parts = meta.split_ascii_whitespace();
+            let (_mode, kind, object, size) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            Some(TreeEntry {
+                kind: kind.to_string(),
+                object: object.to_string(),
+                // Submodules show `-`; they are not blobs and are skipped anyway.
+                size: size.parse().unwrap_or(0),
+                path: String::from_utf8_lossy(&rec[tab + 1..]).into_owned(),
+            })
+        })
+        .collect()
 }
 
 /// True when `file` lies under `folder` (everything does when the folder is the root).
@@ -131,5 +205,19 @@ mod tests {
         assert!(super::under("flags/a.json", "/flags/"));
         assert!(!super::under("flagsx/a.json", "flags"));
         assert!(super::under("README.md", ""));
+    }
+
+    #[test]
+    fn ls_tree_records_keep_names_as_they_are() {
+        let out = "100644 blob 1111111111111111111111111111111111111111     120\tflagr/drapeaux-\u{e9}.json\0\
+                   100644 blob 2222222222222222222222222222222222222222 9999999\tflagr/with space.json\0\
+                   160000 commit 3333333333333333333333333333333333333333       -\tvendor\0";
+        let e = super::parse_ls_tree(out.as_bytes());
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].path, "flagr/drapeaux-\u{e9}.json");
+        assert_eq!((e[0].size, e[0].kind.as_str()), (120, "blob"));
+        assert_eq!(e[1].path, "flagr/with space.json");
+        assert_eq!(e[1].size, 9_999_999);
+        assert_eq!(e[2].kind, "commit");
     }
 }

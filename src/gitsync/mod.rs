@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::GitRepoConfig;
+use crate::config::{GitRepoConfig, GitSyncConfig};
 use crate::flagr::model::Flag;
 use crate::flagr::FlagrClient;
 use crate::metrics::Metrics;
@@ -70,6 +70,15 @@ struct RepoHandle {
     status: Arc<Mutex<Status>>,
 }
 
+impl RepoHandle {
+    fn secret(&self, forge: forge::Forge) -> Option<&str> {
+        self.cfg
+            .secrets
+            .get(forge.secret_key())
+            .and_then(|s| s.expose())
+    }
+}
+
 /// Every watched repository.
 pub struct GitSync {
     repos: Vec<RepoHandle>,
@@ -94,6 +103,7 @@ struct Worker {
     applier: Arc<apply::Applier>,
     metrics: Arc<Metrics>,
     status: Arc<Mutex<Status>>,
+    max_file_bytes: u64,
     /// A commit refused as invalid: the poller does not try it again.
     refused: String,
     /// After a failure that may pass (Flagr or the remote not up yet), try again this soon.
@@ -107,13 +117,17 @@ impl GitSync {
     /// Starts one task per repository.
     pub fn start(
         repos: &[GitRepoConfig],
-        workdir: &std::path::Path,
-        git_timeout: Duration,
+        settings: &GitSyncConfig,
         flagr: FlagrClient,
         applier: Arc<apply::Applier>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
+        let workdir = if settings.workdir.is_empty() {
+            std::env::temp_dir().join("flaghook-git")
+        } else {
+            std::path::PathBuf::from(&settings.workdir)
+        };
         let mut handles = Vec::new();
         for cfg in repos {
             let (tx, rx) = mpsc::channel(64);
@@ -126,7 +140,13 @@ impl GitSync {
             }));
             let w = Worker {
                 cfg: cfg.clone(),
-                repo: git::Repo::new(&cfg.url, &cfg.branch, &workdir.join(&cfg.id), git_timeout),
+                repo: git::Repo::new(
+                    &cfg.url,
+                    &cfg.branch,
+                    &workdir.join(&cfg.id),
+                    settings.git_timeout,
+                ),
+                max_file_bytes: settings.max_file_bytes,
                 flagr: flagr.clone(),
                 applier: applier.clone(),
                 metrics: metrics.clone(),
@@ -175,14 +195,19 @@ impl GitSync {
             .iter()
             .find(|r| p.repo_urls.iter().any(|u| forge::same_repo(u, &r.cfg.url)))
         else {
-            return Ok(PushOutcome::Ignored("repository not watched"));
+            // Answered like a watched repository's push: signed with one of this forge's
+            // secrets, or refused, so an unsigned probe cannot tell which are watched.
+            let signed = self
+                .repos
+                .iter()
+                .any(|r| forge::verify(forge, r.secret(forge), headers, body).is_ok());
+            return if signed {
+                Ok(PushOutcome::Ignored("repository not watched"))
+            } else {
+                Err(forge::PushError::Unauthorized)
+            };
         };
-        let secret = r
-            .cfg
-            .secrets
-            .get(forge.secret_key())
-            .and_then(|s| s.expose());
-        forge::verify(forge, secret, headers, body)?;
+        forge::verify(forge, r.secret(forge), headers, body)?;
         if p.branch != r.cfg.branch {
             return Ok(PushOutcome::Ignored("branch not watched"));
         }
@@ -289,16 +314,52 @@ impl Worker {
             tracing::warn!(repository = %self.cfg.id, after = %p.after, attempts = self.cfg.fetch_attempts, "pushed commit not fetchable yet; the poller will pick it up");
             return;
         }
-        if let Some(files) = &p.files {
-            if !files.iter().any(|f| git::under(f, &self.cfg.folder)) {
-                tracing::info!(repository = %self.cfg.id, after = %p.after, "push touches no flag files: recorded as synced");
+        // Decided from git, not from the payload's file lists: a force push can drop a flag
+        // commit while listing only the README it adds.
+        match self
+            .repo
+            .changed_files(&last, &p.after, &self.cfg.folder)
+            .await
+        {
+            Ok(changed) if changed.is_empty() => {
+                tracing::info!(repository = %self.cfg.id, after = %p.after, "push changes no flag file: recorded as synced");
                 if let Ok(mut s) = self.status.lock() {
                     s.last_synced_commit = p.after.clone();
                 }
                 return;
             }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(repository = %self.cfg.id, error = %e, "cannot compare trees: full sync")
+            }
         }
         self.sync(&p.after, false, true).await;
+    }
+
+    /// An invalid commit: nothing of it is applied, and the poller does not try it again.
+    fn refuse(
+        &mut self,
+        commit: &str,
+        problems: Vec<desired::Problem>,
+        mut report: Report,
+    ) -> Report {
+        let id = &self.cfg.id;
+        tracing::error!(repository = %id, %commit, problems = problems.len(), first = ?problems.first(), "commit refused: invalid flags; Flagr keeps its last good state");
+        self.metrics
+            .gitsync_runs
+            .with_label_values(&[id, "invalid"])
+            .inc();
+        self.refused = commit.to_string();
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some(format!(
+                "commit {commit} refused: {} problem(s)",
+                problems.len()
+            ));
+            s.last_problems = problems.clone();
+        }
+        report.problems = problems;
+        report.error = Some("invalid flags".into());
+        report
     }
 
     fn fail(&mut self, e: &str) {
@@ -350,29 +411,35 @@ impl Worker {
         if !force && commit == self.refused {
             return report;
         }
-        let files = match self.repo.files(commit, &self.cfg.folder).await {
+        let files = match self
+            .repo
+            .files(commit, &self.cfg.folder, self.max_file_bytes)
+            .await
+        {
             Ok(f) => f,
             Err(e) => return self.failed_report(commit.into(), dry_run, e.to_string()),
         };
-        let desired = match desired::load(&files) {
-            Ok(d) => d,
-            Err(problems) => {
-                tracing::error!(repository = %id, %commit, problems = problems.len(), first = ?problems.first(), "commit refused: invalid flags; Flagr keeps its last good state");
-                self.metrics
-                    .gitsync_runs
-                    .with_label_values(&[&id, "invalid"])
-                    .inc();
-                self.refused = commit.to_string();
-                if let Ok(mut s) = self.status.lock() {
-                    s.last_error = Some(format!(
-                        "commit {commit} refused: {} problem(s)",
-                        problems.len()
-                    ));
-                    s.last_problems = problems.clone();
-                }
-                report.problems = problems;
-                report.error = Some("invalid flags".into());
-                return report;
+        let mut problems = Vec::new();
+        let mut readable = Vec::with_capacity(files.len());
+        for (name, content) in files {
+            match content {
+                git::FileContent::Bytes(b) => readable.push((name, b)),
+                git::FileContent::TooLarge(size) => problems.push(desired::Problem {
+                    file: name,
+                    flag: String::new(),
+                    problem: format!(
+                        "{size} bytes, above gitsync.max_file_bytes ({}): not read",
+                        self.max_file_bytes
+                    ),
+                }),
+            }
+        }
+        let desired = match desired::load(&readable) {
+            Ok(d) if problems.is_empty() => d,
+            Ok(_) => return self.refuse(commit, problems, report),
+            Err(more) => {
+                problems.extend(more);
+                return self.refuse(commit, problems, report);
             }
         };
         let actual = match self.actual().await {

@@ -102,6 +102,17 @@ impl Repos {
         git(&self.work, &["push", "--quiet", "origin", "main"]);
     }
 
+    /// Moves the branch back to `commit`, commits `files` on it and force-pushes.
+    fn force_push_from(&self, commit: &str, files: &[(&str, Value)]) -> String {
+        git(&self.work, &["reset", "--quiet", "--hard", commit]);
+        let head = self.commit(files, false);
+        git(
+            &self.work,
+            &["push", "--quiet", "--force", "origin", "main"],
+        );
+        head
+    }
+
     fn head_of_remote(&self) -> String {
         git(&self.bare, &["rev-parse", "main"])
     }
@@ -193,6 +204,20 @@ async fn wait_synced(fh: &Flaghook, commit: &str) {
     })
     .await;
     assert!(ok, "never synced {commit}: {}", status(fh).await);
+}
+
+/// Sends a push that must be accepted, waits (bounded) for its commit to be refused, and
+/// returns the repository's status.
+async fn push_refused(fh: &Flaghook, h: Vec<(String, String)>, b: String) -> Value {
+    assert_eq!(send_push(fh, "github", h, b).await.0, 202);
+    let refused = wait_until(Duration::from_secs(20), || async {
+        status(fh).await["last_problems"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    assert!(refused, "not refused: {}", status(fh).await);
+    status(fh).await
 }
 
 async fn status(fh: &Flaghook) -> Value {
@@ -348,16 +373,7 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
         &["flagr/flags.json"],
         "d-4",
     );
-    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            status(&fh).await["last_problems"]
-                .as_array()
-                .is_some_and(|p| !p.is_empty())
-        })
-        .await
-    );
-    let st = status(&fh).await;
+    let st = push_refused(&fh, h, b).await;
     let p = &st["last_problems"][0];
     assert_eq!(
         (p["file"].as_str(), p["flag"].as_str()),
@@ -586,4 +602,89 @@ async fn gitlab_gitea_forgejo_and_generic_pushes_sync_too() {
         "gh-1",
     );
     assert_eq!(send_push(&fh, "github", h, b).await.0, 401);
+}
+
+/// Non-ASCII file names, force pushes that drop a flag commit, oversized files and unsigned
+/// probes: each once did the wrong thing quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_names_force_pushes_huge_files_and_probes() {
+    let f = flagr(&[]).await;
+    let repos = Repos::new(false);
+    let accents = |enabled: bool| json!({"Flags": [{"Key": "accents", "Description": "drapeau", "Enabled": enabled}]});
+    // A name git would C-quote without -z; with delete_missing a skipped file deletes its flags.
+    let c1 = repos.commit(&[("flagr/drapeaux-\u{e9}.json", accents(true))], true);
+    let r = Receiver::start(vec![]).await;
+    let extra = "delete_missing = true\n[gitsync]\nmax_file_bytes = 4096\n";
+    let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", extra, &r)).await;
+    wait_synced(&fh, &c1).await;
+    assert_eq!(
+        flag(&f, "accents")
+            .await
+            .expect("read from the non-ASCII file")["enabled"],
+        true
+    );
+
+    // c2 disables the flag; a force push then drops c2 and adds a README commit whose payload
+    // lists only README.md. Flagr must follow the tree (enabled again), not the file list.
+    let c2 = repos.commit(&[("flagr/drapeaux-\u{e9}.json", accents(false))], true);
+    let (h, b) = github_push("gh-secret", &repos.url, &c1, &c2, &[], "d-1");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    wait_synced(&fh, &c2).await;
+    assert_eq!(flag(&f, "accents").await.unwrap()["enabled"], false);
+    let c3 = repos.force_push_from(&c1, &[("README.md", json!("docs"))]);
+    let (h, b) = github_push("gh-secret", &repos.url, &c2, &c3, &["README.md"], "d-2");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    wait_synced(&fh, &c3).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            flag(&f, "accents")
+                .await
+                .is_some_and(|v| v["enabled"] == true)
+        })
+        .await,
+        "the force push's tree was not applied: {}",
+        status(&fh).await
+    );
+
+    // A file above gitsync.max_file_bytes refuses the commit without being read.
+    let big = json!({"Flags": [{"Key": "big", "Description": "x".repeat(8000)}]});
+    let c4 = repos.commit(&[("flagr/big.json", big)], true);
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        &c3,
+        &c4,
+        &["flagr/big.json"],
+        "d-3",
+    );
+    let st = push_refused(&fh, h, b).await;
+    assert_eq!(st["last_problems"][0]["file"], "flagr/big.json", "{st}");
+    assert!(
+        st["last_problems"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("above gitsync.max_file_bytes (4096)"),
+        "{st}"
+    );
+    assert_eq!(st["last_synced_commit"], c3.as_str());
+    assert!(flag(&f, "big").await.is_none());
+    assert!(flag(&f, "accents").await.is_some());
+
+    // Unsigned pushes get 401 whether the repository is watched or not, and an unsigned
+    // delivery id does not make the signed delivery that follows a duplicate.
+    let unsigned = |url: &str, id: &str| {
+        let (h, b) = github_push("", url, &c3, &c4, &[], id);
+        let h = h
+            .into_iter()
+            .filter(|(k, _)| k != "x-hub-signature-256")
+            .collect::<Vec<_>>();
+        (h, b)
+    };
+    let (h, b) = unsigned("https://elsewhere.example.com/x.git", "d-4");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 401);
+    let (h, b) = unsigned(&repos.url, "d-5");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 401);
+    let (h, b) = github_push("gh-secret", &repos.url, &c3, &c4, &[], "d-5");
+    let (s, v) = send_push(&fh, "github", h, b).await;
+    assert_eq!((s, v["accepted"].as_str()), (202, Some("flags")), "{v}");
 }
