@@ -17,6 +17,7 @@ pub mod events;
 pub mod flagr;
 pub mod gitsync;
 pub mod impressions;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod store;
@@ -40,9 +41,8 @@ pub struct App {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    delivery_shutdown: CancellationToken,
     proxy_task: tokio::task::JoinHandle<bool>,
-    admin_task: tokio::task::JoinHandle<()>,
+    admin_task: tokio::task::JoinHandle<bool>,
     derive_task: tokio::task::JoinHandle<()>,
     follower_task: tokio::task::JoinHandle<()>,
     flusher_stop: CancellationToken,
@@ -94,7 +94,6 @@ impl App {
             );
         }
 
-        let delivery_shutdown = CancellationToken::new();
         let policy = Arc::new(cfg.delivery.clone());
         let deliveries = Arc::new(
             delivery::Deliveries::start(
@@ -102,7 +101,6 @@ impl App {
                 policy.clone(),
                 metrics.clone(),
                 delivery::outbox::Outbox::new(store.clone(), metrics.clone()),
-                delivery_shutdown.clone(),
             )
             .map_err(anyhow::Error::msg)?,
         );
@@ -193,12 +191,17 @@ impl App {
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
+        let limits = |max_connections| listener::Limits {
+            header_read_timeout: cfg.proxy.header_read_timeout,
+            max_connections,
+            grace: cfg.proxy.shutdown_grace,
+        };
         let proxy_task = tokio::spawn(proxy::serve(
             proxy_listener,
             proxy,
-            cfg.proxy.header_read_timeout,
+            limits(cfg.proxy.max_connections),
+            metrics.connections_refused.with_label_values(&["proxy"]),
             shutdown.clone(),
-            cfg.proxy.shutdown_grace,
         ));
         let gitsync = (!cfg.git_repositories.is_empty()).then(|| {
             let host = match proxy_addr.ip() {
@@ -236,21 +239,19 @@ impl App {
             gitsync,
             max_body_bytes: cfg.admin.max_body_bytes,
         });
-        let admin_shutdown = shutdown.clone();
-        let admin_task = tokio::spawn(async move {
-            let serve = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        });
+        let admin_task = tokio::spawn(listener::serve(
+            admin_listener,
+            move |_| hyper_util::service::TowerToHyperService::new(admin.clone()),
+            limits(cfg.admin.max_connections),
+            metrics.connections_refused.with_label_values(&["admin"]),
+            shutdown.clone(),
+        ));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.proxy.upstream, webhooks = cfg.webhooks.len(), "flaghook started");
         Ok(Self {
             proxy_addr,
             admin_addr,
             metrics,
             shutdown,
-            delivery_shutdown,
             proxy_task,
             admin_task,
             derive_task,
@@ -269,16 +270,15 @@ impl App {
         // Stop the proxy first so nothing new is tapped; the tap channel then closes and the
         // derive task finishes what it holds before delivery starts its deadline.
         self.shutdown.cancel();
-        report.requests_drained = self.proxy_task.await.unwrap_or(false);
-        let _ = self.admin_task.await;
-        let _ = tokio::time::timeout(self.shutdown_deadline, self.derive_task).await;
+        let (proxy, admin) = tokio::join!(self.proxy_task, self.admin_task);
+        report.requests_drained = proxy.unwrap_or(false) && admin.unwrap_or(false);
+        // One deadline for everything after the drain: deriving, following, delivering.
+        let end = tokio::time::Instant::now() + self.shutdown_deadline;
+        let _ = tokio::time::timeout_at(end, self.derive_task).await;
         // The tap is closed, so the follower sees the last hints, derives them and returns.
         let follower = self.follower_task;
         let abort = follower.abort_handle();
-        if tokio::time::timeout(self.shutdown_deadline, follower)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(end, follower).await.is_err() {
             // Nothing it derives after this could be delivered; the cursor it did not save
             // makes the next start derive it again.
             abort.abort();
@@ -286,10 +286,9 @@ impl App {
         // The last impression batches go out before delivery starts its deadline.
         self.flusher_stop.cancel();
         if let Some(t) = self.flusher_task {
-            let _ = t.await;
+            let _ = tokio::time::timeout_at(end, t).await;
         }
-        self.delivery_shutdown.cancel();
-        report.undelivered = self.deliveries.shutdown().await;
+        report.undelivered = self.deliveries.shutdown(end).await;
         tracing::info!(
             undelivered = report.undelivered,
             drained = report.requests_drained,

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub proxy_duration: HistogramVec,
     pub proxy_upstream_errors: IntCounterVec,
     pub proxy_in_flight: IntGauge,
+    pub connections_refused: IntCounterVec,
     pub tap_uninspected: IntCounterVec,
     pub tap_dropped: IntCounterVec,
     pub derive_errors: IntCounterVec,
@@ -103,6 +104,11 @@ impl Metrics {
                     "Requests being proxied right now.",
                 )
                 .expect("valid metric"),
+            ),
+            connections_refused: counter_vec(
+                "flaghook_connections_refused_total",
+                "Connections closed at once because the listener held its maximum, by listener.",
+                &["listener"],
             ),
             tap_uninspected: counter_vec(
                 "flaghook_tap_uninspected_total",
@@ -321,6 +327,9 @@ impl Metrics {
         };
         m.build_info.set(1);
         // Known label values start at 0, so rate() and dashboards see the series from the start.
+        for listener in ["proxy", "admin"] {
+            m.connections_refused.with_label_values(&[listener]);
+        }
         for stage in ["tap", "lane", "hint", "impressions"] {
             m.tap_dropped.with_label_values(&[stage]);
         }

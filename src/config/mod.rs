@@ -134,6 +134,8 @@ pub struct ProxyConfig {
     /// A client must send its request headers within this time.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Open client connections at most; more are closed at once (counted).
+    pub max_connections: usize,
     /// On SIGTERM, in-flight requests get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -152,6 +154,7 @@ impl Default for ProxyConfig {
             inspect_max_bytes: 1 << 20,
             tap_capacity: 8192,
             header_read_timeout: Duration::from_secs(30),
+            max_connections: 16384,
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -168,6 +171,9 @@ pub struct AdminConfig {
     pub ready_timeout: Duration,
     /// Largest request body the admin listener accepts (API calls, forge pushes).
     pub max_body_bytes: usize,
+    /// Open connections at most (the page, probes, scrapes, pushes); more are closed at once.
+    /// The header-read timeout and the shutdown grace are the proxy's.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -177,6 +183,7 @@ impl Default for AdminConfig {
             token: Secret::default(),
             ready_timeout: Duration::from_secs(2),
             max_body_bytes: 4 << 20,
+            max_connections: 64,
         }
     }
 }
@@ -524,6 +531,8 @@ impl Config {
         positive("delivery.max_in_flight", self.delivery.max_in_flight)?;
         positive("delivery.log_size", self.delivery.log_size)?;
         positive("admin.max_body_bytes", self.admin.max_body_bytes)?;
+        positive("admin.max_connections", self.admin.max_connections)?;
+        positive("proxy.max_connections", self.proxy.max_connections)?;
         positive(
             "gitsync.max_file_bytes",
             self.gitsync.max_file_bytes as usize,

@@ -17,7 +17,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::attempt;
 use super::breaker::{Breaker, Permit, State, Transition};
@@ -514,7 +513,7 @@ pub async fn run(
     status: SharedStatus,
     mut rx: mpsc::Receiver<Job>,
     mut ctl: mpsc::Receiver<Control>,
-    shutdown: CancellationToken,
+    shutdown: super::Stop,
 ) -> usize {
     let breaker = Breaker::new(ctx.policy.protection.clone());
     ctx.metrics
@@ -555,7 +554,7 @@ pub async fn run(
         tokio::select! {
             job = rx.recv(), if deadline.is_none() => match job {
                 Some(job) => w.enqueue(job),
-                None => deadline = Some(Instant::now() + w.ctx.policy.shutdown_deadline),
+                None => deadline = Some(shutdown.deadline(w.ctx.policy.shutdown_deadline)),
             },
             Some(c) = ctl.recv() => match c {
                 Control::Pause => {
@@ -589,7 +588,7 @@ pub async fn run(
                 while let Ok(job) = rx.try_recv() {
                     w.enqueue(job);
                 }
-                deadline = Some(Instant::now() + w.ctx.policy.shutdown_deadline);
+                deadline = Some(shutdown.deadline(w.ctx.policy.shutdown_deadline));
             }
             () = sleep_until(deadline) => break,
         }

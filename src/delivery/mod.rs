@@ -71,9 +71,37 @@ pub struct Deliveries {
     client: reqwest::Client,
     policy: Arc<DeliveryConfig>,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
+    shutdown: Stop,
     tasks: Mutex<JoinSet<usize>>,
     pub outbox: outbox::Outbox,
+}
+
+/// When delivery stops, and by when it must be done: one deadline for every worker, so the
+/// whole shutdown stays within the grace period plus `delivery.shutdown_deadline`.
+#[derive(Clone, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    by: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+impl Stop {
+    /// Workers stop taking jobs and deliver what they hold until `by`.
+    pub fn at(&self, by: tokio::time::Instant) {
+        let _ = self.by.set(by);
+        self.token.cancel();
+    }
+
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// The deadline set by [`Stop::at`], or `default` from now when none was (a channel closed).
+    pub fn deadline(&self, default: std::time::Duration) -> tokio::time::Instant {
+        self.by
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + default)
+    }
 }
 
 /// The HTTP client every endpoint shares: no redirects, the SSRF guard as resolver, rustls.
@@ -98,7 +126,6 @@ impl Deliveries {
         policy: Arc<DeliveryConfig>,
         metrics: Arc<Metrics>,
         outbox: outbox::Outbox,
-        shutdown: CancellationToken,
     ) -> Result<Self, String> {
         let d = Self {
             outbox,
@@ -106,7 +133,7 @@ impl Deliveries {
             client: http_client(&policy)?,
             policy,
             metrics,
-            shutdown,
+            shutdown: Stop::default(),
             tasks: Mutex::new(JoinSet::new()),
         };
         for w in webhooks {
@@ -405,8 +432,8 @@ impl Deliveries {
 
     /// Stops every worker (they deliver within the shutdown deadline) and returns how many
     /// requests were left undelivered.
-    pub async fn shutdown(&self) -> usize {
-        self.shutdown.cancel();
+    pub async fn shutdown(&self, by: tokio::time::Instant) -> usize {
+        self.shutdown.at(by);
         let mut tasks = match self.tasks.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => return 0,

@@ -233,3 +233,90 @@ async fn admin_bodies_up_to_the_configured_limit_are_taken() {
         Err(e) => assert!(e.is_request(), "{e}"),
     }
 }
+
+/// A connection to the admin listener that sent half a request and holds on.
+async fn half_request(admin: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(admin.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+/// Sends a whole request on a new connection; returns what came back before the close.
+async fn whole_request(admin: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_clients_can_neither_hold_shutdown_nor_fill_the_listener() {
+    use tokio::io::AsyncReadExt;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    // A header timeout longer than the test waits: the bound on shutdown must come from the
+    // grace period, not from the timeout cutting the clients first.
+    let mut fh = Flaghook::start(
+        &dead,
+        "[proxy]\nheader_read_timeout = \"10m\"\nshutdown_grace = \"1s\"\n\
+         [admin]\nmax_connections = 2\n[delivery]\nshutdown_deadline = \"1s\"\n",
+    )
+    .await;
+    let _a = half_request(&fh.admin).await;
+    let b = half_request(&fh.admin).await;
+    // The listener holds its two: a third is closed without an answer.
+    assert_eq!(whole_request(&fh.admin, "/healthz").await, "");
+    // One leaves; the next request is served once the listener has seen it go. Every refusal
+    // on the way is counted, so the count is known exactly.
+    drop(b);
+    let mut refused = 1;
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        let got = whole_request(&fh.admin, "/metrics").await;
+        if got.starts_with("HTTP/1.1 200") {
+            metrics = got;
+            break;
+        }
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "flaghook_connections_refused_total{listener=\"admin\"}"
+        ),
+        refused as f64,
+        "{metrics}"
+    );
+    // SIGTERM with two clients stuck in their headers: the process still exits.
+    let mut c = half_request(&fh.admin).await;
+    let (status, log) = tokio::task::spawn_blocking(move || (fh.terminate(), fh.log()))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("flaghook stopped"), "{log}");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_clients_that_stall_in_their_headers() {
+    use tokio::io::AsyncReadExt;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let fh = Flaghook::start(&dead, "[proxy]\nheader_read_timeout = \"1s\"\n").await;
+    let mut c = half_request(&fh.admin).await;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the stalled admin client was never cut");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+}
