@@ -20,6 +20,7 @@ pub mod impressions;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod store;
 
 use std::net::SocketAddr;

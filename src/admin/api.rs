@@ -176,25 +176,12 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
 }
 
 /// The URL without user info (it may hold credentials).
-fn safe_url(u: &str) -> String {
-    match reqwest::Url::parse(u) {
-        Ok(mut url) => {
-            if !url.username().is_empty() || url.password().is_some() {
-                let _ = url.set_username("***");
-                let _ = url.set_password(None);
-            }
-            url.to_string()
-        }
-        Err(_) => String::new(),
-    }
-}
-
 fn describe(ep: &Endpoint) -> Value {
     let w = &ep.webhook;
     let st = ep.status.lock().map(|s| s.clone()).unwrap_or_default();
     json!({
         "id": w.id,
-        "url": safe_url(&w.url),
+        "url": crate::redact::url(&w.url),
         "description": w.description,
         "events": w.events,
         "format": w.format,

@@ -344,6 +344,10 @@ pub struct DeliveryConfig {
     pub allow_hosts: Vec<String>,
     /// Refuse `http://` webhook URLs.
     pub require_https: bool,
+    /// Send webhooks through this HTTP proxy (`http://host:port`). The environment's
+    /// `HTTP_PROXY`/`HTTPS_PROXY` are never used. Behind a proxy the guard checks literal
+    /// addresses in URLs only: the proxy resolves names.
+    pub egress_proxy: Option<String>,
     /// Pausing endpoints that keep failing.
     pub protection: crate::delivery::breaker::Policy,
 }
@@ -381,6 +385,7 @@ impl Default for DeliveryConfig {
             allow_cidrs: Vec::new(),
             allow_hosts: Vec::new(),
             require_https: false,
+            egress_proxy: None,
             protection: Default::default(),
         }
     }
@@ -532,6 +537,16 @@ impl Config {
         positive("delivery.log_size", self.delivery.log_size)?;
         positive("admin.max_body_bytes", self.admin.max_body_bytes)?;
         positive("admin.max_connections", self.admin.max_connections)?;
+        if let Some(p) = &self.delivery.egress_proxy {
+            let ok = url::Url::parse(p)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "delivery.egress_proxy",
+                    "must be an http(s)://host:port URL",
+                ));
+            }
+        }
         positive("proxy.max_connections", self.proxy.max_connections)?;
         positive(
             "gitsync.max_file_bytes",

@@ -135,7 +135,8 @@ async fn classify(
             (
                 Verdict::Retry { retry_after: None },
                 None,
-                Some(format!("{kind}: {}", error_chain(&e))),
+                // Without the URL: its query may carry a token.
+                Some(format!("{kind}: {}", error_chain(&e.without_url()))),
                 String::new(),
             )
         }

@@ -126,6 +126,14 @@ pub fn host_allowed(host: &str, cfg: &DeliveryConfig) -> bool {
     cfg.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
 }
 
+/// The host of `delivery.egress_proxy`, when one is set.
+pub fn egress_host(cfg: &DeliveryConfig) -> Option<String> {
+    reqwest::Url::parse(cfg.egress_proxy.as_deref()?)
+        .ok()?
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
 /// A resolver for reqwest that drops refused addresses, so names cannot sneak past the guard.
 #[derive(Clone)]
 pub struct GuardedResolver {
@@ -139,6 +147,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // A host the operator allowed by name (or the egress proxy) may resolve anywhere.
+            if host_allowed(&host, &cfg) || egress_host(&cfg).is_some_and(|h| h == host) {
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
             let ok: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()

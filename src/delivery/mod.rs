@@ -106,7 +106,14 @@ impl Stop {
 
 /// The HTTP client every endpoint shares: no redirects, the SSRF guard as resolver, rustls.
 pub fn http_client(policy: &Arc<DeliveryConfig>) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    // HTTP_PROXY and friends are ignored: behind a proxy the guard would only see the proxy's
+    // address while the proxy resolved the real name. An egress proxy is configured instead.
+    let builder = match &policy.egress_proxy {
+        Some(p) => reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(p).map_err(|e| format!("delivery.egress_proxy: {e}"))?),
+        None => reqwest::Client::builder().no_proxy(),
+    };
+    builder
         .redirect(reqwest::redirect::Policy::none())
         .timeout(policy.timeout)
         .connect_timeout(policy.timeout)

@@ -184,11 +184,17 @@ pub fn verify(
     }
 }
 
-/// URLs compared without scheme noise: lowercase, no trailing `/` or `.git`.
+/// URLs compared without noise: no credentials, lowercase, no trailing `/` or `.git`.
 pub fn same_repo(a: &str, b: &str) -> bool {
     let n = |u: &str| {
-        u.trim()
-            .trim_end_matches('/')
+        let bare = url::Url::parse(u.trim())
+            .map(|mut p| {
+                let _ = p.set_username("");
+                let _ = p.set_password(None);
+                p.to_string()
+            })
+            .unwrap_or_else(|_| u.trim().to_string());
+        bare.trim_end_matches('/')
             .trim_end_matches(".git")
             .to_ascii_lowercase()
     };
@@ -243,6 +249,10 @@ mod tests {
             ("main", "aaa", "bbb", "d-1")
         );
         assert!(same_repo(&p.repo_urls[0], "https://GitHub.com/o/r/"));
+        assert!(same_repo(
+            &p.repo_urls[0],
+            "https://x:TOKEN@github.com/o/r.git"
+        ));
         assert_eq!(verify(Forge::GitHub, Some("s"), &hd, GH.as_bytes()), Ok(()));
         assert_eq!(
             verify(Forge::GitHub, Some("other"), &hd, GH.as_bytes()),

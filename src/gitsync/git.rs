@@ -23,6 +23,8 @@ pub struct Repo {
     pub branch: String,
     dir: PathBuf,
     timeout: Duration,
+    /// git quotes the remote URL in its errors; a password in it must not reach logs or status.
+    redactor: crate::redact::Redactor,
 }
 
 impl Repo {
@@ -32,13 +34,14 @@ impl Repo {
             branch: branch.to_string(),
             dir: dir.to_path_buf(),
             timeout,
+            redactor: crate::redact::Redactor::new(url),
         }
     }
 
     async fn git(&self, args: &[&str]) -> Result<Vec<u8>, GitError> {
         let err = |message: String| GitError {
-            args: args.join(" "),
-            message,
+            args: self.redactor.text(&args.join(" ")),
+            message: self.redactor.text(&message),
         };
         let mut cmd = Command::new("git");
         cmd.arg("-C")

@@ -133,7 +133,7 @@ impl GitSync {
             let (tx, rx) = mpsc::channel(64);
             let status = Arc::new(Mutex::new(Status {
                 id: cfg.id.clone(),
-                url: cfg.url.clone(),
+                url: crate::redact::url(&cfg.url),
                 branch: cfg.branch.clone(),
                 folder: cfg.folder.clone(),
                 ..Default::default()

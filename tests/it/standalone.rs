@@ -320,3 +320,108 @@ async fn the_admin_listener_cuts_clients_that_stall_in_their_headers() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
 }
+
+/// A listener that counts the connections it is offered (and answers none).
+async fn connection_trap() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_hosts_connect_proxy_variables_are_ignored_and_url_secrets_stay_hidden() {
+    let r = Receiver::start(vec![]).await;
+    let (trap, trapped) = connection_trap().await;
+    let live = format!(
+        "{}?token=s3cr3t-live",
+        r.url.replace("127.0.0.1", "localhost")
+    );
+    let dead = format!("http://localhost:{}/x?token=s3cr3t-dead", free_port());
+    // A git remote with a password, on a port where nothing listens.
+    let remote = format!("http://user:s3cr3t-git@127.0.0.1:{}/flags.git", free_port());
+    let cfg = format!(
+        "[admin]\ntoken = \"t\"\n\
+         [delivery]\nallow_hosts = [\"localhost\"]\nretry_schedule = [\"0s\"]\ntimeout = \"2s\"\n\
+         [[webhooks]]\nid = \"live\"\nurl = \"{live}\"\n\
+         [[webhooks]]\nid = \"dead\"\nurl = \"{dead}\"\n\
+         [[git_repositories]]\nid = \"flags\"\nurl = \"{remote}\"\npoll_interval = \"1h\"\n"
+    );
+    let proxy_env = [
+        ("HTTP_PROXY", trap.as_str()),
+        ("http_proxy", trap.as_str()),
+        ("HTTPS_PROXY", trap.as_str()),
+        ("ALL_PROXY", trap.as_str()),
+    ];
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let fh = Flaghook::start_with_env(&upstream, &cfg, &proxy_env).await;
+    for id in ["live", "dead"] {
+        let (s, v) = call_auth("POST", &format!("{}/api/webhooks/{id}/test", fh.admin), "t").await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // Allowed by name, though it resolves to loopback; reached directly, not via the proxy.
+    r.wait_for(1).await;
+    assert_eq!(trapped.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let failed = wait_until(Duration::from_secs(20), || async {
+        let (_, v) = call_auth("GET", &format!("{}/api/webhooks/dead", fh.admin), "t").await;
+        !v["last_error"].is_null()
+    })
+    .await;
+    assert!(failed, "the dead endpoint never failed");
+    let git_failed = wait_until(Duration::from_secs(20), || async {
+        let (_, v) = call_auth("GET", &format!("{}/api/gitsync", fh.admin), "t").await;
+        !v["repositories"][0]["last_error"].is_null()
+    })
+    .await;
+    assert!(git_failed, "the git fetch never failed");
+    let mut shown = vec![fh.log()];
+    for path in [
+        "/api/webhooks",
+        "/api/webhooks/dead",
+        "/api/webhooks/dead/deliveries",
+        "/api/webhooks/live/deliveries",
+        "/api/gitsync",
+    ] {
+        shown.push(
+            call_auth("GET", &format!("{}{path}", fh.admin), "t")
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    shown.push(fh.metrics().await);
+    for text in &shown {
+        assert!(
+            !text.contains("s3cr3t"),
+            "a URL credential is shown:\n{text}"
+        );
+    }
+    let (_, v) = call_auth("GET", &format!("{}/api/webhooks/dead", fh.admin), "t").await;
+    assert!(v["url"].as_str().unwrap().ends_with("token=***"), "{v}");
+    assert!(v["last_error"].as_str().unwrap().contains("connect"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_go_through_the_configured_egress_proxy() {
+    let (trap, trapped) = connection_trap().await;
+    let cfg = format!(
+        "[admin]\ntoken = \"t\"\n[delivery]\negress_proxy = \"{trap}\"\nretry_schedule = [\"0s\"]\n\
+         [[webhooks]]\nid = \"out\"\nurl = \"http://receiver.example.com/hook\"\n"
+    );
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let fh = Flaghook::start(&upstream, &cfg).await;
+    let (s, v) = call_auth("POST", &format!("{}/api/webhooks/out/test", fh.admin), "t").await;
+    assert_eq!(s, 202, "{v}");
+    let reached = wait_until(Duration::from_secs(20), || async {
+        trapped.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(reached, "the egress proxy saw no connection:\n{}", fh.log());
+}

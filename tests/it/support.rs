@@ -428,7 +428,6 @@ pub async fn call_as(
     )
 }
 
-/// Several JSON calls in order against `base` (an API root); each must succeed (200).
 /// A call to the admin API with a bearer token; status and parsed body.
 pub async fn call_auth(method: &str, url: &str, token: &str) -> (u16, Value) {
     let resp = client()
@@ -445,6 +444,7 @@ pub async fn call_auth(method: &str, url: &str, token: &str) -> (u16, Value) {
     )
 }
 
+/// Several JSON calls in order against `base` (an API root); each must succeed (200).
 pub async fn calls(base: &str, steps: &[(&str, &str, Value)]) {
     for (method, path, body) in steps {
         let body = (!body.is_null()).then(|| body.clone());
