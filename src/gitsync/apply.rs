@@ -21,6 +21,25 @@ pub struct Applier {
     pub token: String,
 }
 
+/// Ids of what this run created, for the later calls that refer to it.
+#[derive(Default)]
+struct Created {
+    flags: HashMap<String, i64>,
+    segments: HashMap<(String, usize), i64>,
+}
+
+/// A run stopped at a call Flagr refused: what was done, what was not, and why. The rest is
+/// left for the next sync, which plans again from the state Flagr then has.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[error("stopped after {applied} of {planned} changes at {call}: {error}")]
+pub struct Stopped {
+    pub commit: String,
+    pub applied: usize,
+    pub planned: usize,
+    pub call: String,
+    pub error: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{call}: {message}")]
 pub struct ApplyError {
@@ -79,10 +98,31 @@ impl Applier {
         })
     }
 
-    /// Runs the plan in order; returns how many calls changed something.
-    pub async fn apply(&self, commit: &str, ops: &[Op]) -> Result<usize, ApplyError> {
-        let mut new_flags: HashMap<String, i64> = HashMap::new();
-        let mut new_segments: HashMap<(String, usize), i64> = HashMap::new();
+    /// Runs the plan in order; returns how many calls changed something, or where it stopped.
+    pub async fn apply(&self, commit: &str, ops: &[Op]) -> Result<usize, Stopped> {
+        let mut created = Created::default();
+        for (i, op) in ops.iter().enumerate() {
+            if let Err(e) = self.apply_one(commit, op, &mut created).await {
+                return Err(Stopped {
+                    commit: commit.to_string(),
+                    applied: i,
+                    planned: ops.len(),
+                    call: e.call,
+                    error: e.message,
+                });
+            }
+        }
+        Ok(ops.len())
+    }
+
+    async fn apply_one(
+        &self,
+        commit: &str,
+        op: &Op,
+        created: &mut Created,
+    ) -> Result<(), ApplyError> {
+        let new_flags = &mut created.flags;
+        let new_segments = &mut created.segments;
         let flag_id = |r: &FlagRef, new_flags: &HashMap<String, i64>| -> Result<i64, ApplyError> {
             match r {
                 FlagRef::Id(id) => Ok(*id),
@@ -102,221 +142,219 @@ impl Applier {
                     message: "was not created".into(),
                 }),
         };
-        for op in ops {
-            match op {
-                Op::CreateFlag { key, description } => {
-                    let v = self
-                        .call(
-                            commit,
-                            "POST",
-                            "/flags",
-                            Some(json!({"key": key, "description": description})),
-                        )
-                        .await?;
-                    let id = v["id"].as_i64().ok_or_else(|| ApplyError {
-                        call: "POST /flags".into(),
-                        message: "no id in Flagr's answer".into(),
-                    })?;
-                    new_flags.insert(key.clone(), id);
-                }
-                Op::UpdateFlag { flag, body, .. } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    self.call(commit, "PUT", &format!("/flags/{id}"), Some(body.clone()))
-                        .await?;
-                }
-                Op::AddTag { flag, value, .. } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    self.call(
+        match op {
+            Op::CreateFlag { key, description } => {
+                let v = self
+                    .call(
                         commit,
                         "POST",
-                        &format!("/flags/{id}/tags"),
-                        Some(json!({"value": value})),
+                        "/flags",
+                        Some(json!({"key": key, "description": description})),
                     )
                     .await?;
-                }
-                Op::RemoveTag { flag, tag, .. } => {
-                    self.call(commit, "DELETE", &format!("/flags/{flag}/tags/{tag}"), None)
-                        .await?;
-                }
-                Op::CreateVariant {
-                    flag,
-                    variant,
-                    attachment,
-                    ..
-                } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    self.call(
+                let id = v["id"].as_i64().ok_or_else(|| ApplyError {
+                    call: "POST /flags".into(),
+                    message: "no id in Flagr's answer".into(),
+                })?;
+                new_flags.insert(key.clone(), id);
+            }
+            Op::UpdateFlag { flag, body, .. } => {
+                let id = flag_id(flag, new_flags)?;
+                self.call(commit, "PUT", &format!("/flags/{id}"), Some(body.clone()))
+                    .await?;
+            }
+            Op::AddTag { flag, value, .. } => {
+                let id = flag_id(flag, new_flags)?;
+                self.call(
+                    commit,
+                    "POST",
+                    &format!("/flags/{id}/tags"),
+                    Some(json!({"value": value})),
+                )
+                .await?;
+            }
+            Op::RemoveTag { flag, tag, .. } => {
+                self.call(commit, "DELETE", &format!("/flags/{flag}/tags/{tag}"), None)
+                    .await?;
+            }
+            Op::CreateVariant {
+                flag,
+                variant,
+                attachment,
+                ..
+            } => {
+                let id = flag_id(flag, new_flags)?;
+                self.call(
+                    commit,
+                    "POST",
+                    &format!("/flags/{id}/variants"),
+                    Some(json!({"key": variant, "attachment": attachment})),
+                )
+                .await?;
+            }
+            Op::UpdateVariant {
+                flag,
+                variant_id,
+                variant,
+                attachment,
+                ..
+            } => {
+                self.call(
+                    commit,
+                    "PUT",
+                    &format!("/flags/{flag}/variants/{variant_id}"),
+                    Some(json!({"key": variant, "attachment": attachment})),
+                )
+                .await?;
+            }
+            Op::DeleteVariant {
+                flag, variant_id, ..
+            } => {
+                self.call(
+                    commit,
+                    "DELETE",
+                    &format!("/flags/{flag}/variants/{variant_id}"),
+                    None,
+                )
+                .await?;
+            }
+            Op::CreateSegment {
+                flag,
+                key,
+                new,
+                description,
+                rollout,
+            } => {
+                let id = flag_id(flag, new_flags)?;
+                let v = self
+                    .call(
                         commit,
                         "POST",
-                        &format!("/flags/{id}/variants"),
-                        Some(json!({"key": variant, "attachment": attachment})),
-                    )
-                    .await?;
-                }
-                Op::UpdateVariant {
-                    flag,
-                    variant_id,
-                    variant,
-                    attachment,
-                    ..
-                } => {
-                    self.call(
-                        commit,
-                        "PUT",
-                        &format!("/flags/{flag}/variants/{variant_id}"),
-                        Some(json!({"key": variant, "attachment": attachment})),
-                    )
-                    .await?;
-                }
-                Op::DeleteVariant {
-                    flag, variant_id, ..
-                } => {
-                    self.call(
-                        commit,
-                        "DELETE",
-                        &format!("/flags/{flag}/variants/{variant_id}"),
-                        None,
-                    )
-                    .await?;
-                }
-                Op::CreateSegment {
-                    flag,
-                    key,
-                    new,
-                    description,
-                    rollout,
-                } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    let v = self
-                        .call(
-                            commit,
-                            "POST",
-                            &format!("/flags/{id}/segments"),
-                            Some(json!({"description": description, "rolloutPercent": rollout})),
-                        )
-                        .await?;
-                    let sid = v["id"].as_i64().ok_or_else(|| ApplyError {
-                        call: format!("POST /flags/{id}/segments"),
-                        message: "no id in Flagr's answer".into(),
-                    })?;
-                    new_segments.insert((key.clone(), *new), sid);
-                }
-                Op::UpdateSegment {
-                    flag,
-                    segment,
-                    description,
-                    rollout,
-                    ..
-                } => {
-                    self.call(
-                        commit,
-                        "PUT",
-                        &format!("/flags/{flag}/segments/{segment}"),
+                        &format!("/flags/{id}/segments"),
                         Some(json!({"description": description, "rolloutPercent": rollout})),
                     )
                     .await?;
-                }
-                Op::DeleteSegment { flag, segment, .. } => {
-                    self.call(
-                        commit,
-                        "DELETE",
-                        &format!("/flags/{flag}/segments/{segment}"),
-                        None,
-                    )
-                    .await?;
-                }
-                Op::CreateConstraint {
-                    flag,
-                    key,
-                    segment,
-                    property,
-                    operator,
-                    value,
-                } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    let sid = seg_id(key, segment, &new_segments)?;
-                    self.call(
-                        commit,
-                        "POST",
-                        &format!("/flags/{id}/segments/{sid}/constraints"),
-                        Some(json!({"property": property, "operator": operator, "value": value})),
-                    )
-                    .await?;
-                }
-                Op::DeleteConstraint {
-                    flag,
-                    segment,
-                    constraint,
-                    ..
-                } => {
-                    self.call(
-                        commit,
-                        "DELETE",
-                        &format!("/flags/{flag}/segments/{segment}/constraints/{constraint}"),
-                        None,
-                    )
-                    .await?;
-                }
-                Op::SetDistributions {
-                    flag,
-                    key,
-                    segment,
-                    percents,
-                } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    let sid = seg_id(key, segment, &new_segments)?;
-                    // Variant ids are only known now (some were just created).
-                    let f = self.flag(commit, id).await?;
-                    let mut ds = Vec::new();
-                    for (vk, p) in percents {
-                        let v =
-                            f.variants
-                                .iter()
-                                .find(|v| &v.key == vk)
-                                .ok_or_else(|| ApplyError {
-                                    call: format!("PUT /flags/{id}/segments/{sid}/distributions"),
-                                    message: format!("variant `{vk}` not found"),
-                                })?;
-                        ds.push(json!({"variantID": v.id, "variantKey": vk, "percent": p}));
-                    }
-                    self.call(
-                        commit,
-                        "PUT",
-                        &format!("/flags/{id}/segments/{sid}/distributions"),
-                        Some(json!({"distributions": ds})),
-                    )
-                    .await?;
-                }
-                Op::ReorderSegments { flag, key, order } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    let ids = order
+                let sid = v["id"].as_i64().ok_or_else(|| ApplyError {
+                    call: format!("POST /flags/{id}/segments"),
+                    message: "no id in Flagr's answer".into(),
+                })?;
+                new_segments.insert((key.clone(), *new), sid);
+            }
+            Op::UpdateSegment {
+                flag,
+                segment,
+                description,
+                rollout,
+                ..
+            } => {
+                self.call(
+                    commit,
+                    "PUT",
+                    &format!("/flags/{flag}/segments/{segment}"),
+                    Some(json!({"description": description, "rolloutPercent": rollout})),
+                )
+                .await?;
+            }
+            Op::DeleteSegment { flag, segment, .. } => {
+                self.call(
+                    commit,
+                    "DELETE",
+                    &format!("/flags/{flag}/segments/{segment}"),
+                    None,
+                )
+                .await?;
+            }
+            Op::CreateConstraint {
+                flag,
+                key,
+                segment,
+                property,
+                operator,
+                value,
+            } => {
+                let id = flag_id(flag, new_flags)?;
+                let sid = seg_id(key, segment, new_segments)?;
+                self.call(
+                    commit,
+                    "POST",
+                    &format!("/flags/{id}/segments/{sid}/constraints"),
+                    Some(json!({"property": property, "operator": operator, "value": value})),
+                )
+                .await?;
+            }
+            Op::DeleteConstraint {
+                flag,
+                segment,
+                constraint,
+                ..
+            } => {
+                self.call(
+                    commit,
+                    "DELETE",
+                    &format!("/flags/{flag}/segments/{segment}/constraints/{constraint}"),
+                    None,
+                )
+                .await?;
+            }
+            Op::SetDistributions {
+                flag,
+                key,
+                segment,
+                percents,
+            } => {
+                let id = flag_id(flag, new_flags)?;
+                let sid = seg_id(key, segment, new_segments)?;
+                // Variant ids are only known now (some were just created).
+                let f = self.flag(commit, id).await?;
+                let mut ds = Vec::new();
+                for (vk, p) in percents {
+                    let v = f
+                        .variants
                         .iter()
-                        .map(|s| seg_id(key, s, &new_segments))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    self.call(
-                        commit,
-                        "PUT",
-                        &format!("/flags/{id}/segments/reorder"),
-                        Some(json!({"segmentIDs": ids})),
-                    )
+                        .find(|v| &v.key == vk)
+                        .ok_or_else(|| ApplyError {
+                            call: format!("PUT /flags/{id}/segments/{sid}/distributions"),
+                            message: format!("variant `{vk}` not found"),
+                        })?;
+                    ds.push(json!({"variantID": v.id, "variantKey": vk, "percent": p}));
+                }
+                self.call(
+                    commit,
+                    "PUT",
+                    &format!("/flags/{id}/segments/{sid}/distributions"),
+                    Some(json!({"distributions": ds})),
+                )
+                .await?;
+            }
+            Op::ReorderSegments { flag, key, order } => {
+                let id = flag_id(flag, new_flags)?;
+                let ids = order
+                    .iter()
+                    .map(|s| seg_id(key, s, new_segments))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.call(
+                    commit,
+                    "PUT",
+                    &format!("/flags/{id}/segments/reorder"),
+                    Some(json!({"segmentIDs": ids})),
+                )
+                .await?;
+            }
+            Op::SetEnabled { flag, enabled, .. } => {
+                let id = flag_id(flag, new_flags)?;
+                self.call(
+                    commit,
+                    "PUT",
+                    &format!("/flags/{id}/enabled"),
+                    Some(json!({"enabled": enabled})),
+                )
+                .await?;
+            }
+            Op::DeleteFlag { flag, .. } => {
+                self.call(commit, "DELETE", &format!("/flags/{flag}"), None)
                     .await?;
-                }
-                Op::SetEnabled { flag, enabled, .. } => {
-                    let id = flag_id(flag, &new_flags)?;
-                    self.call(
-                        commit,
-                        "PUT",
-                        &format!("/flags/{id}/enabled"),
-                        Some(json!({"enabled": enabled})),
-                    )
-                    .await?;
-                }
-                Op::DeleteFlag { flag, .. } => {
-                    self.call(commit, "DELETE", &format!("/flags/{flag}"), None)
-                        .await?;
-                }
             }
         }
-        Ok(ops.len())
+        Ok(())
     }
 }

@@ -11,21 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Flagr's constraint operators.
-pub const OPERATORS: [&str; 12] = [
-    "EQ",
-    "NEQ",
-    "LT",
-    "LTE",
-    "GT",
-    "GTE",
-    "EREG",
-    "NEREG",
-    "IN",
-    "NOTIN",
-    "CONTAINS",
-    "NOTCONTAINS",
-];
+use super::rules;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
@@ -124,13 +110,6 @@ pub struct Problem {
     pub problem: String,
 }
 
-fn key_ok(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 63
-        && k.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | '.' | ':'))
-}
-
 /// Parses and validates every file; the flags are keyed (and so sorted) by flag key.
 pub fn load(files: &[(String, Vec<u8>)]) -> Result<BTreeMap<String, DFlag>, Vec<Problem>> {
     let mut problems = Vec::new();
@@ -151,19 +130,22 @@ pub fn load(files: &[(String, Vec<u8>)]) -> Result<BTreeMap<String, DFlag>, Vec<
         };
         for f in file.flags {
             let mut bad = |m: String| problems.push(p(&f.key, m));
-            if !key_ok(&f.key) {
-                bad(format!(
-                    "key `{}` must be 1..63 characters of letters, digits, _ - / . :",
-                    f.key
-                ));
+            for checked in [
+                rules::key("key", &f.key),
+                rules::description("the flag", &f.description),
+                rules::entity_type(&f.entity_type),
+            ] {
+                if let Err(m) = checked {
+                    bad(m);
+                }
             }
             if let Some(first) = origin.get(&f.key) {
                 bad(format!("key is defined twice (also in {first})"));
             }
             let mut vkeys = HashSet::new();
             for v in &f.variants {
-                if !key_ok(&v.key) {
-                    bad(format!("variant key `{}` is not valid", v.key));
+                if let Err(m) = rules::key("variant key", &v.key) {
+                    bad(m);
                 }
                 if !vkeys.insert(v.key.as_str()) {
                     bad(format!("variant `{}` is defined twice", v.key));
@@ -177,12 +159,17 @@ pub fn load(files: &[(String, Vec<u8>)]) -> Result<BTreeMap<String, DFlag>, Vec<
             }
             let mut tags = HashSet::new();
             for t in &f.tags {
-                if t.value.is_empty() || !tags.insert(t.value.as_str()) {
-                    bad(format!("tag `{}` is empty or repeated", t.value));
+                if let Err(m) = rules::tag(&t.value) {
+                    bad(m);
+                } else if !tags.insert(t.value.as_str()) {
+                    bad(format!("tag `{}` is repeated", t.value));
                 }
             }
             for (i, s) in f.segments.iter().enumerate() {
                 let seg = format!("segment {} (`{}`)", i + 1, s.description);
+                if let Err(m) = rules::description(&seg, &s.description) {
+                    bad(m);
+                }
                 if !(0..=100).contains(&s.rollout_percent) {
                     bad(format!(
                         "{seg}: rolloutPercent {} is outside 0..100",
@@ -190,14 +177,10 @@ pub fn load(files: &[(String, Vec<u8>)]) -> Result<BTreeMap<String, DFlag>, Vec<
                     ));
                 }
                 for c in &s.constraints {
-                    if !OPERATORS.contains(&c.operator.as_str()) {
-                        bad(format!(
-                            "{seg}: unknown constraint operator `{}`",
-                            c.operator
-                        ));
-                    }
-                    if c.property.is_empty() || c.value.is_empty() {
-                        bad(format!("{seg}: a constraint needs a property and a value"));
+                    let checked = rules::property(&c.property)
+                        .and_then(|()| rules::value(&c.operator, &c.value));
+                    if let Err(m) = checked {
+                        bad(format!("{seg}: {m}"));
                     }
                 }
                 if !s.distributions.is_empty() {
@@ -253,7 +236,10 @@ mod tests {
                 "Distributions": [{"VariantKey": "on", "Percent": 60}, {"VariantKey": "off", "Percent": 40}]}]}]}"#;
         let flags = load(&[
             f("flags/a.json", good),
-            f("flags/b.json", r#"{"Flags": [{"Key": "other"}]}"#),
+            f(
+                "flags/b.json",
+                r#"{"Flags": [{"Key": "other", "Description": "o"}]}"#,
+            ),
         ])
         .unwrap();
         assert_eq!(flags.len(), 2);
@@ -266,7 +252,11 @@ mod tests {
             "Segments": [{"Description": "s", "RolloutPercent": 120,
               "Constraints": [{"Property": "p", "Operator": "LIKE", "Value": "1"}],
               "Distributions": [{"VariantKey": "on", "Percent": 50}, {"VariantKey": "ghost", "Percent": 40}]}]},
-            {"Key": "bad key!"}]}"#;
+            {"Key": "bad key!"},
+            {"Key": "caf\u00e9", "Description": "d", "Tags": [{"Value": "a,b"}],
+             "Segments": [{"Description": "", "RolloutPercent": 1,
+               "Constraints": [{"Property": "state", "Operator": "EQ", "Value": "CA"},
+                               {"Property": "a b", "Operator": "EQ", "Value": "1"}]}]}]}"#;
         let e = load(&[
             f("a.json", bad),
             f("b.json", r#"{"Flags": [{"Key": "x"}]}"#),
@@ -287,5 +277,11 @@ mod tests {
         assert!(has("a.json|bad key!|key `bad key!`"));
         assert!(has("b.json|x|key is defined twice (also in a.json)"));
         assert!(has("c.json||not Flagr's JSON flag format"));
+        assert!(has("a.json|x|the flag needs a description"));
+        assert!(has("a.json|caf\u{e9}|key `caf\u{e9}` must be"));
+        assert!(has("tag `a,b` must be"));
+        assert!(has("segment 1 (``) needs a description"));
+        assert!(has("constraint value `CA` is not a number"));
+        assert!(has("constraint property `a b`"));
     }
 }

@@ -11,6 +11,7 @@ pub mod desired;
 pub mod forge;
 pub mod git;
 pub mod plan;
+pub mod rules;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ pub struct Report {
     pub applied: usize,
     pub problems: Vec<desired::Problem>,
     pub error: Option<String>,
+    /// Set when Flagr refused a call: the changes before it are applied, the rest are not.
+    pub stopped: Option<apply::Stopped>,
     pub duration_ms: u64,
 }
 
@@ -52,6 +55,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The problems of the last refused commit.
     pub last_problems: Vec<desired::Problem>,
+    /// The last sync that Flagr refused part of: how far it got (cleared by a full sync).
+    pub last_stopped: Option<apply::Stopped>,
     pub syncs: u64,
 }
 
@@ -479,19 +484,23 @@ impl Worker {
                     s.last_changes = n;
                     s.last_error = None;
                     s.last_problems.clear();
+                    s.last_stopped = None;
                     s.syncs += 1;
                 }
             }
-            Err(e) => {
+            Err(stopped) => {
                 self.metrics
                     .gitsync_runs
                     .with_label_values(&[&id, "apply_failed"])
                     .inc();
-                tracing::error!(repository = %id, %commit, error = %e, "git sync stopped at a call Flagr refused");
+                tracing::error!(repository = %id, %commit, applied = stopped.applied, planned = stopped.planned, call = %stopped.call, error = %stopped.error, "git sync stopped at a call Flagr refused; the next sync plans the rest again");
+                report.applied = stopped.applied;
+                report.error = Some(stopped.to_string());
                 if let Ok(mut s) = self.status.lock() {
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(stopped.to_string());
+                    s.last_stopped = Some(stopped.clone());
                 }
-                report.error = Some(e.to_string());
+                report.stopped = Some(stopped);
             }
         }
         report

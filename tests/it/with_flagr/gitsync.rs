@@ -688,3 +688,81 @@ async fn odd_names_force_pushes_huge_files_and_probes() {
     let (s, v) = send_push(&fh, "github", h, b).await;
     assert_eq!((s, v["accepted"].as_str()), (202, Some("flags")), "{v}");
 }
+
+/// A commit Flagr would refuse halfway is refused whole before the first call; a refusal only
+/// Flagr's state can cause stops the run where it happened and says exactly how far it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_flagr_would_refuse_is_refused_whole_and_a_mid_plan_refusal_is_reported() {
+    let f = flagr(&[]).await;
+    // A flag deleted by hand keeps its key taken in Flagr (soft delete).
+    let (_, ghost) = call(
+        "POST",
+        &format!("{}/flags", f.api()),
+        Some(json!({"key": "ghost", "description": "deleted by hand"})),
+    )
+    .await;
+    call(
+        "DELETE",
+        &format!("{}/flags/{}", f.api(), ghost["id"]),
+        None,
+    )
+    .await;
+    let repos = Repos::new(false);
+    let c0 = repos.commit(&[("README.md", json!("no flags yet"))], true);
+    let r = Receiver::start(vec![]).await;
+    let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", "", &r)).await;
+    wait_synced(&fh, &c0).await;
+
+    // An unquoted string is a value Flagr's parser refuses: before, the flag was created and
+    // the constraint call failed, leaving half a commit in Flagr.
+    let unquoted = json!({"Flags": [{"Key": "bad-value", "Description": "d",
+        "Segments": [{"Description": "CA", "RolloutPercent": 100,
+            "Constraints": [{"Property": "state", "Operator": "EQ", "Value": "CA"}]}]}]});
+    let c1 = repos.commit(&[("flagr/flags.json", unquoted)], true);
+    let (h, b) = github_push("gh-secret", &repos.url, &c0, &c1, &[], "d-1");
+    let st = push_refused(&fh, h, b).await;
+    assert!(
+        st["last_problems"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("constraint value `CA`"),
+        "{st}"
+    );
+    assert!(flag(&f, "bad-value").await.is_none(), "half applied");
+
+    // Valid everywhere but in Flagr's state: `ghost` cannot be created again.
+    let three = json!({"Flags": [
+        {"Key": "aaa", "Description": "first", "Enabled": true},
+        {"Key": "ghost", "Description": "again"},
+        {"Key": "zzz", "Description": "last"}]});
+    let c2 = repos.commit(&[("flagr/flags.json", three)], true);
+    let (_, dry) = call_auth(
+        "POST",
+        &format!("{}/api/gitsync/flags/sync?dry_run=true", fh.admin),
+        TOKEN,
+    )
+    .await;
+    let plan = dry["plan"].as_array().expect("a plan").clone();
+    let at = plan
+        .iter()
+        .position(|op| op["op"] == "create_flag" && op["key"] == "ghost")
+        .expect("ghost is created in the plan");
+    let (h, b) = github_push("gh-secret", &repos.url, &c0, &c2, &[], "d-2");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    let stopped = wait_until(Duration::from_secs(20), || async {
+        !status(&fh).await["last_stopped"].is_null()
+    })
+    .await;
+    assert!(stopped, "{}", status(&fh).await);
+    let st = status(&fh).await;
+    let s = &st["last_stopped"];
+    assert_eq!(s["commit"], c2.as_str(), "{st}");
+    assert_eq!(s["applied"], at, "{st}");
+    assert_eq!(s["planned"], plan.len(), "{st}");
+    assert_eq!(s["call"], "POST /flags", "{st}");
+    assert!(s["error"].as_str().unwrap().contains("400"), "{st}");
+    // Done before the refusal stays done; nothing after it ran; the commit is not synced.
+    assert_eq!(flag(&f, "aaa").await.expect("applied")["enabled"], true);
+    assert!(flag(&f, "zzz").await.is_none());
+    assert_eq!(st["last_synced_commit"], c0.as_str());
+}
