@@ -9,10 +9,19 @@ COPY examples ./examples
 RUN cargo build --release --locked --bin flaghook \
  && strip target/release/flaghook
 
-# distroless/cc: glibc and CA certificates, no shell, runs as uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Debian slim with git (git sync runs the git command line; distroless has none), CA
+# certificates, and a non-root user 65532. The chart runs it with a read-only root filesystem:
+# the store lives on /var/lib/flaghook and git caches on /var/cache/flaghook, both volumes.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 nonroot \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /var/cache/flaghook nonroot \
+ && install -d -o 65532 -g 65532 /var/lib/flaghook /var/cache/flaghook
 COPY --from=build /src/target/release/flaghook /usr/local/bin/flaghook
 COPY --from=build /src/config/flaghook.toml /etc/flaghook/flaghook.toml
+ENV HOME=/var/cache/flaghook
 USER 65532:65532
 EXPOSE 18080 18081
 ENTRYPOINT ["/usr/local/bin/flaghook"]

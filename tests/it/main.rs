@@ -10,6 +10,7 @@ mod with_flagr {
     mod faults;
     mod gitsync;
     mod impressions;
+    mod packaging;
     mod page;
     mod prometheus;
     mod proxy;

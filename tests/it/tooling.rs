@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn tool(name: &str, cached: &str) -> PathBuf {
+pub fn tool(name: &str, cached: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(cached);
     if p.exists() {
         return p;
@@ -20,7 +20,7 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("tool runs");
     let text = format!(
         "{}{}",
@@ -32,7 +32,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// The value of `flaghook.json: |` in the rendered ConfigMap (a YAML block scalar).
-fn rendered_config(manifests: &str) -> String {
+pub fn rendered_config(manifests: &str) -> String {
     let mut lines = manifests
         .lines()
         .skip_while(|l| l.trim() != "flaghook.json: |");

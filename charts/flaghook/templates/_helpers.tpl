@@ -40,6 +40,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $store := get $cfg "store" | default dict -}}
 {{- $_ := set $store "path" "/var/lib/flaghook/flaghook.redb" -}}
 {{- $_ := set $cfg "store" $store -}}
+{{/* Git caches on their own emptyDir: the root filesystem is read-only. */}}
+{{- $gitsync := get $cfg "gitsync" | default dict -}}
+{{- if not (get $gitsync "workdir") -}}{{- $_ := set $gitsync "workdir" "/var/cache/flaghook/git" -}}{{- end -}}
+{{- $_ := set $cfg "gitsync" $gitsync -}}
 {{- $changelog := get $cfg "changelog" | default dict -}}
 {{- if and (gt (int .Values.replicaCount) 1) (ne (get $changelog "follow" | default "all") "proxied") -}}
 {{- fail "replicaCount > 1: every replica would follow the same Flagr changelog and send each change once per replica. Set config.changelog.follow=proxied (each replica sends only the changes it proxied), or run one replica." -}}
@@ -87,6 +91,12 @@ It expects this chart's values (as a subchart: pass the subchart's context).
       readOnly: true
     - name: flaghook-data
       mountPath: /var/lib/flaghook
+    - name: flaghook-cache
+      mountPath: /var/cache/flaghook
+  env:
+    # git may look for a home; the root filesystem is read-only.
+    - name: HOME
+      value: /var/cache/flaghook
 {{- end -}}
 
 {{/* The volumes the container needs. */}}
@@ -105,6 +115,33 @@ It expects this chart's values (as a subchart: pass the subchart's context).
 {{- else }}
   emptyDir: {}
 {{- end }}
+- name: flaghook-cache
+  emptyDir: {}
+{{- end -}}
+
+{{/* Seconds in a duration written as in flaghook's config ("20s", "1m", "500ms", "2h", 30). */}}
+{{- define "flaghook.seconds" -}}
+{{- $v := toString . -}}
+{{- if regexMatch "^[0-9]+$" $v -}}{{ $v }}
+{{- else if regexMatch "^[0-9]+ms$" $v -}}{{ add1 (div (int (trimSuffix "ms" $v)) 1000) }}
+{{- else if regexMatch "^[0-9]+s$" $v -}}{{ trimSuffix "s" $v }}
+{{- else if regexMatch "^[0-9]+m$" $v -}}{{ mul (int (trimSuffix "m" $v)) 60 }}
+{{- else if regexMatch "^[0-9]+h$" $v -}}{{ mul (int (trimSuffix "h" $v)) 3600 }}
+{{- else -}}{{- fail (printf "cannot read the duration %q (use 500ms, 20s, 2m or 1h), or set terminationGracePeriodSeconds" $v) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod's grace period: flaghook's own shutdown (drain, then deliver) plus a margin. */}}
+{{- define "flaghook.terminationGracePeriodSeconds" -}}
+{{- if .Values.terminationGracePeriodSeconds -}}
+{{- .Values.terminationGracePeriodSeconds -}}
+{{- else -}}
+{{- $proxy := get .Values.config "proxy" | default dict -}}
+{{- $delivery := get .Values.config "delivery" | default dict -}}
+{{- $grace := include "flaghook.seconds" (get $proxy "shutdown_grace" | default "20s") | int -}}
+{{- $deadline := include "flaghook.seconds" (get $delivery "shutdown_deadline" | default "20s") | int -}}
+{{- add $grace $deadline 10 -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod annotations: config checksum (rolls the pod on change) and Prometheus scraping. */}}
