@@ -170,7 +170,12 @@ impl App {
 
         // Git sync's calls through the proxy prove themselves with this; nobody else has it.
         let gitsync_token = uuid::Uuid::new_v4().simple().to_string();
-        let tap = proxy::TapSender::new(tap_tx, metrics.clone(), cfg.proxy.inspect_max_bytes);
+        let tap = proxy::TapSender::new(
+            tap_tx,
+            metrics.clone(),
+            cfg.proxy.inspect_max_bytes,
+            proxy::tap::ByteBudget::new(cfg.proxy.tap_max_bytes),
+        );
         let proxy = proxy::Proxy::new(
             &cfg.proxy,
             &cfg.flagr.user_header,
@@ -197,11 +202,15 @@ impl App {
             max_connections,
             grace: cfg.proxy.shutdown_grace,
         };
+        let counters = |name: &str| listener::Counters {
+            open: metrics.connections_open.with_label_values(&[name]),
+            refused: metrics.connections_refused.with_label_values(&[name]),
+        };
         let proxy_task = tokio::spawn(proxy::serve(
             proxy_listener,
             proxy,
             limits(cfg.proxy.max_connections),
-            metrics.connections_refused.with_label_values(&["proxy"]),
+            counters("proxy"),
             shutdown.clone(),
         ));
         let gitsync = (!cfg.git_repositories.is_empty()).then(|| {
@@ -244,7 +253,7 @@ impl App {
             admin_listener,
             move |_| hyper_util::service::TowerToHyperService::new(admin.clone()),
             limits(cfg.admin.max_connections),
-            metrics.connections_refused.with_label_values(&["admin"]),
+            counters("admin"),
             shutdown.clone(),
         ));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.proxy.upstream, webhooks = cfg.webhooks.len(), "flaghook started");

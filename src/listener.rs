@@ -17,12 +17,19 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What a listener counts.
+#[derive(Clone)]
+pub struct Counters {
+    pub open: IntGauge,
+    pub refused: IntCounter,
+}
 
 /// What bounds one listener.
 #[derive(Clone, Debug)]
@@ -42,7 +49,7 @@ pub async fn serve<F, S, B>(
     listener: TcpListener,
     make_service: F,
     limits: Limits,
-    refused: IntCounter,
+    counters: Counters,
     shutdown: CancellationToken,
 ) -> bool
 where
@@ -81,7 +88,7 @@ where
         let Ok(permit) = open.clone().try_acquire_owned() else {
             // Closing at once keeps the backlog moving; waiting would let idle clients hold
             // everyone else out.
-            refused.inc();
+            counters.refused.inc();
             tracing::debug!(%peer, "connection refused: listener at max_connections");
             continue;
         };
@@ -90,10 +97,13 @@ where
             .serve_connection(TokioIo::new(stream), make_service(peer))
             .into_owned();
         let conn = graceful.watch(conn);
+        let open = counters.open.clone();
+        open.inc();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "client connection ended with an error");
             }
+            open.dec();
             drop(permit);
         });
     }

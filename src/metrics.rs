@@ -16,6 +16,7 @@ pub struct Metrics {
     pub proxy_upstream_errors: IntCounterVec,
     pub proxy_in_flight: IntGauge,
     pub connections_refused: IntCounterVec,
+    pub connections_open: IntGaugeVec,
     pub tap_uninspected: IntCounterVec,
     pub tap_dropped: IntCounterVec,
     pub derive_errors: IntCounterVec,
@@ -110,9 +111,14 @@ impl Metrics {
                 "Connections closed at once because the listener held its maximum, by listener.",
                 &["listener"],
             ),
+            connections_open: gauge_vec(
+                "flaghook_connections_open",
+                "Client connections open right now, by listener.",
+                &["listener"],
+            ),
             tap_uninspected: counter_vec(
                 "flaghook_tap_uninspected_total",
-                "Bodies of inspected routes that were not inspected (over the cap, incomplete).",
+                "Bodies of inspected routes that were not inspected (too_large: over the cap; over_budget: proxy.tap_max_bytes held by waiting copies; incomplete).",
                 &["direction", "reason"],
             ),
             tap_dropped: counter_vec(
@@ -327,8 +333,14 @@ impl Metrics {
         };
         m.build_info.set(1);
         // Known label values start at 0, so rate() and dashboards see the series from the start.
+        for direction in ["request", "response"] {
+            for reason in ["too_large", "over_budget", "incomplete"] {
+                m.tap_uninspected.with_label_values(&[direction, reason]);
+            }
+        }
         for listener in ["proxy", "admin"] {
             m.connections_refused.with_label_values(&[listener]);
+            m.connections_open.with_label_values(&[listener]);
         }
         for stage in ["tap", "lane", "hint", "impressions"] {
             m.tap_dropped.with_label_values(&[stage]);

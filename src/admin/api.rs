@@ -258,6 +258,15 @@ async fn replay(
                 format!("no delivery `{delivery}` in the log of `{id}`"),
             )
         })?;
+    if !entry.body_kept {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "body_not_kept",
+            format!(
+                "the body of `{delivery}` is no longer kept (delivery.log_body_bytes); it cannot be replayed"
+            ),
+        ));
+    }
     s.deliveries.send_to(
         &id,
         Job {

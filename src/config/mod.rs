@@ -129,6 +129,9 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Bodies larger than this are streamed but not inspected (counted).
     pub inspect_max_bytes: usize,
+    /// Bytes of copied bodies in flight or waiting for derivation, all exchanges together;
+    /// a copy beyond it is not made (the request passes, counted as not inspected).
+    pub tap_max_bytes: usize,
     /// Capacity of the channel between the proxy and the derive worker; full = dropped, counted.
     pub tap_capacity: usize,
     /// A client must send its request headers within this time.
@@ -152,6 +155,7 @@ impl Default for ProxyConfig {
             pool_max_idle: 256,
             pool_idle_timeout: Duration::from_secs(90),
             inspect_max_bytes: 1 << 20,
+            tap_max_bytes: 32 << 20,
             tap_capacity: 8192,
             header_read_timeout: Duration::from_secs(30),
             max_connections: 16384,
@@ -338,6 +342,9 @@ pub struct DeliveryConfig {
     pub response_excerpt_bytes: usize,
     /// Attempts kept in each endpoint's delivery log.
     pub log_size: usize,
+    /// Request bodies the delivery log keeps for replay, per endpoint; beyond it the oldest
+    /// entries keep their metadata but lose their body (they can no longer be replayed).
+    pub log_body_bytes: usize,
     /// Allow destinations in these networks (CIDR), e.g. `10.1.0.0/16`.
     pub allow_cidrs: Vec<ipnet::IpNet>,
     /// Allow these host names whatever they resolve to.
@@ -382,6 +389,7 @@ impl Default for DeliveryConfig {
             shutdown_deadline: Duration::from_secs(20),
             response_excerpt_bytes: 4096,
             log_size: 100,
+            log_body_bytes: 1 << 20,
             allow_cidrs: Vec::new(),
             allow_hosts: Vec::new(),
             require_https: false,
@@ -537,6 +545,7 @@ impl Config {
         positive("delivery.log_size", self.delivery.log_size)?;
         positive("admin.max_body_bytes", self.admin.max_body_bytes)?;
         positive("admin.max_connections", self.admin.max_connections)?;
+        positive("proxy.tap_max_bytes", self.proxy.tap_max_bytes)?;
         if let Some(p) = &self.delivery.egress_proxy {
             let ok = url::Url::parse(p)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());

@@ -58,6 +58,7 @@ pub async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe:
             error,
             response,
             body: job.body.clone(),
+            body_kept: true,
             ..LogEntry::of(job, at, attempt, probe)
         },
     }
@@ -157,6 +158,7 @@ impl LogEntry {
             error: None,
             response: String::new(),
             records: job.records,
+            body_kept: false,
             body: Bytes::new(),
             order_key: job.order_key,
             encoding: job.encoding,

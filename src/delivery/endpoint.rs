@@ -78,6 +78,8 @@ pub struct LogEntry {
     pub response: String,
     /// Impression records in the request (0 for change events).
     pub records: usize,
+    /// False once the log's byte budget dropped the body: the entry can no longer be replayed.
+    pub body_kept: bool,
     #[serde(skip)]
     pub body: Bytes,
     #[serde(skip)]
@@ -101,6 +103,9 @@ pub struct Status {
     pub last_error: Option<String>,
     #[serde(skip)]
     pub log: VecDeque<LogEntry>,
+    /// Body bytes the log holds (bounded by `delivery.log_body_bytes`).
+    #[serde(skip)]
+    pub log_body_bytes: usize,
 }
 
 /// The status shared between the worker (writer) and the admin API (reader).
@@ -465,9 +470,26 @@ impl Worker {
                 s.last_failure = Some(e.at.clone());
                 s.last_error = e.error.clone();
             }
+            s.log_body_bytes += e.body.len();
             s.log.push_back(e);
             while s.log.len() > max {
-                s.log.pop_front();
+                if let Some(old) = s.log.pop_front() {
+                    s.log_body_bytes -= old.body.len();
+                }
+            }
+            // Over the byte budget: the oldest entries give up their bodies first.
+            let budget = self.ctx.policy.log_body_bytes;
+            let Status {
+                log,
+                log_body_bytes,
+                ..
+            } = &mut *s;
+            for entry in log.iter_mut() {
+                if *log_body_bytes <= budget {
+                    break;
+                }
+                *log_body_bytes -= std::mem::take(&mut entry.body).len();
+                entry.body_kept = false;
             }
         }
     }

@@ -6,12 +6,11 @@
 use std::convert::Infallible;
 
 use hyper::service::service_fn;
-use prometheus::IntCounter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::service::Proxy;
-use crate::listener::Limits;
+use crate::listener::{Counters, Limits};
 
 /// Serves until `shutdown` fires, then lets in-flight requests finish for up to the grace
 /// period. Returns false when it ran out with connections still open.
@@ -19,7 +18,7 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
     limits: Limits,
-    refused: IntCounter,
+    counters: Counters,
     shutdown: CancellationToken,
 ) -> bool {
     let make = move |peer| {
@@ -29,5 +28,5 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         })
     };
-    crate::listener::serve(listener, make, limits, refused, shutdown).await
+    crate::listener::serve(listener, make, limits, counters, shutdown).await
 }

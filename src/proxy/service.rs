@@ -47,7 +47,6 @@ struct Inner {
     authority: Authority,
     routes: RouteTable,
     timeout: Duration,
-    inspect_cap: usize,
     tap: TapSender,
     metrics: Arc<Metrics>,
     /// True on Flagr 1.1.x: mutations need the flag fetched before they are forwarded.
@@ -94,7 +93,6 @@ impl Proxy {
                 authority,
                 routes: RouteTable::new(&cfg.path_prefix),
                 timeout: cfg.upstream_timeout,
-                inspect_cap: cfg.inspect_max_bytes,
                 tap,
                 metrics,
                 prefetch,
@@ -202,7 +200,15 @@ impl Proxy {
             }
         };
         let body = match &tapped {
-            Some((_, slot)) => TapBody::request(body, slot.clone(), me.inspect_cap),
+            // Evaluations become impressions from Flagr's answer alone: their requests (batch
+            // requests can be large) are not copied.
+            Some((_, slot)) if matches!(route, Route::Evaluation(_)) => {
+                if let Ok(mut s) = slot.lock() {
+                    s.0 = Captured::Skipped;
+                }
+                TapBody::passthrough(body)
+            }
+            Some((_, slot)) => TapBody::request(body, slot.clone(), &me.tap),
             None => TapBody::passthrough(body),
         };
         let upstream_req = Request::from_parts(parts, body);
@@ -264,6 +270,7 @@ impl Proxy {
                     responded_at: SystemTime::now(),
                     prefetched,
                     postfetched,
+                    held: Default::default(),
                 };
                 TapBody::response(
                     body,

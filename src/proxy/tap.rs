@@ -4,8 +4,12 @@
 //! In: request and response bodies as hyper streams them. Out: the same frames, untouched, and
 //! one [`Exchange`] per inspected call through a bounded channel (`try_send`).
 //! Never: waits, alters a frame, or copies more than the cap; a full channel drops and counts.
+//! Copies hold bytes of one shared [`ByteBudget`] (`proxy.tap_max_bytes`) from the first byte
+//! copied until derivation drops the exchange, so what waits between the proxy and derivation
+//! is bounded in bytes, not only in count; a copy the budget cannot take is not made (counted).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -26,9 +30,13 @@ pub enum Captured {
     Complete(Bytes),
     /// Larger than the cap: passed through, not inspected.
     TooLarge,
+    /// The tap's byte budget was spent by copies still waiting: passed through, not inspected.
+    OverBudget,
     /// The stream ended early (client or Flagr hung up, or an error).
     #[default]
     Incomplete,
+    /// Not copied: derivation needs only the other body of this route.
+    Skipped,
 }
 
 impl Captured {
@@ -37,6 +45,93 @@ impl Captured {
             Captured::Complete(b) => Some(b),
             _ => None,
         }
+    }
+}
+
+/// Bytes every copy in flight or waiting for derivation shares (`proxy.tap_max_bytes`).
+#[derive(Debug)]
+pub struct ByteBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl ByteBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes held right now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|&t| t <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Bytes taken from a [`ByteBudget`], given back when dropped (with the exchange that holds it).
+#[derive(Debug, Default)]
+pub struct Held {
+    budget: Option<Arc<ByteBudget>>,
+    n: usize,
+}
+
+impl Held {
+    fn new(budget: &Arc<ByteBudget>) -> Self {
+        Self {
+            budget: Some(budget.clone()),
+            n: 0,
+        }
+    }
+
+    /// Takes `n` more bytes; false (and nothing taken) when the budget cannot give them.
+    fn grow(&mut self, n: usize) -> bool {
+        match &self.budget {
+            Some(b) if b.take(n) => {
+                self.n += n;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// Gives everything back now (the copy is abandoned).
+    fn release(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(std::mem::take(&mut self.n));
+        }
+    }
+
+    /// One holding for both bodies of an exchange.
+    fn join(mut self, mut other: Held) -> Held {
+        if self.budget.is_none() {
+            return other;
+        }
+        self.n += std::mem::take(&mut other.n);
+        self
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.n
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -68,6 +163,8 @@ pub struct Exchange {
     pub prefetched: Option<FlagState>,
     /// Legacy servers: the flag right after the call, read before the client got its answer.
     pub postfetched: Option<FlagState>,
+    /// The budget bytes the copied bodies hold, until this exchange is dropped.
+    pub held: Held,
 }
 
 /// The sending half, shared by every connection.
@@ -76,11 +173,22 @@ pub struct TapSender {
     tx: mpsc::Sender<Exchange>,
     metrics: Arc<Metrics>,
     cap: usize,
+    budget: Arc<ByteBudget>,
 }
 
 impl TapSender {
-    pub fn new(tx: mpsc::Sender<Exchange>, metrics: Arc<Metrics>, cap: usize) -> Self {
-        Self { tx, metrics, cap }
+    pub fn new(
+        tx: mpsc::Sender<Exchange>,
+        metrics: Arc<Metrics>,
+        cap: usize,
+        budget: Arc<ByteBudget>,
+    ) -> Self {
+        Self {
+            tx,
+            metrics,
+            cap,
+            budget,
+        }
     }
 
     fn send(&self, ex: Exchange) {
@@ -91,7 +199,7 @@ impl TapSender {
 }
 
 /// Shared between the request tap (which fills it) and the response tap (which reads it).
-pub type RequestSlot = Arc<Mutex<Captured>>;
+pub type RequestSlot = Arc<Mutex<(Captured, Held)>>;
 
 /// The exchange minus the response body, waiting for that body to end.
 pub struct Pending {
@@ -108,34 +216,54 @@ enum Sink {
 struct Capture {
     buf: BytesMut,
     cap: usize,
-    over: bool,
+    /// Why copying stopped, when it did.
+    stopped: Option<Captured>,
+    held: Held,
     sink: Sink,
 }
 
 impl Capture {
+    fn new(cap: usize, budget: &Arc<ByteBudget>, sink: Sink) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            cap,
+            stopped: None,
+            held: Held::new(budget),
+            sink,
+        }
+    }
+
     fn push(&mut self, data: &Bytes) {
-        if self.over {
+        if self.stopped.is_some() {
             return;
         }
         if self.buf.len() + data.len() > self.cap {
-            self.over = true;
-            self.buf = BytesMut::new();
+            self.stop(Captured::TooLarge);
+        } else if !self.held.grow(data.len()) {
+            self.stop(Captured::OverBudget);
         } else {
             self.buf.extend_from_slice(data);
         }
     }
 
-    fn finish(self, complete: bool) {
-        let captured = match (complete, self.over) {
-            (_, true) => Captured::TooLarge,
-            (true, false) => Captured::Complete(self.buf.freeze()),
-            (false, false) => Captured::Incomplete,
+    fn stop(&mut self, why: Captured) {
+        self.stopped = Some(why);
+        self.buf = BytesMut::new();
+        self.held.release();
+    }
+
+    fn finish(mut self, complete: bool) {
+        let captured = match (complete, self.stopped.take()) {
+            (_, Some(why)) => why,
+            (true, None) => Captured::Complete(std::mem::take(&mut self.buf).freeze()),
+            (false, None) => Captured::Incomplete,
         };
+        let held = std::mem::take(&mut self.held);
         match self.sink {
             Sink::Request(slot) => {
                 // Counted with the response, when the exchange is complete.
                 if let Ok(mut s) = slot.lock() {
-                    *s = captured;
+                    *s = (captured, held);
                 }
             }
             Sink::Response(p) => {
@@ -144,10 +272,12 @@ impl Capture {
                     request,
                     sender,
                 } = *p;
-                exchange.request_body = request
+                let (request_body, request_held) = request
                     .lock()
                     .map(|mut s| std::mem::take(&mut *s))
                     .unwrap_or_default();
+                exchange.request_body = request_body;
+                exchange.held = request_held.join(held);
                 if let Some(reason) = exchange_reason(&exchange.request_body) {
                     sender
                         .metrics
@@ -173,7 +303,9 @@ fn exchange_reason(c: &Captured) -> Option<&'static str> {
     match c {
         Captured::Complete(_) => None,
         Captured::TooLarge => Some("too_large"),
+        Captured::OverBudget => Some("over_budget"),
         Captured::Incomplete => Some("incomplete"),
+        Captured::Skipped => None,
     }
 }
 
@@ -213,29 +345,27 @@ impl<B: Body> TapBody<B> {
     }
 
     /// Taps a request body into `slot`.
-    pub fn request(inner: B, slot: RequestSlot, cap: usize) -> Self {
+    pub fn request(inner: B, slot: RequestSlot, sender: &TapSender) -> Self {
         Self {
             inner,
-            capture: Some(Capture {
-                buf: BytesMut::new(),
-                cap,
-                over: false,
-                sink: Sink::Request(slot),
-            }),
+            capture: Some(Capture::new(
+                sender.cap,
+                &sender.budget,
+                Sink::Request(slot),
+            )),
         }
     }
 
     /// Taps a response body and sends the finished exchange.
     pub fn response(inner: B, pending: Pending) -> Self {
-        let cap = pending.sender.cap;
+        let (cap, budget) = (pending.sender.cap, pending.sender.budget.clone());
         Self {
             inner,
-            capture: Some(Capture {
-                buf: BytesMut::new(),
+            capture: Some(Capture::new(
                 cap,
-                over: false,
-                sink: Sink::Response(Box::new(pending)),
-            }),
+                &budget,
+                Sink::Response(Box::new(pending)),
+            )),
         }
     }
 }
@@ -295,8 +425,27 @@ mod tests {
     use http_body_util::{BodyExt, Full, StreamBody};
 
     fn sender(cap: usize) -> (TapSender, mpsc::Receiver<Exchange>) {
+        budgeted(cap, usize::MAX).0
+    }
+
+    /// A sender with a byte budget; also its budget and metrics.
+    #[allow(clippy::type_complexity)]
+    fn budgeted(
+        cap: usize,
+        max: usize,
+    ) -> (
+        (TapSender, mpsc::Receiver<Exchange>),
+        Arc<ByteBudget>,
+        Arc<Metrics>,
+    ) {
         let (tx, rx) = mpsc::channel(4);
-        (TapSender::new(tx, Arc::new(Metrics::new()), cap), rx)
+        let budget = ByteBudget::new(max);
+        let metrics = Arc::new(Metrics::new());
+        (
+            (TapSender::new(tx, metrics.clone(), cap, budget.clone()), rx),
+            budget,
+            metrics,
+        )
     }
 
     fn pending(sender: TapSender, slot: RequestSlot) -> Pending {
@@ -312,6 +461,7 @@ mod tests {
                 responded_at: SystemTime::now(),
                 prefetched: None,
                 postfetched: None,
+                held: Held::default(),
             },
             request: slot,
             sender,
@@ -325,7 +475,7 @@ mod tests {
         let req = TapBody::request(
             Full::new(Bytes::from_static(b"{\"a\":1}")),
             slot.clone(),
-            1024,
+            &s,
         );
         assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"a\":1}");
         let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
@@ -346,7 +496,7 @@ mod tests {
     async fn over_the_cap_passes_but_is_not_inspected() {
         let (s, mut rx) = sender(3);
         let slot = RequestSlot::default();
-        *slot.lock().unwrap() = Captured::Complete(Bytes::new());
+        slot.lock().unwrap().0 = Captured::Complete(Bytes::new());
         let resp = TapBody::response(Full::new(Bytes::from_static(b"hello")), pending(s, slot));
         assert_eq!(resp.collect().await.unwrap().to_bytes(), "hello");
         assert!(matches!(
@@ -379,7 +529,7 @@ mod tests {
     async fn full_channel_drops_and_counts() {
         let (tx, _rx) = mpsc::channel(1);
         let metrics = Arc::new(Metrics::new());
-        let s = TapSender::new(tx, metrics.clone(), 16);
+        let s = TapSender::new(tx, metrics.clone(), 16, ByteBudget::new(1 << 20));
         for _ in 0..3 {
             let b = TapBody::response(
                 Full::new(Bytes::new()),
@@ -388,5 +538,58 @@ mod tests {
             drop(b.collect().await);
         }
         assert_eq!(metrics.tap_dropped.with_label_values(&["tap"]).get(), 2);
+    }
+
+    /// Copies waiting for derivation hold the budget; one that does not fit is not made (the
+    /// bytes still pass), and the budget comes back when derivation drops the exchange.
+    #[tokio::test]
+    async fn copies_share_one_byte_budget_until_derivation_drops_them() {
+        let ((s, mut rx), budget, metrics) = budgeted(1024, 10);
+        let respond = |body: &'static [u8]| {
+            TapBody::response(
+                Full::new(Bytes::from_static(body)),
+                pending(s.clone(), RequestSlot::default()),
+            )
+            .collect()
+        };
+        assert_eq!(respond(b"123456").await.unwrap().to_bytes(), "123456");
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.response_body.bytes().unwrap(), "123456");
+        assert_eq!((first.held.bytes(), budget.used()), (6, 6));
+        // 6 + 5 > 10: passed through, not copied, counted; nothing more is held.
+        assert_eq!(respond(b"abcde").await.unwrap().to_bytes(), "abcde");
+        let second = rx.try_recv().unwrap();
+        assert!(matches!(second.response_body, Captured::OverBudget));
+        assert_eq!(budget.used(), 6);
+        assert_eq!(
+            metrics
+                .tap_uninspected
+                .with_label_values(&["response", "over_budget"])
+                .get(),
+            1
+        );
+        // Derivation is done with the first: its bytes are free again.
+        drop(first);
+        assert_eq!(budget.used(), 0);
+        respond(b"abcde").await.unwrap();
+        let third = rx.try_recv().unwrap();
+        assert_eq!(third.response_body.bytes().unwrap(), "abcde");
+        // Request and response copies are held together by the exchange.
+        let slot = RequestSlot::default();
+        let req = TapBody::request(Full::new(Bytes::from_static(b"xyz")), slot.clone(), &s);
+        req.collect().await.unwrap();
+        assert_eq!(budget.used(), 8);
+        drop(third);
+        TapBody::response(
+            Full::new(Bytes::from_static(b"12")),
+            pending(s.clone(), slot),
+        )
+        .collect()
+        .await
+        .unwrap();
+        let fourth = rx.try_recv().unwrap();
+        assert_eq!((fourth.held.bytes(), budget.used()), (5, 5));
+        drop(fourth);
+        assert_eq!(budget.used(), 0);
     }
 }

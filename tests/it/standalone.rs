@@ -271,6 +271,18 @@ async fn idle_admin_clients_can_neither_hold_shutdown_nor_fill_the_listener() {
          [admin]\nmax_connections = 2\n[delivery]\nshutdown_deadline = \"1s\"\n",
     )
     .await;
+    // The start-up probes' connections are gone before the test takes the two places; every
+    // refusal is counted, so the count is known exactly.
+    let refusals = std::cell::Cell::new(0);
+    let quiet = wait_until(Duration::from_secs(20), || async {
+        let m = whole_request(&fh.admin, "/metrics").await;
+        if m.is_empty() {
+            refusals.set(refusals.get() + 1);
+        }
+        metric_value(&m, "flaghook_connections_open{listener=\"admin\"}") == 1.0
+    })
+    .await;
+    assert!(quiet, "admin connections left open by the start-up probes");
     let _a = half_request(&fh.admin).await;
     let b = half_request(&fh.admin).await;
     // The listener holds its two: a third is closed without an answer.
@@ -278,7 +290,7 @@ async fn idle_admin_clients_can_neither_hold_shutdown_nor_fill_the_listener() {
     // One leaves; the next request is served once the listener has seen it go. Every refusal
     // on the way is counted, so the count is known exactly.
     drop(b);
-    let mut refused = 1;
+    let mut refused = refusals.get() + 1;
     let mut metrics = String::new();
     for _ in 0..200 {
         let got = whole_request(&fh.admin, "/metrics").await;
@@ -359,6 +371,10 @@ async fn allowed_hosts_connect_proxy_variables_are_ignored_and_url_secrets_stay_
         ("http_proxy", trap.as_str()),
         ("HTTPS_PROXY", trap.as_str()),
         ("ALL_PROXY", trap.as_str()),
+        // git may use the proxy (its remotes are the operator's); only the git remote is
+        // exempted, so a webhook sent through the proxy would still show in the trap.
+        ("NO_PROXY", "127.0.0.1"),
+        ("no_proxy", "127.0.0.1"),
     ];
     let upstream = format!("http://127.0.0.1:{}", free_port());
     let fh = Flaghook::start_with_env(&upstream, &cfg, &proxy_env).await;
@@ -368,7 +384,6 @@ async fn allowed_hosts_connect_proxy_variables_are_ignored_and_url_secrets_stay_
     }
     // Allowed by name, though it resolves to loopback; reached directly, not via the proxy.
     r.wait_for(1).await;
-    assert_eq!(trapped.load(std::sync::atomic::Ordering::SeqCst), 0);
     let failed = wait_until(Duration::from_secs(20), || async {
         let (_, v) = call_auth("GET", &format!("{}/api/webhooks/dead", fh.admin), "t").await;
         !v["last_error"].is_null()
@@ -403,6 +418,8 @@ async fn allowed_hosts_connect_proxy_variables_are_ignored_and_url_secrets_stay_
             "a URL credential is shown:\n{text}"
         );
     }
+    // Neither webhook, nor the git remote, went through the environment's proxy.
+    assert_eq!(trapped.load(std::sync::atomic::Ordering::SeqCst), 0);
     let (_, v) = call_auth("GET", &format!("{}/api/webhooks/dead", fh.admin), "t").await;
     assert!(v["url"].as_str().unwrap().ends_with("token=***"), "{v}");
     assert!(v["last_error"].as_str().unwrap().contains("connect"), "{v}");
@@ -424,4 +441,58 @@ async fn webhooks_go_through_the_configured_egress_proxy() {
     })
     .await;
     assert!(reached, "the egress proxy saw no connection:\n{}", fh.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_keeps_bodies_within_its_byte_budget() {
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "[admin]\ntoken = \"t\"\n{FAST_DELIVERY}log_body_bytes = 300\n{}",
+        webhook("w", &r, "")
+    );
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let fh = Flaghook::start(&upstream, &cfg).await;
+    let mut sizes = Vec::new();
+    for n in 1..=3 {
+        call_auth("POST", &format!("{}/api/webhooks/w/test", fh.admin), "t").await;
+        sizes.push(r.wait_for(n).await[n - 1].body.len());
+    }
+    // Each ping is a few hundred bytes: two do not fit in 300, so only the newest keeps its body.
+    assert!(sizes.iter().all(|s| *s <= 300 && s * 2 > 300), "{sizes:?}");
+    let log = wait_until(Duration::from_secs(10), || async {
+        let (_, v) = call_auth(
+            "GET",
+            &format!("{}/api/webhooks/w/deliveries", fh.admin),
+            "t",
+        )
+        .await;
+        v["deliveries"].as_array().is_some_and(|d| d.len() == 3)
+    })
+    .await;
+    assert!(log);
+    let (_, v) = call_auth(
+        "GET",
+        &format!("{}/api/webhooks/w/deliveries", fh.admin),
+        "t",
+    )
+    .await;
+    let d = v["deliveries"].as_array().unwrap().clone();
+    let kept: Vec<bool> = d.iter().map(|e| e["body_kept"] == true).collect();
+    assert_eq!(kept, [true, false, false], "{v}");
+    let replay = |id: &serde_json::Value| {
+        format!(
+            "{}/api/webhooks/w/deliveries/{}/replay",
+            fh.admin,
+            id.as_str().unwrap()
+        )
+    };
+    let (s, body) = call_auth("POST", &replay(&d[2]["delivery_id"]), "t").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (409, Some("body_not_kept")),
+        "{body}"
+    );
+    let (s, _) = call_auth("POST", &replay(&d[0]["delivery_id"]), "t").await;
+    assert_eq!(s, 202);
+    r.wait_for(4).await;
 }

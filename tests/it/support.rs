@@ -245,6 +245,18 @@ impl Flaghook {
         assert!(ok, "flaghook did not start:\n{}", self.log());
     }
 
+    /// The process's peak resident memory (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
     /// SIGKILL, as an OOM kill or a node loss would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -335,3 +335,104 @@ async fn without_impression_webhooks_nothing_is_derived() {
     .await;
     assert_eq!(fh.metric("flaghook_impressions_derived_total").await, 0.0);
 }
+
+/// Flagr's answer to one batch evaluation (which must succeed).
+async fn batch_answer(url: &str, body: &str) -> bytes::Bytes {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap()
+}
+
+/// 300 KB batch answers arriving from many clients at once, one mapping worker, a small tap
+/// budget: memory stays under the chart's limit, and every record is delivered or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batch_answers_under_load_stay_within_memory_and_are_all_accounted_for() {
+    const CHART_MEMORY_LIMIT: u64 = 256 << 20;
+    let f = flagr(&[]).await;
+    seed(&f.api()).await;
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "{ENV}workers = 1\n[proxy]\ntap_max_bytes = 4194304\n{FAST_DELIVERY}{}",
+        imp_webhook("imp", &r, "flush_interval = \"200ms\"")
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let entities: Vec<Value> = (0..480)
+        .map(|i| json!({"entityID": format!("user-{i}"), "entityContext": {"state": "CA"}}))
+        .collect();
+    let body = json!({"entities": entities, "flagKeys": ["always-on", "ca-only"]}).to_string();
+    let url = format!("{}/evaluation/batch", fh.api());
+    let first = batch_answer(&url, &body).await;
+    assert!(first.len() > 290_000, "answer of {} bytes", first.len());
+    let per_request = 480 * 2;
+    let (clients, each) = (12, 60);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (url, body) = (url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..each {
+                assert!(batch_answer(&url, &body).await.len() > 290_000);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let requests = 1 + clients * each;
+    // Every answer: mapped into records, or counted as unreadable (not copied: over the
+    // budget) or dropped before mapping.
+    let accounted = || async {
+        let m = fh.metrics().await;
+        let v = |s: &str| metric_value(&m, s);
+        let answers = v("flaghook_impressions_derived_total") / per_request as f64
+            + v("flaghook_derive_errors_total{reason=\"impressions_unreadable\"}")
+            + v("flaghook_tap_dropped_total{stage=\"tap\"}")
+            + v("flaghook_tap_dropped_total{stage=\"impressions\"}");
+        (answers, m)
+    };
+    let done = wait_until(Duration::from_secs(60), || async {
+        accounted().await.0 >= requests as f64
+    })
+    .await;
+    let (answers, m) = accounted().await;
+    assert!(done, "answers unaccounted for:\n{m}");
+    assert_eq!(answers, requests as f64, "{m}");
+    let v = |s: &str| metric_value(&m, s);
+    let derived = v("flaghook_impressions_derived_total");
+    let skipped =
+        v("flaghook_tap_uninspected_total{direction=\"response\",reason=\"over_budget\"}");
+    assert_eq!(
+        v("flaghook_derive_errors_total{reason=\"impressions_unreadable\"}"),
+        skipped,
+        "only the budget made answers unreadable"
+    );
+    assert_eq!(
+        v("flaghook_tap_uninspected_total{direction=\"request\",reason=\"over_budget\"}"),
+        0.0,
+        "evaluation requests are not copied"
+    );
+    // What was derived reaches the receiver (it answers 200) or is counted as dropped.
+    let delivered = wait_until(Duration::from_secs(60), || async {
+        let m = fh.metrics().await;
+        metric_value(&m, "flaghook_impressions_delivered_total")
+            + metric_value(&m, "flaghook_impressions_dropped_total")
+            >= derived
+    })
+    .await;
+    assert!(delivered, "{}", fh.metrics().await);
+    let received: usize = r.hits().iter().map(|h| records(h).len()).sum();
+    let dropped = metric_value(&fh.metrics().await, "flaghook_impressions_dropped_total");
+    assert_eq!(received as f64 + dropped, derived);
+    let peak = fh.peak_rss();
+    eprintln!(
+        "peak RSS {:.1} MiB; {requests} answers of {} bytes; {derived} records derived, {skipped} answers not inspected",
+        peak as f64 / 1048576.0,
+        first.len()
+    );
+    assert!(peak < CHART_MEMORY_LIMIT, "peak RSS {peak} bytes");
+}

@@ -266,11 +266,21 @@ async fn five_mib_request_passes_and_is_counted_uninspected() {
             .map(str::len),
         Some(5 << 20)
     );
+    // Flagr echoes the context, so its answer is over the cap too; the request of an
+    // evaluation is not copied at all.
     fh.wait_metric(
-        "flaghook_tap_uninspected_total{direction=\"request\",reason=\"too_large\"}",
+        "flaghook_tap_uninspected_total{direction=\"response\",reason=\"too_large\"}",
         1.0,
     )
     .await;
+    let m = fh.metrics().await;
+    for (series, want) in [
+        ("{direction=\"response\",reason=\"too_large\"}", 1.0),
+        ("{direction=\"request\",reason=\"too_large\"}", 0.0),
+    ] {
+        let got = metric_value(&m, &format!("flaghook_tap_uninspected_total{series}"));
+        assert_eq!(got, want, "{series}\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
