@@ -21,6 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;
+pub mod ssrf;
 pub mod store;
 
 use std::net::SocketAddr;

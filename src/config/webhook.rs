@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, DeliveryConfig, Secret};
-use crate::events::EVENT_NAMES;
+use super::{positive, ConfigError, DeliveryConfig, Secret};
+use crate::events::names::{event_matches, EVENT_NAMES};
 
 /// The body a webhook receives.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -62,19 +62,6 @@ fn all_events() -> Vec<String> {
     vec!["*".into()]
 }
 
-/// True when `pattern` (an event name, `prefix.*` or `*`) matches `event`.
-pub fn event_matches(pattern: &str, event: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.strip_suffix(".*") {
-        Some(prefix) => event
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('.')),
-        None => pattern == event,
-    }
-}
-
 impl WebhookConfig {
     pub fn validate(
         &mut self,
@@ -86,7 +73,7 @@ impl WebhookConfig {
         if !super::valid_id(&self.id) {
             return Err(ConfigError::invalid(key("id"), super::ID_RULE));
         }
-        crate::delivery::guard::check_url(&self.url, delivery)
+        crate::ssrf::check_url(&self.url, &delivery.allow())
             .map_err(|e| ConfigError::invalid(key("url"), e.to_string()))?;
         if self.events.is_empty() {
             return Err(ConfigError::invalid(key("events"), "subscribes to nothing"));
@@ -169,6 +156,13 @@ pub struct ImpressionsConfig {
     pub workers: usize,
     /// Evaluations waiting for mapping; when full, dropped and counted.
     pub queue: usize,
+}
+
+impl ImpressionsConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        positive("impressions.workers", self.workers)?;
+        positive("impressions.queue", self.queue)
+    }
 }
 
 impl Default for ImpressionsConfig {

@@ -9,39 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The numbers of SPEC §5, all configurable (`[delivery.protection]`).
-#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Policy {
-    /// This many failures in a row pause the endpoint.
-    pub consecutive_failures: u32,
-    /// Or: at least this share of failures ...
-    pub failure_ratio: f64,
-    /// ... over at least this many attempts ...
-    pub min_attempts: usize,
-    /// ... within this window.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// The first pause; each failed probe doubles it ...
-    #[serde(with = "humantime_serde")]
-    pub cooldown: Duration,
-    /// ... up to this.
-    #[serde(with = "humantime_serde")]
-    pub max_cooldown: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_ratio: 0.7,
-            min_attempts: 10,
-            window: Duration::from_secs(300),
-            cooldown: Duration::from_secs(30),
-            max_cooldown: Duration::from_secs(600),
-        }
-    }
-}
+use crate::config::Protection;
 
 /// Where an endpoint stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,14 +48,14 @@ pub enum Transition {
 
 #[derive(Debug)]
 pub struct Breaker {
-    policy: Policy,
+    policy: Protection,
     state: State,
     consecutive: u32,
     recent: VecDeque<(Instant, bool)>,
 }
 
 impl Breaker {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: Protection) -> Self {
         Self {
             policy,
             state: State::Active,
@@ -200,11 +168,11 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn fast() -> Policy {
-        Policy {
+    fn fast() -> Protection {
+        Protection {
             cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(120),
-            ..Policy::default()
+            ..Protection::default()
         }
     }
 

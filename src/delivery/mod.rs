@@ -155,7 +155,7 @@ impl Deliveries {
         w: Arc<WebhookConfig>,
         kind: Kind,
     ) -> Result<Arc<endpoint::EndpointCtx>, DeliveryError> {
-        let url = guard::check_url(&w.url, &self.policy)
+        let url = crate::ssrf::check_url(&w.url, &self.policy.allow())
             .map_err(|e| DeliveryError::Invalid(format!("url: {e}")))?;
         let rules = match kind {
             Kind::Events => policy::DeliveryPolicy::change_events(&self.policy, &w),

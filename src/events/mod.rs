@@ -5,7 +5,10 @@
 //! payload format.
 //! Never: does I/O; never emits an event for something that did not change (a no-op PUT).
 
+pub mod names;
 pub mod payload;
+
+pub use names::{event_matches, EVENT_NAMES};
 
 use std::collections::BTreeMap;
 
@@ -13,27 +16,6 @@ use serde_json::{json, Value};
 
 use crate::flagr::model::{Flag, Segment};
 use crate::flagr::Mutation;
-
-/// Every event name flaghook emits (SPEC §3), exactly.
-pub const EVENT_NAMES: [&str; 17] = [
-    "flag.created",
-    "flag.updated",
-    "flag.deleted",
-    "flag.enabled",
-    "flag.disabled",
-    "segment.created",
-    "segment.updated",
-    "segment.deleted",
-    "segment.rollout_percent.updated",
-    "variant.created",
-    "variant.updated",
-    "variant.deleted",
-    "variant.attachment.updated",
-    "constraint.created",
-    "constraint.updated",
-    "constraint.deleted",
-    "distribution.updated",
-];
 
 /// One event before it gets an id and a payload.
 #[derive(Clone, Debug, PartialEq)]
