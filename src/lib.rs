@@ -5,7 +5,6 @@
 //! proxy → (tap) → derive → (hints) → changelog ← Flagr's snapshots; changelog → delivery →
 //! webhooks; admin reads metrics, the store and delivery status.
 
-
 pub mod admin;
 pub mod changelog;
 pub mod config;
@@ -175,17 +174,16 @@ impl App {
             cfg.proxy.inspect_max_bytes,
             proxy::tap::ByteBudget::new(cfg.proxy.tap_max_bytes),
         );
-        let proxy = proxy::Proxy::new(
-            &cfg.proxy,
-            &cfg.flagr.user_header,
-            impression_sink.is_some(),
-            gitsync_token.clone(),
+        let proxy = proxy::Proxy::stack(proxy::ProxyParts {
+            cfg: &cfg.proxy,
+            user_header: &cfg.flagr.user_header,
+            inspect_impressions: impression_sink.is_some(),
+            gitsync_token: &gitsync_token,
             tap,
-            metrics.clone(),
+            metrics: metrics.clone(),
             legacy,
-            flagr.clone(),
-        )
-        .map_err(anyhow::Error::msg)?;
+            flagr: flagr.clone(),
+        })?;
 
         let proxy_listener = TcpListener::bind(cfg.proxy.listen).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", cfg.proxy.listen)

@@ -15,7 +15,13 @@ use super::retry::{parse_retry_after, Verdict};
 use super::sign;
 
 /// One attempt: prepare (body, signature, headers), call, classify; with its log entry.
-pub(super) async fn send(ctx: &EndpointCtx, key: i64, job: &Job, attempt: usize, probe: bool) -> Attempt {
+pub(super) async fn send(
+    ctx: &EndpointCtx,
+    key: i64,
+    job: &Job,
+    attempt: usize,
+    probe: bool,
+) -> Attempt {
     let w = &ctx.webhook;
     let at = now_rfc3339();
     let loaded;

@@ -1,52 +1,23 @@
 //! The body tap: copies the bytes of an inspected exchange while they stream, and hands the
-//! finished exchange to derivation.
+//! finished exchange to derivation when the response body ends.
 //!
 //! In: request and response bodies as hyper streams them. Out: the same frames, untouched, and
-//! one [`Exchange`] per inspected call through a bounded channel (`try_send`).
-//! Never: waits, alters a frame, or copies more than the cap; a full channel drops and counts.
-//! Copies hold bytes of one shared [`ByteBudget`] (`proxy.tap_max_bytes`) from the first byte
-//! copied until derivation drops the exchange, so what waits between the proxy and derivation
-//! is bounded in bytes, not only in count; a copy the budget cannot take is not made (counted).
+//! one [`Exchange`] per inspected call through the [`TapSender`].
+//! Never: waits, alters a frame, or copies more than the cap. Copies hold bytes of one shared
+//! [`ByteBudget`] (`proxy.tap_max_bytes`) from the first byte copied until derivation drops the
+//! exchange, so what waits between the proxy and derivation is bounded in bytes, not only in
+//! count; a copy the budget cannot take is not made (counted).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::mpsc;
 
-use crate::flagr::{FlagState, Route};
-use crate::metrics::Metrics;
-
-/// What the tap saw of one body.
-#[derive(Clone, Debug, Default)]
-pub enum Captured {
-    /// The whole body, as sent on the wire (possibly gzip-encoded).
-    Complete(Bytes),
-    /// Larger than the cap: passed through, not inspected.
-    TooLarge,
-    /// The tap's byte budget was spent by copies still waiting: passed through, not inspected.
-    OverBudget,
-    /// The stream ended early (client or Flagr hung up, or an error).
-    #[default]
-    Incomplete,
-    /// Not copied: derivation needs only the other body of this route.
-    Skipped,
-}
-
-impl Captured {
-    pub fn bytes(&self) -> Option<&Bytes> {
-        match self {
-            Captured::Complete(b) => Some(b),
-            _ => None,
-        }
-    }
-}
+use super::{Captured, Exchange, TapSender};
 
 /// Bytes every copy in flight or waiting for derivation shares (`proxy.tap_max_bytes`).
 #[derive(Debug)]
@@ -132,69 +103,6 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.release();
-    }
-}
-
-/// Request headers derivation needs; copied so the request itself can move on.
-#[derive(Clone, Debug, Default)]
-pub struct RequestMeta {
-    pub content_encoding: Option<HeaderValue>,
-    pub user_agent: Option<HeaderValue>,
-    pub authorization: Option<HeaderValue>,
-    pub user: Option<HeaderValue>,
-    pub forwarded_for: Option<HeaderValue>,
-    /// The commit, on flaghook's own git sync calls (`source: gitsync`).
-    pub gitsync_commit: Option<String>,
-}
-
-/// One inspected call, as the proxy saw it.
-#[derive(Debug)]
-pub struct Exchange {
-    pub route: Route,
-    pub peer: std::net::SocketAddr,
-    pub meta: RequestMeta,
-    pub request_body: Captured,
-    pub status: StatusCode,
-    pub response_encoding: Option<HeaderValue>,
-    pub response_body: Captured,
-    /// When Flagr's response headers arrived.
-    pub responded_at: SystemTime,
-    /// Legacy servers: the flag as it was before the call.
-    pub prefetched: Option<FlagState>,
-    /// Legacy servers: the flag right after the call, read before the client got its answer.
-    pub postfetched: Option<FlagState>,
-    /// The budget bytes the copied bodies hold, until this exchange is dropped.
-    pub held: Held,
-}
-
-/// The sending half, shared by every connection.
-#[derive(Clone)]
-pub struct TapSender {
-    tx: mpsc::Sender<Exchange>,
-    metrics: Arc<Metrics>,
-    cap: usize,
-    budget: Arc<ByteBudget>,
-}
-
-impl TapSender {
-    pub fn new(
-        tx: mpsc::Sender<Exchange>,
-        metrics: Arc<Metrics>,
-        cap: usize,
-        budget: Arc<ByteBudget>,
-    ) -> Self {
-        Self {
-            tx,
-            metrics,
-            cap,
-            budget,
-        }
-    }
-
-    fn send(&self, ex: Exchange) {
-        if self.tx.try_send(ex).is_err() {
-            self.metrics.tap_dropped.with_label_values(&["tap"]).inc();
-        }
     }
 }
 
@@ -422,7 +330,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flagr::Route;
+    use crate::metrics::Metrics;
+    use crate::proxy::tap::RequestMeta;
+    use http::StatusCode;
     use http_body_util::{BodyExt, Full, StreamBody};
+    use std::time::SystemTime;
+    use tokio::sync::mpsc;
 
     fn sender(cap: usize) -> (TapSender, mpsc::Receiver<Exchange>) {
         budgeted(cap, usize::MAX).0

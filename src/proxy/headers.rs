@@ -1,0 +1,215 @@
+//! Headers on the way through: hop-by-hop headers dropped both ways (RFC 9110 §7.6.1),
+//! `X-Forwarded-For` appended and `X-Forwarded-Proto` set, and flaghook's own error answers.
+//!
+//! In: the client's request (its peer in a [`PeerAddr`] extension) and Flagr's response.
+//! Out: the same, with only those headers changed. Never: touches a body or another header.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::upstream::{BoxFuture, UpstreamBody};
+
+// Built once: parsing a header name from a string on every request shows up in profiles.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The client's address, put in the request's extensions by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Peer of a request: its [`PeerAddr`], or the unspecified address when there is none.
+pub(crate) fn peer_of<B>(req: &Request<B>) -> SocketAddr {
+    req.extensions()
+        .get::<PeerAddr>()
+        .map_or(([0, 0, 0, 0], 0).into(), |p| p.0)
+}
+
+/// Applies [`Forwarded`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardedLayer;
+
+impl<S> tower::Layer<S> for ForwardedLayer {
+    type Service = Forwarded<S>;
+    fn layer(&self, inner: S) -> Forwarded<S> {
+        Forwarded { inner }
+    }
+}
+
+/// Drops hop-by-hop headers both ways and adds the forwarding headers.
+#[derive(Clone, Debug)]
+pub struct Forwarded<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Forwarded<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<RB>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let peer = peer_of(&req);
+        strip_hop_by_hop(req.headers_mut());
+        add_forwarded(req.headers_mut(), peer);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            strip_hop_by_hop(resp.headers_mut());
+            Ok(resp)
+        })
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, and
+/// the fixed set below. End-to-end headers pass untouched.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        // Only allocate when the peer actually named headers.
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
+}
+
+/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` unless an outer proxy did.
+fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if !h.contains_key(X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+/// A short JSON error of flaghook's own, marked `X-Flaghook-Error: 1`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<UpstreamBody> {
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert("x-flaghook-error", HeaderValue::from_static("1"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, ServiceExt};
+
+    #[test]
+    fn strips_connection_listed_and_fixed_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, vec!["authorization", "content-type"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_keep_outer_proto() {
+        let peer: SocketAddr = ([10, 1, 2, 3], 5000).into();
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        add_forwarded(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    /// The layer over a fake inner service: what reaches it, and what comes back.
+    #[tokio::test]
+    async fn the_layer_rewrites_both_ways_and_nothing_else() {
+        let inner = tower::service_fn(|req: Request<()>| async move {
+            let seen = format!(
+                "{}|{}|{}",
+                req.headers()["x-forwarded-for"].to_str().unwrap(),
+                req.headers().contains_key("x-hop"),
+                req.headers()["x-end-to-end"].to_str().unwrap(),
+            );
+            let resp = Response::builder()
+                .header("connection", "close")
+                .header("x-seen", seen)
+                .body(())
+                .unwrap();
+            Ok::<_, Infallible>(resp)
+        });
+        let mut req = Request::builder()
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .header("x-end-to-end", "kept")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(PeerAddr(([192, 0, 2, 7], 1).into()));
+        let resp = ForwardedLayer.layer(inner).oneshot(req).await.unwrap();
+        assert_eq!(resp.headers()["x-seen"], "192.0.2.7|false|kept");
+        assert!(!resp.headers().contains_key("connection"));
+    }
+}

@@ -1,0 +1,108 @@
+//! Legacy Flagr (1.1.x keeps no snapshot history): a mutation's flag is read before the call
+//! is forwarded and again before the client gets its answer, so derivation knows what changed.
+//!
+//! In: a mutation (its [`Route`] from the extensions) while legacy mode is on. Out: Flagr's
+//! response with a [`LegacyStates`] extension. Never: costs anything on Flagr 1.2.x or on other
+//! routes; a failed read costs the event its before or after, never the request.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+
+use super::upstream::BoxFuture;
+use crate::flagr::{FlagState, FlagrClient, Mutation, Route};
+
+/// The flag before and after a legacy mutation, as far as they could be read.
+#[derive(Clone, Debug, Default)]
+pub struct LegacyStates {
+    pub before: Option<FlagState>,
+    pub after: Option<FlagState>,
+}
+
+/// Applies [`Legacy`].
+#[derive(Clone)]
+pub struct LegacyLayer {
+    on: Arc<AtomicBool>,
+    flagr: FlagrClient,
+}
+
+impl LegacyLayer {
+    /// `on`: true while the upstream is a legacy Flagr (detection may change it at run time).
+    pub fn new(on: Arc<AtomicBool>, flagr: FlagrClient) -> Self {
+        Self { on, flagr }
+    }
+}
+
+impl<S> tower::Layer<S> for LegacyLayer {
+    type Service = Legacy<S>;
+    fn layer(&self, inner: S) -> Legacy<S> {
+        Legacy {
+            inner,
+            on: self.on.clone(),
+            flagr: self.flagr.clone(),
+        }
+    }
+}
+
+/// Reads a legacy mutation's flag around the call.
+#[derive(Clone)]
+pub struct Legacy<S> {
+    inner: S,
+    on: Arc<AtomicBool>,
+    flagr: FlagrClient,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Legacy<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<RB>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mutation = match req.extensions().get::<Route>() {
+            Some(Route::Mutation(m)) if self.on.load(Ordering::Relaxed) => *m,
+            _ => return Box::pin(self.inner.call(req)),
+        };
+        // The ready clone goes into the future; this one waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let flagr = self.flagr.clone();
+        Box::pin(async move {
+            let flag = mutation.path_flag();
+            let before = match flag {
+                Some(f) => flagr.flag(f).await.ok().flatten(),
+                None => None,
+            };
+            let mut resp = inner.call(req).await?;
+            // Without a "before" there is nothing to compare "after" with.
+            let after = match flag {
+                Some(f)
+                    if before.is_some()
+                        && resp.status() == StatusCode::OK
+                        && !mutation.creates_flag()
+                        && !matches!(mutation, Mutation::DeleteFlag { .. }) =>
+                {
+                    flagr.flag(f).await.ok().flatten()
+                }
+                _ => None,
+            };
+            resp.extensions_mut().insert(LegacyStates { before, after });
+            Ok(resp)
+        })
+    }
+}

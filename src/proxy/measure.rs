@@ -1,0 +1,167 @@
+//! The outer layers: which of Flagr's routes a request is ([`Classify`]), and the proxy's own
+//! metrics for it ([`Measure`]: in flight, count by route class, method and status class, and
+//! time to Flagr's response headers).
+//!
+//! In: the client's request. Out: the same request with its [`Route`] in the extensions, and
+//! the response untouched. Never: reads a body, or waits on anything but the inner service.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use super::upstream::BoxFuture;
+use crate::flagr::{Route, RouteTable};
+use crate::metrics::{method_label, status_class, Metrics};
+
+/// Applies [`Classify`].
+#[derive(Clone, Debug)]
+pub struct ClassifyLayer {
+    routes: Arc<RouteTable>,
+}
+
+impl ClassifyLayer {
+    pub fn new(routes: RouteTable) -> Self {
+        Self {
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ClassifyLayer {
+    type Service = Classify<S>;
+    fn layer(&self, inner: S) -> Classify<S> {
+        Classify {
+            inner,
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+/// Puts the request's [`Route`] in its extensions, for every layer below.
+#[derive(Clone, Debug)]
+pub struct Classify<S> {
+    inner: S,
+    routes: Arc<RouteTable>,
+}
+
+impl<S, B> tower::Service<Request<B>> for Classify<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        let route = self.routes.classify(req.method(), req.uri().path());
+        req.extensions_mut().insert(route);
+        self.inner.call(req)
+    }
+}
+
+/// Applies [`Measure`].
+#[derive(Clone)]
+pub struct MeasureLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MeasureLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for MeasureLayer {
+    type Service = Measure<S>;
+    fn layer(&self, inner: S) -> Measure<S> {
+        Measure {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Counts and times every request by route class (from [`Classify`]).
+#[derive(Clone)]
+pub struct Measure<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Measure<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<RB>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let class = req
+            .extensions()
+            .get::<Route>()
+            .map_or("passthrough", Route::class);
+        let method = method_label(req.method());
+        let metrics = self.metrics.clone();
+        metrics.proxy_in_flight.inc();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await;
+            metrics.proxy_in_flight.dec();
+            if let Ok(r) = &resp {
+                metrics
+                    .proxy_requests
+                    .with_label_values(&[class, method, status_class(r.status().as_u16())])
+                    .inc();
+            }
+            metrics
+                .proxy_duration
+                .with_label_values(&[class])
+                .observe(started.elapsed().as_secs_f64());
+            resp
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, ServiceExt};
+
+    #[tokio::test]
+    async fn classifies_then_counts_by_route_class() {
+        let metrics = Arc::new(Metrics::new());
+        let inner = tower::service_fn(|req: Request<()>| async move {
+            let route = *req.extensions().get::<Route>().unwrap();
+            let status = if matches!(route, Route::Mutation(_)) {
+                200
+            } else {
+                404
+            };
+            Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+        });
+        let svc = ClassifyLayer::new(RouteTable::new(""))
+            .layer(MeasureLayer::new(metrics.clone()).layer(inner));
+        let post = Request::post("/api/v1/flags").body(()).unwrap();
+        assert_eq!(svc.clone().oneshot(post).await.unwrap().status(), 200);
+        let get = Request::get("/nothing").body(()).unwrap();
+        assert_eq!(svc.oneshot(get).await.unwrap().status(), 404);
+        let count = |labels: &[&str]| metrics.proxy_requests.with_label_values(labels).get();
+        assert_eq!(count(&["mutation", "POST", "2xx"]), 1);
+        assert_eq!(count(&["passthrough", "GET", "4xx"]), 1);
+        assert_eq!(metrics.proxy_in_flight.get(), 0);
+    }
+}

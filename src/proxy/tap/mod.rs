@@ -1,0 +1,344 @@
+//! The tap: the tower layer that copies what derivation needs of the calls flaghook cares
+//! about (mutations; evaluations and exposures when an impression webhook wants them), while
+//! every frame passes through untouched.
+//!
+//! In: a request (its [`Route`] from the extensions, or classified here when the layer is used
+//! alone) and the inner service's response. Out: the same response, its body wrapped in a
+//! [`TapBody`], and when that body ends one [`Exchange`] on the tap channel.
+//! Never: waits for derivation; a full channel or a spent byte budget drops the copy (counted),
+//! never the request.
+
+mod body;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+pub use body::{ByteBudget, Held, Pending, RequestSlot, TapBody};
+
+use super::headers::peer_of;
+use super::legacy::LegacyStates;
+use super::marks::GitSyncCommit;
+use super::upstream::BoxFuture;
+use crate::flagr::{FlagState, Route, RouteTable};
+use crate::metrics::Metrics;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What the tap saw of one body.
+#[derive(Clone, Debug, Default)]
+pub enum Captured {
+    /// The whole body, as sent on the wire (possibly gzip-encoded).
+    Complete(Bytes),
+    /// Larger than the cap: passed through, not inspected.
+    TooLarge,
+    /// The tap's byte budget was spent by copies still waiting: passed through, not inspected.
+    OverBudget,
+    /// The stream ended early (client or Flagr hung up, or an error).
+    #[default]
+    Incomplete,
+    /// Not copied: derivation needs only the other body of this route.
+    Skipped,
+}
+
+impl Captured {
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            Captured::Complete(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Request headers derivation needs; copied so the request itself can move on.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    pub content_encoding: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub authorization: Option<HeaderValue>,
+    pub user: Option<HeaderValue>,
+    pub forwarded_for: Option<HeaderValue>,
+    /// The commit, on flaghook's own git sync calls (`source: gitsync`).
+    pub gitsync_commit: Option<String>,
+}
+
+/// One inspected call, as the proxy saw it.
+#[derive(Debug)]
+pub struct Exchange {
+    pub route: Route,
+    pub peer: std::net::SocketAddr,
+    pub meta: RequestMeta,
+    pub request_body: Captured,
+    pub status: StatusCode,
+    pub response_encoding: Option<HeaderValue>,
+    pub response_body: Captured,
+    /// When Flagr's response headers arrived.
+    pub responded_at: SystemTime,
+    /// Legacy servers: the flag as it was before the call.
+    pub prefetched: Option<FlagState>,
+    /// Legacy servers: the flag right after the call, read before the client got its answer.
+    pub postfetched: Option<FlagState>,
+    /// The budget bytes the copied bodies hold, until this exchange is dropped.
+    pub held: Held,
+}
+
+/// The sending half, shared by every connection.
+#[derive(Clone)]
+pub struct TapSender {
+    tx: mpsc::Sender<Exchange>,
+    metrics: Arc<Metrics>,
+    cap: usize,
+    budget: Arc<ByteBudget>,
+}
+
+impl TapSender {
+    pub fn new(
+        tx: mpsc::Sender<Exchange>,
+        metrics: Arc<Metrics>,
+        cap: usize,
+        budget: Arc<ByteBudget>,
+    ) -> Self {
+        Self {
+            tx,
+            metrics,
+            cap,
+            budget,
+        }
+    }
+
+    fn send(&self, ex: Exchange) {
+        if self.tx.try_send(ex).is_err() {
+            self.metrics.tap_dropped.with_label_values(&["tap"]).inc();
+        }
+    }
+}
+
+/// What the tap copies, and where it sends the copies.
+struct TapShared {
+    sender: TapSender,
+    routes: RouteTable,
+    inspect_impressions: bool,
+    user_header: HeaderName,
+}
+
+/// Applies [`Tap`]. Usable on its own in any tower stack in front of Flagr:
+/// `ServiceBuilder::new().layer(TapLayer::new(..)).service(flagr_client)`.
+#[derive(Clone)]
+pub struct TapLayer {
+    shared: Arc<TapShared>,
+}
+
+impl TapLayer {
+    /// `routes`: Flagr's route table (with its path prefix); `inspect_impressions`: copy
+    /// evaluations and exposures too; `user_header`: the header Flagr reads the user from.
+    pub fn new(
+        sender: TapSender,
+        routes: RouteTable,
+        inspect_impressions: bool,
+        user_header: HeaderName,
+    ) -> Self {
+        Self {
+            shared: Arc::new(TapShared {
+                sender,
+                routes,
+                inspect_impressions,
+                user_header,
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for TapLayer {
+    type Service = Tap<S>;
+    fn layer(&self, inner: S) -> Tap<S> {
+        Tap {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Wraps request and response bodies of inspected routes in [`TapBody`]s.
+#[derive(Clone)]
+pub struct Tap<S> {
+    inner: S,
+    shared: Arc<TapShared>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Tap<S>
+where
+    S: tower::Service<Request<TapBody<B>>, Response = Response<RB>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<TapBody<RB>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<TapBody<RB>>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let me = &self.shared;
+        let route = match req.extensions().get::<Route>() {
+            Some(r) => *r,
+            None => me.routes.classify(req.method(), req.uri().path()),
+        };
+        // Only inspected routes pay for copies of headers and bodies.
+        let inspect = match route {
+            Route::Mutation(_) => true,
+            Route::Evaluation(_) | Route::Exposure => me.inspect_impressions,
+            Route::Passthrough => false,
+        };
+        if !inspect {
+            let fut = self.inner.call(req.map(TapBody::passthrough));
+            return Box::pin(async move { Ok(fut.await?.map(TapBody::passthrough)) });
+        }
+        let h = req.headers();
+        let meta = RequestMeta {
+            content_encoding: h.get(header::CONTENT_ENCODING).cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            authorization: h.get(header::AUTHORIZATION).cloned(),
+            user: h.get(&me.user_header).cloned(),
+            forwarded_for: h.get(X_FORWARDED_FOR).cloned(),
+            gitsync_commit: req.extensions().get::<GitSyncCommit>().map(|c| c.0.clone()),
+        };
+        let peer = peer_of(&req);
+        let slot = RequestSlot::default();
+        let req = if matches!(route, Route::Evaluation(_)) {
+            // Evaluations become impressions from Flagr's answer alone: their requests (batch
+            // requests can be large) are not copied.
+            if let Ok(mut s) = slot.lock() {
+                s.0 = Captured::Skipped;
+            }
+            req.map(TapBody::passthrough)
+        } else {
+            let (slot, sender) = (slot.clone(), &me.sender);
+            req.map(|b| TapBody::request(b, slot, sender))
+        };
+        let fut = self.inner.call(req);
+        let sender = me.sender.clone();
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            let legacy = resp
+                .extensions_mut()
+                .remove::<LegacyStates>()
+                .unwrap_or_default();
+            let exchange = Exchange {
+                route,
+                peer,
+                meta,
+                request_body: Captured::Incomplete,
+                status: resp.status(),
+                response_encoding: resp.headers().get(header::CONTENT_ENCODING).cloned(),
+                response_body: Captured::Incomplete,
+                responded_at: SystemTime::now(),
+                prefetched: legacy.before,
+                postfetched: legacy.after,
+                held: Held::default(),
+            };
+            Ok(resp.map(|b| {
+                TapBody::response(
+                    b,
+                    Pending {
+                        exchange,
+                        request: slot,
+                        sender,
+                    },
+                )
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use tower::{Layer, ServiceExt};
+
+    /// A fake Flagr: reads the request body whole and answers with it, wrapped.
+    async fn echo(req: Request<TapBody<Full<Bytes>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map_or_else(|_| Bytes::new(), |b| b.to_bytes());
+        let answer = format!("{{\"echo\":{}}}", String::from_utf8_lossy(&body));
+        let mut resp = Response::new(Full::new(Bytes::from(answer)));
+        resp.extensions_mut().insert(LegacyStates {
+            before: Some(FlagState::default()),
+            after: None,
+        });
+        Ok(resp)
+    }
+
+    fn layer(impressions: bool) -> (TapLayer, mpsc::Receiver<Exchange>) {
+        let (tx, rx) = mpsc::channel(8);
+        let sender = TapSender::new(
+            tx,
+            Arc::new(Metrics::new()),
+            1 << 20,
+            ByteBudget::new(1 << 20),
+        );
+        let l = TapLayer::new(
+            sender,
+            RouteTable::new(""),
+            impressions,
+            HeaderName::from_static("x-email"),
+        );
+        (l, rx)
+    }
+
+    async fn call(l: &TapLayer, method: &str, path: &str, body: &'static str) -> Bytes {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-email", "alice@example.com")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        req.extensions_mut().insert(GitSyncCommit("c0ffee".into()));
+        let svc = l.layer(tower::service_fn(echo));
+        let resp = svc.oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_mutation_is_copied_both_ways_and_handed_over_when_its_answer_ends() {
+        let (l, mut rx) = layer(false);
+        let answer = call(&l, "POST", "/api/v1/flags", r#"{"key":"k"}"#).await;
+        assert_eq!(answer, r#"{"echo":{"key":"k"}}"#, "bytes pass untouched");
+        let ex = rx.try_recv().expect("an exchange");
+        assert!(matches!(ex.route, Route::Mutation(_)));
+        assert_eq!(ex.request_body.bytes().unwrap(), r#"{"key":"k"}"#);
+        assert_eq!(ex.response_body.bytes().unwrap(), r#"{"echo":{"key":"k"}}"#);
+        assert_eq!(ex.meta.user.unwrap(), "alice@example.com");
+        assert_eq!(ex.meta.gitsync_commit.as_deref(), Some("c0ffee"));
+        assert!(
+            ex.prefetched.is_some(),
+            "legacy states come from the inner service"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_routes_pass_and_evaluations_only_when_impressions_are_wanted() {
+        let (l, mut rx) = layer(false);
+        call(&l, "GET", "/api/v1/flags", "").await;
+        call(&l, "POST", "/api/v1/evaluation", r#"{"flagKey":"k"}"#).await;
+        assert!(rx.try_recv().is_err(), "nothing inspected");
+        let (l, mut rx) = layer(true);
+        let answer = call(&l, "POST", "/api/v1/evaluation", r#"{"flagKey":"k"}"#).await;
+        assert_eq!(answer, r#"{"echo":{"flagKey":"k"}}"#);
+        let ex = rx.try_recv().expect("an evaluation exchange");
+        assert!(matches!(ex.request_body, Captured::Skipped));
+        assert!(ex.response_body.bytes().is_some());
+    }
+}
