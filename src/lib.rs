@@ -50,11 +50,37 @@ pub struct App {
     shutdown_deadline: Duration,
 }
 
-/// A start-up failure the operator must fix in the configuration or on disk (exit 64), as
-/// opposed to a passing one (a port in use).
+/// Why flaghook could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SetupError(pub String);
+pub enum StartError {
+    #[error("store.path ({path}): {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: store::StoreError,
+    },
+    #[error("webhooks")]
+    Delivery(#[from] delivery::DeliveryError),
+    #[error("the proxy")]
+    Proxy(#[from] proxy::ProxyError),
+    #[error("git sync")]
+    GitSync(#[from] gitsync::GitSyncError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// A failure the operator must fix in the configuration or on disk (exit 64), as opposed
+    /// to one that may pass (a port in use).
+    pub fn is_setup(&self) -> bool {
+        matches!(self, StartError::Store { .. } | StartError::Delivery(_))
+    }
+}
 
 /// What a shutdown left behind.
 #[derive(Debug, Default)]
@@ -66,8 +92,8 @@ pub struct ShutdownReport {
 }
 
 impl App {
-    /// Binds both listeners and starts every task.
-    pub async fn start(cfg: Config) -> anyhow::Result<Self> {
+    /// Binds both listeners and starts every task, each module from its own constructor.
+    pub async fn start(cfg: Config) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let routes = RouteTable::new(&cfg.proxy.path_prefix);
@@ -76,7 +102,7 @@ impl App {
             routes.api_root(),
             cfg.flagr.api_timeout,
         );
-
+        // Shared by the follower (which detects legacy Flagr) and the proxy (which pre-fetches).
         let legacy = Arc::new(AtomicBool::new(
             cfg.flagr.snapshot_mode == SnapshotMode::Prefetch,
         ));
@@ -84,8 +110,12 @@ impl App {
             .upstream_legacy
             .set(legacy.load(Ordering::Relaxed) as i64);
         let store = Arc::new(
-            store::Store::open(&cfg.store.path, cfg.store.cache_bytes)
-                .map_err(|e| SetupError(format!("store.path ({}): {e}", cfg.store.path)))?,
+            store::Store::open(&cfg.store.path, cfg.store.cache_bytes).map_err(|source| {
+                StartError::Store {
+                    path: cfg.store.path.clone(),
+                    source,
+                }
+            })?,
         );
         if !store.durable() {
             tracing::warn!(
@@ -94,67 +124,41 @@ impl App {
         }
 
         let policy = Arc::new(cfg.delivery.clone());
-        let deliveries = Arc::new(
-            delivery::Deliveries::start(
-                &cfg.webhooks,
-                policy.clone(),
-                metrics.clone(),
-                delivery::outbox::Outbox::new(store.clone(), metrics.clone()),
-            )
-            .map_err(anyhow::Error::msg)?,
-        );
+        let deliveries = Arc::new(delivery::Deliveries::start(
+            &cfg.webhooks,
+            policy.clone(),
+            metrics.clone(),
+            delivery::outbox::Outbox::new(store.clone(), metrics.clone()),
+        )?);
         start_stored_webhooks(&cfg, &store, &deliveries)?;
         for w in &cfg.impression_webhooks {
-            deliveries
-                .add_kind(
-                    w.as_webhook(),
-                    delivery::Origin::Config,
-                    delivery::Kind::Impressions {
-                        retry_delay: w.retry_delay,
-                        park_max_bytes: w.park_max_bytes,
-                    },
-                )
-                .map_err(|e| anyhow::anyhow!("impression_webhooks: {e}"))?;
+            deliveries.add_impressions(w)?;
         }
-        let impression_sink = (!cfg.impression_webhooks.is_empty()).then(|| {
-            let batchers = Arc::new(impressions::batcher::Batchers::new(
-                &cfg.impression_webhooks,
-                &cfg.impressions,
-                deliveries.clone(),
-                metrics.clone(),
-            ));
-            Arc::new(derive::ImpressionSink {
-                cfg: cfg.impressions.clone(),
-                batchers,
-            })
-        });
+        let impression_sink =
+            derive::ImpressionSink::new(&cfg, deliveries.clone(), metrics.clone());
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
         let (hint_tx, hint_rx) = mpsc::channel(cfg.derive.lane_capacity);
-        let changelog_ready = Arc::new(AtomicBool::new(false));
-        let follower = Arc::new(changelog::Follower {
-            flagr: flagr.clone(),
-            deliveries: deliveries.clone(),
-            metrics: metrics.clone(),
-            store: store.clone(),
-            cfg: cfg.changelog.clone(),
-            snapshot_mode: cfg.flagr.snapshot_mode,
-            legacy: legacy.clone(),
-            ready: changelog_ready.clone(),
-        });
+        let follower = changelog::Follower::new(
+            &cfg,
+            flagr.clone(),
+            deliveries.clone(),
+            metrics.clone(),
+            store.clone(),
+            legacy.clone(),
+        );
         // Before the proxy serves: on a first start, the baseline precedes every proxied change.
         let early = follower.start_early(Duration::from_secs(3)).await;
         let follower_task = tokio::spawn(follower.clone().run(hint_rx, early));
-        let deriver = Arc::new(derive::Deriver {
-            impressions: impression_sink.clone(),
-            flagr: flagr.clone(),
-            deliveries: deliveries.clone(),
-            metrics: metrics.clone(),
-            flagr_cfg: cfg.flagr.clone(),
-            legacy: legacy.clone(),
-            inspect_cap: cfg.proxy.inspect_max_bytes,
-            hints: hint_tx,
-        });
+        let deriver = derive::Deriver::new(
+            &cfg,
+            impression_sink.clone(),
+            flagr.clone(),
+            deliveries.clone(),
+            metrics.clone(),
+            legacy.clone(),
+            hint_tx,
+        );
         let flusher_stop = CancellationToken::new();
         let flusher_task = impression_sink
             .as_ref()
@@ -185,15 +189,14 @@ impl App {
             flagr: flagr.clone(),
         })?;
 
-        let proxy_listener = TcpListener::bind(cfg.proxy.listen).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} (proxy.listen): {e}", cfg.proxy.listen)
-        })?;
-        let admin_listener = TcpListener::bind(cfg.admin.listen).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen)
-        })?;
-        let proxy_addr = proxy_listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
-
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .and_then(|l| l.local_addr().map(|a| (l, a)))
+                .map_err(|source| StartError::Listen { key, addr, source })
+        };
+        let (proxy_listener, proxy_addr) = bind("proxy.listen", cfg.proxy.listen).await?;
+        let (admin_listener, admin_addr) = bind("admin.listen", cfg.admin.listen).await?;
         let limits = |max_connections| listener::Limits {
             header_read_timeout: cfg.proxy.header_read_timeout,
             max_connections,
@@ -210,37 +213,21 @@ impl App {
             counters("proxy"),
             shutdown.clone(),
         ));
-        let gitsync = (!cfg.git_repositories.is_empty()).then(|| {
-            let host = match proxy_addr.ip() {
-                ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
-                ip if ip.is_unspecified() => "127.0.0.1".to_string(),
-                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                ip => ip.to_string(),
-            };
-            let applier = Arc::new(gitsync::apply::Applier {
-                client: reqwest::Client::builder()
-                    .timeout(cfg.flagr.api_timeout * 2)
-                    .build()
-                    .unwrap_or_default(),
-                api: format!("http://{host}:{}{}", proxy_addr.port(), routes.api_root()),
-                token: gitsync_token.clone(),
-            });
-            Arc::new(gitsync::GitSync::start(
-                &cfg.git_repositories,
-                &cfg.gitsync,
-                flagr.clone(),
-                applier,
-                metrics.clone(),
-                shutdown.clone(),
-            ))
-        });
+        let gitsync = gitsync::GitSync::start(
+            &cfg,
+            proxy_addr,
+            gitsync_token,
+            flagr.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
         let admin = admin::router(admin::AdminState {
             metrics: metrics.clone(),
             flagr,
             deliveries: deliveries.clone(),
             token: cfg.admin.token.clone(),
             store,
-            changelog_ready,
+            changelog_ready: follower.ready.clone(),
             follower,
             delivery: policy,
             gitsync,
@@ -310,10 +297,12 @@ fn start_stored_webhooks(
     cfg: &Config,
     store: &store::Store,
     deliveries: &delivery::Deliveries,
-) -> anyhow::Result<()> {
-    let stored: Vec<admin::api::WebhookInput> = store
-        .all()
-        .map_err(|e| SetupError(format!("store.path ({}): {e}", cfg.store.path)))?;
+) -> Result<(), StartError> {
+    let stored: Vec<admin::api::WebhookInput> =
+        store.all().map_err(|source| StartError::Store {
+            path: cfg.store.path.clone(),
+            source,
+        })?;
     for w in stored {
         let id = w.id.clone();
         let mut wc = w.to_config();

@@ -94,10 +94,17 @@ fn main() -> ExitCode {
         let app = match flaghook::App::start(cfg).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!("{e:#}");
-                eprintln!("{e:#}");
+                // The whole chain: "webhooks: url: ..." says what and why.
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                tracing::error!("{text}");
+                eprintln!("{text}");
                 // A store that cannot be opened is the operator's to fix, like a bad config.
-                if e.downcast_ref::<flaghook::SetupError>().is_some() {
+                if e.is_setup() {
                     return ExitCode::from(EXIT_CONFIG);
                 }
                 return ExitCode::FAILURE;

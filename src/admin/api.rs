@@ -99,6 +99,9 @@ impl From<DeliveryError> for ApiError {
             DeliveryError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
             DeliveryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             DeliveryError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+            DeliveryError::EgressProxy(_) | DeliveryError::Client(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         };
         ApiError(s, c, e.to_string())
     }

@@ -75,6 +75,30 @@ pub struct Follower {
     pub ready: Arc<AtomicBool>,
 }
 
+impl Follower {
+    /// A follower of `flagr`'s changelog into `deliveries`, not started; `legacy` is shared
+    /// with the proxy, which pre-fetches while it is set.
+    pub fn new(
+        cfg: &crate::config::Config,
+        flagr: FlagrClient,
+        deliveries: Arc<Deliveries>,
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+        legacy: Arc<AtomicBool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            flagr,
+            deliveries,
+            metrics,
+            store,
+            cfg: cfg.changelog.clone(),
+            snapshot_mode: cfg.flagr.snapshot_mode,
+            legacy,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
 /// The follower's working state; the durable part is mirrored in the store.
 pub struct State {
     baseline: i64,

@@ -16,7 +16,7 @@ pub mod queue;
 pub mod retry;
 pub mod sign;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -63,6 +63,10 @@ pub enum DeliveryError {
     Invalid(String),
     #[error("the queue of `{0}` is full")]
     Full(String),
+    #[error("delivery.egress_proxy")]
+    EgressProxy(#[source] reqwest::Error),
+    #[error("cannot build the webhook HTTP client")]
+    Client(#[source] reqwest::Error),
 }
 
 /// The fan-out in front of the endpoint workers.
@@ -105,12 +109,12 @@ impl Stop {
 }
 
 /// The HTTP client every endpoint shares: no redirects, the SSRF guard as resolver, rustls.
-pub fn http_client(policy: &Arc<DeliveryConfig>) -> Result<reqwest::Client, String> {
+pub fn http_client(policy: &Arc<DeliveryConfig>) -> Result<reqwest::Client, DeliveryError> {
     // HTTP_PROXY and friends are ignored: behind a proxy the guard would only see the proxy's
     // address while the proxy resolved the real name. An egress proxy is configured instead.
     let builder = match &policy.egress_proxy {
         Some(p) => reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(p).map_err(|e| format!("delivery.egress_proxy: {e}"))?),
+            .proxy(reqwest::Proxy::all(p).map_err(DeliveryError::EgressProxy)?),
         None => reqwest::Client::builder().no_proxy(),
     };
     builder
@@ -123,7 +127,7 @@ pub fn http_client(policy: &Arc<DeliveryConfig>) -> Result<reqwest::Client, Stri
             cfg: policy.clone(),
         }))
         .build()
-        .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
+        .map_err(DeliveryError::Client)
 }
 
 impl Deliveries {
@@ -133,7 +137,7 @@ impl Deliveries {
         policy: Arc<DeliveryConfig>,
         metrics: Arc<Metrics>,
         outbox: outbox::Outbox,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DeliveryError> {
         let d = Self {
             outbox,
             endpoints: RwLock::new(Arc::new(Vec::new())),
@@ -144,8 +148,7 @@ impl Deliveries {
             tasks: Mutex::new(JoinSet::new()),
         };
         for w in webhooks {
-            d.add(w.clone(), Origin::Config)
-                .map_err(|e| e.to_string())?;
+            d.add(w.clone(), Origin::Config)?;
         }
         Ok(d)
     }
@@ -177,7 +180,10 @@ impl Deliveries {
 
     /// The endpoints now (a snapshot; cheap).
     pub fn list(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints.read().map(|g| g.clone()).unwrap_or_default()
+        self.endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Endpoint>> {
@@ -185,12 +191,14 @@ impl Deliveries {
     }
 
     fn swap(&self, f: impl FnOnce(&mut Vec<Arc<Endpoint>>)) {
-        if let Ok(mut g) = self.endpoints.write() {
-            let mut v: Vec<Arc<Endpoint>> = g.as_ref().clone();
-            f(&mut v);
-            self.metrics.config_webhooks.set(v.len() as i64);
-            *g = Arc::new(v);
-        }
+        let mut g = self
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<Arc<Endpoint>> = g.as_ref().clone();
+        f(&mut v);
+        self.metrics.config_webhooks.set(v.len() as i64);
+        *g = Arc::new(v);
     }
 
     /// Adds a change-event endpoint and starts its worker.
@@ -213,15 +221,18 @@ impl Deliveries {
         let (tx, rx) = mpsc::channel(self.policy.queue_max_events);
         let (ctl, ctl_rx) = mpsc::channel(16);
         let status = SharedStatus::default();
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.spawn(endpoint::run(
+        // A panic elsewhere must not leave an endpoint registered without its worker: the
+        // set of tasks is still sound after one, so a poisoned lock is taken as it is.
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spawn(endpoint::run(
                 ctx,
                 status.clone(),
                 rx,
                 ctl_rx,
                 self.shutdown.clone(),
             ));
-        }
         let ep = Arc::new(Endpoint {
             webhook,
             kind,
@@ -232,6 +243,21 @@ impl Deliveries {
         });
         self.swap(|v| v.push(ep));
         Ok(())
+    }
+
+    /// Adds an impression webhook's endpoint (from the config file) and starts its worker.
+    pub fn add_impressions(
+        &self,
+        w: &crate::config::ImpressionWebhookConfig,
+    ) -> Result<(), DeliveryError> {
+        self.add_kind(
+            w.as_webhook(),
+            Origin::Config,
+            Kind::Impressions {
+                retry_delay: w.retry_delay,
+                park_max_bytes: w.park_max_bytes,
+            },
+        )
     }
 
     /// Replaces a runtime endpoint's settings; its queue and state are kept.
@@ -441,10 +467,8 @@ impl Deliveries {
     /// requests were left undelivered.
     pub async fn shutdown(&self, by: tokio::time::Instant) -> usize {
         self.shutdown.at(by);
-        let mut tasks = match self.tasks.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
-            Err(_) => return 0,
-        };
+        let mut tasks =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         let mut left = 0;
         while let Some(r) = tasks.join_next().await {
             left += r.unwrap_or(0);

@@ -34,6 +34,28 @@ pub struct ImpressionSink {
     pub batchers: Arc<Batchers>,
 }
 
+impl ImpressionSink {
+    /// The impression pipeline's end, when impression webhooks are configured (their endpoints
+    /// must be in `deliveries` already).
+    pub fn new(
+        cfg: &crate::config::Config,
+        deliveries: Arc<Deliveries>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Arc<Self>> {
+        (!cfg.impression_webhooks.is_empty()).then(|| {
+            Arc::new(Self {
+                cfg: cfg.impressions.clone(),
+                batchers: Arc::new(Batchers::new(
+                    &cfg.impression_webhooks,
+                    &cfg.impressions,
+                    deliveries,
+                    metrics,
+                )),
+            })
+        })
+    }
+}
+
 /// Shared by the dispatcher and its lanes.
 pub struct Deriver {
     pub impressions: Option<Arc<ImpressionSink>>,
@@ -47,6 +69,29 @@ pub struct Deriver {
     /// To the changelog follower (Flagr 1.2.x); full = dropped and counted: the follower's
     /// poll finds the change anyway, only the call's details are lost.
     pub hints: mpsc::Sender<Hint>,
+}
+
+impl Deriver {
+    pub fn new(
+        cfg: &crate::config::Config,
+        impressions: Option<Arc<ImpressionSink>>,
+        flagr: FlagrClient,
+        deliveries: Arc<Deliveries>,
+        metrics: Arc<Metrics>,
+        legacy: Arc<AtomicBool>,
+        hints: mpsc::Sender<Hint>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            impressions,
+            flagr,
+            deliveries,
+            metrics,
+            flagr_cfg: cfg.flagr.clone(),
+            legacy,
+            inspect_cap: cfg.proxy.inspect_max_bytes,
+            hints,
+        })
+    }
 }
 
 /// One mutation, ready for a lane.

@@ -13,12 +13,39 @@ use super::plan::{FlagRef, Op, SegRef};
 use crate::flagr::model::Flag;
 
 /// Where and how to send the calls.
+#[derive(Clone)]
 pub struct Applier {
     pub client: reqwest::Client,
     /// `http://127.0.0.1:<proxy port><prefix>/api/v1`
     pub api: String,
     /// Proves to the proxy that the call is git sync's own.
     pub token: String,
+}
+
+impl Applier {
+    /// Calls through flaghook's own proxy at `proxy` (an unspecified listen address means
+    /// this host), under Flagr's `api_root`, proving themselves with `token`.
+    pub fn new(
+        proxy: std::net::SocketAddr,
+        api_root: &str,
+        token: String,
+        timeout: std::time::Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let host = match proxy.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .no_proxy()
+                .build()?,
+            api: format!("http://{host}:{}{api_root}", proxy.port()),
+            token,
+        })
+    }
 }
 
 /// Ids of what this run created, for the later calls that refer to it.

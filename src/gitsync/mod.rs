@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{GitRepoConfig, GitSyncConfig};
+use crate::config::GitRepoConfig;
 use crate::flagr::model::Flag;
 use crate::flagr::FlagrClient;
 use crate::metrics::Metrics;
@@ -93,6 +93,13 @@ pub struct GitSync {
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
 
+/// Why git sync could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GitSyncError {
+    #[error("cannot build git sync's HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
 /// What the push endpoint answers.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -121,15 +128,27 @@ struct Worker {
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 impl GitSync {
-    /// Starts one task per repository.
+    /// Starts one task per repository, when any is configured. Git sync's writes go through
+    /// the proxy listening on `proxy`, marked with `token`.
     pub fn start(
-        repos: &[GitRepoConfig],
-        settings: &GitSyncConfig,
+        cfg: &crate::config::Config,
+        proxy: std::net::SocketAddr,
+        token: String,
         flagr: FlagrClient,
-        applier: Arc<apply::Applier>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> Result<Option<Arc<Self>>, GitSyncError> {
+        if cfg.git_repositories.is_empty() {
+            return Ok(None);
+        }
+        let api_root = crate::flagr::RouteTable::new(&cfg.proxy.path_prefix)
+            .api_root()
+            .to_string();
+        let applier = Arc::new(
+            apply::Applier::new(proxy, &api_root, token, cfg.flagr.api_timeout * 2)
+                .map_err(GitSyncError::Client)?,
+        );
+        let (repos, settings) = (&cfg.git_repositories, &cfg.gitsync);
         let workdir = if settings.workdir.is_empty() {
             std::env::temp_dir().join("flaghook-git")
         } else {
@@ -168,10 +187,10 @@ impl GitSync {
                 status,
             });
         }
-        Self {
+        Ok(Some(Arc::new(Self {
             repos: handles,
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
-        }
+        })))
     }
 
     pub fn statuses(&self) -> Vec<Status> {
