@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flaghook::flagr::RouteTable;
-use flaghook::metrics::Metrics;
+use flaghook::metrics::Registry;
 use flaghook::proxy::tap::ByteBudget;
-use flaghook::proxy::{TapBody, TapLayer, TapSender};
+use flaghook::proxy::{TapBody, TapLayer, TapMetrics, TapSender};
 use http::header::HeaderName;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -23,7 +23,7 @@ async fn main() {
     let (tx, mut exchanges) = tokio::sync::mpsc::channel(64);
     let tap = TapSender::new(
         tx,
-        Arc::new(Metrics::new()),
+        Arc::new(TapMetrics::new(&Registry::default())),
         1 << 20,                   // copy bodies up to 1 MiB
         ByteBudget::new(32 << 20), // all copies waiting: 32 MiB at most
     );

@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SnapshotMode};
 use crate::flagr::{FlagrClient, RouteTable};
-use crate::metrics::Metrics;
 
 /// The running application: bound listeners and the tasks behind them.
 pub struct App {
@@ -48,6 +47,48 @@ pub struct App {
     flusher_task: Option<tokio::task::JoinHandle<()>>,
     deliveries: Arc<delivery::Deliveries>,
     shutdown_deadline: Duration,
+}
+
+/// Every module's metrics, in the one registry `/metrics` exports.
+pub struct Metrics {
+    pub registry: Arc<metrics::Registry>,
+    pub listeners: listener::ListenerMetrics,
+    pub proxy: Arc<proxy::ProxyMetrics>,
+    pub tap: Arc<proxy::TapMetrics>,
+    pub derive: Arc<derive::DeriveMetrics>,
+    pub changelog: Arc<changelog::ChangelogMetrics>,
+    pub delivery: Arc<delivery::DeliveryMetrics>,
+    pub impressions: Arc<impressions::batcher::ImpressionMetrics>,
+    pub gitsync: Arc<gitsync::GitSyncMetrics>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = metrics::Registry::default();
+        let tap = Arc::new(proxy::TapMetrics::new(&r));
+        let changelog = Arc::new(changelog::ChangelogMetrics::new(&r));
+        Self {
+            listeners: listener::ListenerMetrics::new(&r),
+            proxy: Arc::new(proxy::ProxyMetrics::new(&r)),
+            derive: Arc::new(derive::DeriveMetrics::new(
+                &r,
+                tap.clone(),
+                changelog.clone(),
+            )),
+            tap,
+            changelog,
+            delivery: Arc::new(delivery::DeliveryMetrics::new(&r)),
+            impressions: Arc::new(impressions::batcher::ImpressionMetrics::new(&r)),
+            gitsync: Arc::new(gitsync::GitSyncMetrics::new(&r)),
+            registry: Arc::new(r),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why flaghook could not start.
@@ -107,6 +148,7 @@ impl App {
             cfg.flagr.snapshot_mode == SnapshotMode::Prefetch,
         ));
         metrics
+            .changelog
             .upstream_legacy
             .set(legacy.load(Ordering::Relaxed) as i64);
         let store = Arc::new(
@@ -127,15 +169,15 @@ impl App {
         let deliveries = Arc::new(delivery::Deliveries::start(
             &cfg.webhooks,
             policy.clone(),
-            metrics.clone(),
-            delivery::outbox::Outbox::new(store.clone(), metrics.clone()),
+            metrics.delivery.clone(),
+            delivery::outbox::Outbox::new(store.clone(), metrics.delivery.clone()),
         )?);
         start_stored_webhooks(&cfg, &store, &deliveries)?;
         for w in &cfg.impression_webhooks {
             deliveries.add_impressions(w)?;
         }
         let impression_sink =
-            derive::ImpressionSink::new(&cfg, deliveries.clone(), metrics.clone());
+            derive::ImpressionSink::new(&cfg, deliveries.clone(), metrics.impressions.clone());
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
         let (hint_tx, hint_rx) = mpsc::channel(cfg.derive.lane_capacity);
@@ -143,7 +185,7 @@ impl App {
             &cfg,
             flagr.clone(),
             deliveries.clone(),
-            metrics.clone(),
+            metrics.changelog.clone(),
             store.clone(),
             legacy.clone(),
         );
@@ -155,7 +197,7 @@ impl App {
             impression_sink.clone(),
             flagr.clone(),
             deliveries.clone(),
-            metrics.clone(),
+            metrics.derive.clone(),
             legacy.clone(),
             hint_tx,
         );
@@ -174,7 +216,7 @@ impl App {
         let gitsync_token = uuid::Uuid::new_v4().simple().to_string();
         let tap = proxy::TapSender::new(
             tap_tx,
-            metrics.clone(),
+            metrics.tap.clone(),
             cfg.proxy.inspect_max_bytes,
             proxy::tap::ByteBudget::new(cfg.proxy.tap_max_bytes),
         );
@@ -184,7 +226,7 @@ impl App {
             inspect_impressions: impression_sink.is_some(),
             gitsync_token: &gitsync_token,
             tap,
-            metrics: metrics.clone(),
+            metrics: metrics.proxy.clone(),
             legacy,
             flagr: flagr.clone(),
         })?;
@@ -202,15 +244,12 @@ impl App {
             max_connections,
             grace: cfg.proxy.shutdown_grace,
         };
-        let counters = |name: &str| listener::Counters {
-            open: metrics.connections_open.with_label_values(&[name]),
-            refused: metrics.connections_refused.with_label_values(&[name]),
-        };
+
         let proxy_task = tokio::spawn(proxy::serve(
             proxy_listener,
             proxy,
             limits(cfg.proxy.max_connections),
-            counters("proxy"),
+            metrics.listeners.counters(listener::Listener::Proxy),
             shutdown.clone(),
         ));
         let gitsync = gitsync::GitSync::start(
@@ -218,11 +257,11 @@ impl App {
             proxy_addr,
             gitsync_token,
             flagr.clone(),
-            metrics.clone(),
+            metrics.gitsync.clone(),
             shutdown.clone(),
         )?;
         let admin = admin::router(admin::AdminState {
-            metrics: metrics.clone(),
+            metrics: metrics.registry.clone(),
             flagr,
             deliveries: deliveries.clone(),
             token: cfg.admin.token.clone(),
@@ -237,7 +276,7 @@ impl App {
             admin_listener,
             move |_| hyper_util::service::TowerToHyperService::new(admin.clone()),
             limits(cfg.admin.max_connections),
-            counters("admin"),
+            metrics.listeners.counters(listener::Listener::Admin),
             shutdown.clone(),
         ));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.proxy.upstream, webhooks = cfg.webhooks.len(), "flaghook started");

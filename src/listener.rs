@@ -24,6 +24,46 @@ use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+crate::metrics::labels! {
+    /// Which listener.
+    pub enum Listener { Proxy => "proxy", Admin => "admin" }
+}
+
+/// Both listeners' connection metrics.
+pub struct ListenerMetrics {
+    open: prometheus::IntGaugeVec,
+    refused: prometheus::IntCounterVec,
+}
+
+impl ListenerMetrics {
+    pub fn new(r: &crate::metrics::Registry) -> Self {
+        let m = Self {
+            open: r.gauge_vec(
+                "flaghook_connections_open",
+                "Client connections open right now, by listener.",
+                &["listener"],
+            ),
+            refused: r.counter_vec(
+                "flaghook_connections_refused_total",
+                "Connections closed at once because the listener held its maximum, by listener.",
+                &["listener"],
+            ),
+        };
+        for l in Listener::ALL {
+            m.counters(*l);
+        }
+        m
+    }
+
+    /// One listener's handles, resolved once.
+    pub fn counters(&self, l: Listener) -> Counters {
+        Counters {
+            open: self.open.with_label_values(&[l.as_str()]),
+            refused: self.refused.with_label_values(&[l.as_str()]),
+        }
+    }
+}
+
 /// What a listener counts.
 #[derive(Clone)]
 pub struct Counters {

@@ -20,12 +20,12 @@ use crate::delivery::Deliveries;
 use crate::flagr::FlagrClient;
 use crate::gitsync::forge::{Forge, PushError};
 use crate::gitsync::{GitSync, PushOutcome};
-use crate::metrics::Metrics;
+use crate::metrics::Registry;
 
 /// What the admin handlers read.
 #[derive(Clone)]
 pub struct AdminState {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<Registry>,
     pub flagr: FlagrClient,
     pub deliveries: Arc<Deliveries>,
     pub token: Secret,

@@ -8,6 +8,7 @@
 //! by without counting why (no change, too old, not proxied, unreadable).
 
 mod backfill;
+pub mod metrics;
 mod walk;
 
 pub use backfill::{Report as BackfillReport, Since};
@@ -21,11 +22,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use metrics::{ChangelogMetrics, FailStage, HintOutcome, SnapshotOutcome};
+
 use crate::config::{ChangelogConfig, SnapshotMode};
 use crate::delivery::Deliveries;
 use crate::flagr::client::FlagrError;
 use crate::flagr::{FlagrClient, ListedFlag, Mutation};
-use crate::metrics::Metrics;
+
 use crate::store::{Cursor, Store, StoreError};
 
 /// What the proxy saw of one successful mutation: which flag, which call, who, and from where.
@@ -64,7 +67,7 @@ pub enum FollowError {
 pub struct Follower {
     pub flagr: FlagrClient,
     pub deliveries: Arc<Deliveries>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ChangelogMetrics>,
     pub store: Arc<Store>,
     pub cfg: ChangelogConfig,
     pub snapshot_mode: SnapshotMode,
@@ -82,7 +85,7 @@ impl Follower {
         cfg: &crate::config::Config,
         flagr: FlagrClient,
         deliveries: Arc<Deliveries>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ChangelogMetrics>,
         store: Arc<Store>,
         legacy: Arc<AtomicBool>,
     ) -> Arc<Self> {
@@ -242,8 +245,8 @@ impl Follower {
                 "changelog: catching up with changes made while flaghook was away"
             );
         }
-        self.metrics.changelog_cursor.set(seen_max);
-        self.metrics.changelog_max_id.set(max);
+        self.metrics.cursor.set(seen_max);
+        self.metrics.max_id.set(max);
         Ok(Some(State {
             baseline,
             seen_max,
@@ -287,11 +290,11 @@ impl Follower {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
-                self.failed("flagr", "max_id not readable", &e);
+                self.failed(FailStage::Flagr, "max_id not readable", &e);
                 return;
             }
         };
-        self.metrics.changelog_max_id.set(max);
+        self.metrics.max_id.set(max);
         let rescan = st.last_rescan.elapsed() >= self.cfg.rescan_interval;
         if max < st.seen_max.max(st.highest) {
             tracing::warn!(
@@ -302,7 +305,7 @@ impl Follower {
             // Every cursor belongs to the old database: start over as on a first start, keeping
             // the hints that are waiting (their changes are in the new database).
             if let Err(e) = self.store.reset_changelog() {
-                self.failed("store", "cursors not reset", &e);
+                self.failed(FailStage::Store, "cursors not reset", &e);
             }
             match self.init().await {
                 Ok(Some(fresh)) => {
@@ -311,7 +314,7 @@ impl Follower {
                     st.hints = hints;
                 }
                 Ok(None) => {}
-                Err(e) => self.failed("flagr", "no new starting point yet", &e),
+                Err(e) => self.failed(FailStage::Flagr, "no new starting point yet", &e),
             }
             return;
         }
@@ -325,14 +328,14 @@ impl Follower {
             {
                 st.advance_seen(max);
                 self.save_seen(st);
-                self.metrics.changelog_cursor.set(st.seen_max);
+                self.metrics.cursor.set(st.seen_max);
                 return;
             }
         }
         let listed = match self.list_all().await {
             Ok(l) => l,
             Err(e) => {
-                self.failed("flagr", "flag list not readable", &e);
+                self.failed(FailStage::Flagr, "flag list not readable", &e);
                 return;
             }
         };
@@ -350,29 +353,25 @@ impl Follower {
         }
         st.advance_seen(max);
         self.save_seen(st);
-        self.metrics.changelog_cursor.set(st.seen_max);
+        self.metrics.cursor.set(st.seen_max);
     }
 
-    /// Counts a failure by stage (`flagr`, `store`) and logs it; the follower tries again.
-    fn failed(&self, stage: &str, what: &str, e: &dyn std::fmt::Display) {
-        self.metrics
-            .changelog_errors
-            .with_label_values(&[stage])
-            .inc();
-        tracing::warn!(stage, error = %e, "changelog: {what}");
+    /// Counts a failure by stage and logs it; the follower tries again.
+    fn failed(&self, stage: FailStage, what: &str, e: &dyn std::fmt::Display) {
+        self.metrics.failed(stage, what, e);
     }
 
     fn save_seen(&self, st: &State) {
         if let Err(e) = self.store.save_changelog(&[], None, Some(st.seen_max)) {
-            self.failed("store", "cursor not saved", &e);
+            self.failed(FailStage::Store, "cursor not saved", &e);
         }
     }
 
     async fn walk_counted(&self, st: &mut State, flag: i64, listed: Option<&ListedFlag>) {
         if let Err(e) = self.walk(st, flag, listed).await {
             let stage = match e {
-                FollowError::Flagr(_) => "flagr",
-                FollowError::Store(_) => "store",
+                FollowError::Flagr(_) => FailStage::Flagr,
+                FollowError::Store(_) => FailStage::Store,
             };
             self.failed(stage, &format!("flag {flag} not followed this time"), &e);
             // Walked again at the next poll.
@@ -389,14 +388,11 @@ impl State {
         });
     }
 
-    fn expire_hints(&mut self, metrics: &Metrics) {
+    fn expire_hints(&mut self, metrics: &ChangelogMetrics) {
         for q in self.hints.values_mut() {
             while q.front().is_some_and(|p| p.at.elapsed() > HINT_TTL) {
                 q.pop_front();
-                metrics
-                    .changelog_hints
-                    .with_label_values(&["expired"])
-                    .inc();
+                metrics.hint(HintOutcome::Expired);
             }
         }
         self.hints.retain(|_, q| !q.is_empty());

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{FollowError, Follower, Hint, State};
+use super::{
+    ChangelogMetrics, FailStage, FollowError, Follower, Hint, HintOutcome, SnapshotOutcome, State,
+};
 use crate::config::Follow;
 use crate::events::payload::{change_set_id, event_id, ChangeEvent, ChangeSet};
 use crate::events::{self, Draft};
@@ -71,7 +73,7 @@ impl Follower {
         let mut sets = Vec::new();
         for (i, snap) in new.iter().enumerate() {
             let Some(after) = &states[i] else {
-                self.count_snapshot("unreadable");
+                self.metrics.snapshot(SnapshotOutcome::Unreadable);
                 tracing::warn!(
                     flag,
                     snapshot = snap.id,
@@ -82,7 +84,7 @@ impl Follower {
                 continue;
             };
             if i == 0 && skip_first {
-                self.count_snapshot("beyond_walk");
+                self.metrics.snapshot(SnapshotOutcome::BeyondWalk);
                 prev = Some(after.clone());
                 cursor.snapshot = snap.id;
                 continue;
@@ -105,12 +107,12 @@ impl Follower {
             cursor.snapshot = snap.id;
             st.walked_above.insert(snap.id);
             if self.cfg.follow == Follow::Proxied && hint.is_none() {
-                self.count_snapshot("not_proxied");
+                self.metrics.snapshot(SnapshotOutcome::NotProxied);
                 prev = Some(after.clone());
                 continue;
             }
             if self.too_old(snap) {
-                self.count_snapshot("too_old");
+                self.metrics.snapshot(SnapshotOutcome::TooOld);
                 tracing::info!(flag, snapshot = snap.id, at = %snap.updated_at, "changelog: change older than catch_up_max_age; not sent");
                 prev = Some(after.clone());
                 continue;
@@ -137,16 +139,12 @@ impl Follower {
                 _ => plain[i].clone(),
             };
             if drafts.is_empty() {
-                self.count_snapshot("no_change");
+                self.metrics.snapshot(SnapshotOutcome::NoChange);
             } else {
-                self.count_snapshot("events");
+                self.metrics.snapshot(SnapshotOutcome::Events);
                 let set = self.change_set(flag, snap, prev.as_ref(), after, drafts, hint.as_ref());
-                for e in &set.events {
-                    self.metrics
-                        .events_derived
-                        .with_label_values(&[e.event])
-                        .inc();
-                }
+                let names: Vec<&str> = set.events.iter().map(|e| e.event).collect();
+                self.metrics.derived(&names);
                 sets.push(set);
             }
             prev = Some(after.clone());
@@ -166,7 +164,7 @@ impl Follower {
                             Mutation::RestoreFlag { flag }
                         };
                         let drafts = events::derive(&m, Some(&state.flag), &state.flag);
-                        self.count_snapshot("events");
+                        self.metrics.snapshot(SnapshotOutcome::Events);
                         sets.push(self.change_set(flag, snap, Some(state), state, drafts, None));
                     }
                 }
@@ -189,7 +187,11 @@ impl Follower {
             // events it stands for (after a restart they are derived again).
             if !written && !self.store.durable() {
                 if let Err(e) = self.store.save_changelog(&[(flag, &cursor)], None, None) {
-                    self.failed("store", &format!("cursor of flag {flag} not saved"), &e);
+                    self.failed(
+                        FailStage::Store,
+                        &format!("cursor of flag {flag} not saved"),
+                        &e,
+                    );
                 }
             }
             // Kept in memory even when the disk refuses it: walking again would send the same
@@ -227,13 +229,6 @@ impl Follower {
         snaps.sort_by_key(|s| s.id);
         snaps.dedup_by_key(|s| s.id);
         Ok((snaps, complete))
-    }
-
-    fn count_snapshot(&self, outcome: &str) {
-        self.metrics
-            .changelog_snapshots
-            .with_label_values(&[outcome])
-            .inc();
     }
 
     fn too_old(&self, snap: &Snapshot) -> bool {
@@ -332,7 +327,7 @@ fn take_hint(
     flag: i64,
     first_snapshot: bool,
     drafts: &[Draft],
-    metrics: &crate::metrics::Metrics,
+    metrics: &ChangelogMetrics,
 ) -> Option<Hint> {
     let q = st.hints.get_mut(&flag)?;
     let pos = q
@@ -340,16 +335,10 @@ fn take_hint(
         .position(|p| events::could_be(&p.hint.mutation, first_snapshot, drafts))?;
     for _ in 0..pos {
         q.pop_front();
-        metrics
-            .changelog_hints
-            .with_label_values(&["unmatched"])
-            .inc();
+        metrics.hint(HintOutcome::Unmatched);
     }
     let p = q.pop_front()?;
-    metrics
-        .changelog_hints
-        .with_label_values(&["matched"])
-        .inc();
+    metrics.hint(HintOutcome::Matched);
     if q.is_empty() {
         st.hints.remove(&flag);
     }

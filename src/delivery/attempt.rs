@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::endpoint::{now_rfc3339, Attempt, EndpointCtx, Job, LogEntry};
+use super::metrics::Outcome;
 use super::retry::{parse_retry_after, Verdict};
 use super::sign;
 
@@ -43,17 +44,13 @@ pub(super) async fn send(
     let (verdict, status, error, response) =
         classify(ctx, call(prepare(ctx, job, attempt)).await).await;
     let elapsed = started.elapsed();
-    ctx.metrics
-        .delivery_duration
-        .with_label_values(&[&w.id])
-        .observe(elapsed.as_secs_f64());
     let outcome = match verdict {
-        Verdict::Success => "success",
-        Verdict::Retry { .. } => "error_retryable",
-        Verdict::Final | Verdict::Gone => "error_final",
+        Verdict::Success => Outcome::Success,
+        Verdict::Retry { .. } => Outcome::Retryable,
+        Verdict::Final | Verdict::Gone => Outcome::Final,
     };
-    ctx.metrics.delivery(&w.id, outcome);
-    tracing::debug!(endpoint = %w.id, delivery_id = %job.id, attempt, probe, ?status, ?elapsed, outcome, "delivery attempt");
+    ctx.metrics.attempt(&w.id, outcome, elapsed.as_secs_f64());
+    tracing::debug!(endpoint = %w.id, delivery_id = %job.id, attempt, probe, ?status, ?elapsed, outcome = outcome.as_str(), "delivery attempt");
     Attempt {
         key,
         probe,

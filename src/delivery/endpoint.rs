@@ -20,12 +20,12 @@ use tokio::time::Instant;
 
 use super::attempt;
 use super::breaker::{Breaker, Permit, State, Transition};
+use super::metrics::{DeliveryMetrics, DropReason};
 use super::outbox::{Outbox, PauseState};
 use super::policy::DeliveryPolicy;
 use super::queue::{Bounds, Queue};
 use super::retry::Verdict;
 use crate::config::{DeliveryConfig, WebhookConfig};
-use crate::metrics::Metrics;
 
 /// One request to deliver: the same body and id on every attempt.
 #[derive(Clone, Debug)]
@@ -140,7 +140,7 @@ pub struct EndpointCtx {
     pub url: reqwest::Url,
     pub client: reqwest::Client,
     pub policy: Arc<DeliveryConfig>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<DeliveryMetrics>,
     pub outbox: Outbox,
 }
 
@@ -186,13 +186,8 @@ impl Worker {
 
     fn enqueue_with(&mut self, job: Job, attempts: usize, not_before: Option<SystemTime>) {
         for d in self.queue.push(job, attempts, not_before) {
-            self.ctx
-                .metrics
-                .dropped
-                .with_label_values(&[&self.ctx.webhook.id, "queue_full"])
-                .inc();
             tracing::warn!(endpoint = %self.ctx.webhook.id, delivery_id = %d.id, "queue full: dropped the oldest undelivered request");
-            count_dropped(&self.ctx, &d, "queue_full");
+            give_up(&self.ctx, &d, DropReason::QueueFull);
             self.ctx.outbox.remove(&self.ctx.webhook.id, &[d.seq]);
         }
     }
@@ -280,11 +275,7 @@ impl Worker {
             _ => None,
         };
         if let Some(delay) = retry_delay {
-            self.ctx
-                .metrics
-                .delivery_retries
-                .with_label_values(&[&id])
-                .inc();
+            self.ctx.metrics.retry(&id);
             tracing::info!(endpoint = %id, delivery_id = %front.job.id, attempt = front.attempts, status = ?a.entry.status, error = ?a.entry.error, ?delay, "delivery failed; will retry");
             self.ctx
                 .outbox
@@ -307,8 +298,7 @@ impl Worker {
                 if done.job.records > 0 {
                     self.ctx
                         .metrics
-                        .impressions_delivered
-                        .inc_by(done.job.records as u64);
+                        .impressions_delivered(done.job.records as u64);
                 }
                 // The endpoint answers again: what was parked goes back in the queue.
                 if !self.parked.is_empty() {
@@ -322,27 +312,18 @@ impl Worker {
             }
             Verdict::Retry { .. } if parks => self.park(done.job),
             Verdict::Final | Verdict::Gone => {
-                self.ctx
-                    .metrics
-                    .dropped
-                    .with_label_values(&[&id, "rejected"])
-                    .inc();
+                give_up(&self.ctx, &done.job, DropReason::Rejected);
                 tracing::warn!(endpoint = %id, delivery_id = %done.job.id, status = ?a.entry.status, "receiver rejected the request; not retried");
             }
             Verdict::Retry { .. } => {
                 let reason = if draining {
                     self.lost_at_shutdown += 1;
-                    "shutdown"
+                    DropReason::Shutdown
                 } else {
-                    "retries_exhausted"
+                    DropReason::RetriesExhausted
                 };
-                self.ctx
-                    .metrics
-                    .dropped
-                    .with_label_values(&[&id, reason])
-                    .inc();
-                tracing::warn!(endpoint = %id, delivery_id = %done.job.id, attempts = done.attempts, status = ?a.entry.status, error = ?a.entry.error, reason, "gave up on a request");
-                count_dropped(&self.ctx, &done.job, reason);
+                tracing::warn!(endpoint = %id, delivery_id = %done.job.id, attempts = done.attempts, status = ?a.entry.status, error = ?a.entry.error, reason = reason.as_str(), "gave up on a request");
+                give_up(&self.ctx, &done.job, reason);
             }
         }
     }
@@ -353,10 +334,7 @@ impl Worker {
             return;
         };
         let id = self.ctx.webhook.id.clone();
-        self.ctx
-            .metrics
-            .impressions_parked
-            .inc_by(job.records as u64);
+        self.ctx.metrics.impressions_parked(job.records as u64);
         tracing::warn!(endpoint = %id, delivery_id = %job.id, records = job.records, "batch failed its retry: parked until the endpoint recovers");
         self.ctx.outbox.update(&id, &job, 0, None, true);
         self.parked_bytes += job.size;
@@ -366,12 +344,7 @@ impl Worker {
                 break;
             };
             self.parked_bytes -= old.size;
-            self.ctx
-                .metrics
-                .dropped
-                .with_label_values(&[&id, "parked_overflow"])
-                .inc();
-            count_dropped(&self.ctx, &old, "parked_overflow");
+            give_up(&self.ctx, &old, DropReason::ParkedOverflow);
             self.ctx.outbox.remove(&id, &[old.seq]);
             tracing::warn!(endpoint = %id, delivery_id = %old.id, records = old.records, "parking bound reached: dropped the oldest parked batch");
         }
@@ -497,13 +470,6 @@ impl Worker {
     /// Publishes queue sizes and breaker state to metrics and the admin API.
     fn publish(&self) {
         let id = &self.ctx.webhook.id;
-        let m = &self.ctx.metrics;
-        m.queue_depth
-            .with_label_values(&[id])
-            .set(self.queue.len() as i64);
-        m.queue_bytes
-            .with_label_values(&[id])
-            .set(self.queue.bytes() as i64);
         let (state, until, manual) = match self.breaker.state() {
             State::Active => ("active", None, false),
             State::Paused { until, manual, .. } => {
@@ -512,12 +478,13 @@ impl Worker {
             State::Probing { .. } => ("probing", None, false),
         };
         let state = if self.disabled { "disabled" } else { state };
-        m.endpoint_paused
-            .with_label_values(&[id])
-            .set((state == "paused" || state == "probing") as i64);
-        m.endpoint_disabled
-            .with_label_values(&[id])
-            .set(self.disabled as i64);
+        self.ctx.metrics.endpoint_state(
+            id,
+            self.queue.len(),
+            self.queue.bytes(),
+            state == "paused" || state == "probing",
+            self.disabled,
+        );
         if let Ok(mut s) = self.status.lock() {
             s.state = state;
             s.paused_until = until;
@@ -635,9 +602,7 @@ pub async fn run(
             // Their outbox write had failed (a full disk): they end with the process.
             w.ctx
                 .metrics
-                .dropped
-                .with_label_values(&[&w.ctx.webhook.id, "shutdown"])
-                .inc_by(volatile as u64);
+                .dropped(w.id(), DropReason::Shutdown, volatile as u64, 0);
             tracing::warn!(endpoint = %w.id(), undelivered = volatile, "requests that never reached the outbox are lost at shutdown");
         }
         w.queue.clear();
@@ -646,32 +611,33 @@ pub async fn run(
     }
     let parked = std::mem::take(&mut w.parked);
     for job in &parked {
-        count_dropped(&w.ctx, job, "shutdown");
+        w.ctx
+            .metrics
+            .impressions_dropped_records(w.id(), DropReason::Shutdown, job.records as u64);
     }
     let left = w.queue.len() + parked.len() + w.lost_at_shutdown;
     if left > 0 {
-        let reason = if stopped { "deleted" } else { "shutdown" };
+        let reason = if stopped {
+            DropReason::Deleted
+        } else {
+            DropReason::Shutdown
+        };
         // Those given up on while draining were counted one by one already.
         w.ctx
             .metrics
-            .dropped
-            .with_label_values(&[&w.ctx.webhook.id, reason])
-            .inc_by((left - w.lost_at_shutdown) as u64);
-        tracing::warn!(endpoint = %w.id(), undelivered = left, reason, "requests left undelivered");
+            .dropped(w.id(), reason, (left - w.lost_at_shutdown) as u64, 0);
+        tracing::warn!(endpoint = %w.id(), undelivered = left, reason = reason.as_str(), "requests left undelivered");
     }
     w.queue.clear();
     w.publish();
     left
 }
 
-/// Counts the impression records of a batch given up on.
-fn count_dropped(ctx: &EndpointCtx, job: &Job, reason: &str) {
-    if job.records > 0 {
-        ctx.metrics
-            .impressions_dropped
-            .with_label_values(&[&ctx.webhook.id, reason])
-            .inc_by(job.records as u64);
-    }
+/// Counts one request given up on, with the impression records it carried (the caller logs
+/// why, with what it knows of the attempt).
+fn give_up(ctx: &EndpointCtx, job: &Job, reason: DropReason) {
+    ctx.metrics
+        .dropped(&ctx.webhook.id, reason, 1, job.records as u64);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

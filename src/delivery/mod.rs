@@ -10,6 +10,7 @@ mod attempt;
 pub mod breaker;
 pub mod endpoint;
 pub mod guard;
+pub mod metrics;
 pub mod outbox;
 pub mod policy;
 pub mod queue;
@@ -27,8 +28,8 @@ pub use endpoint::{Control, Job, Kind, LogEntry, SharedStatus, Status};
 
 use crate::config::{DeliveryConfig, PayloadFormat, WebhookConfig};
 use crate::events::payload::{flagr_body, seed_body, ChangeSet};
-use crate::metrics::Metrics;
 use crate::store::Cursor;
+pub use metrics::{DeliveryMetrics, DropReason, OutboxOp, Outcome};
 
 /// Where an endpoint was defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -74,7 +75,7 @@ pub struct Deliveries {
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     client: reqwest::Client,
     policy: Arc<DeliveryConfig>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DeliveryMetrics>,
     shutdown: Stop,
     tasks: Mutex<JoinSet<usize>>,
     pub outbox: outbox::Outbox,
@@ -135,7 +136,7 @@ impl Deliveries {
     pub fn start(
         webhooks: &[WebhookConfig],
         policy: Arc<DeliveryConfig>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<DeliveryMetrics>,
         outbox: outbox::Outbox,
     ) -> Result<Self, DeliveryError> {
         let d = Self {
@@ -178,6 +179,11 @@ impl Deliveries {
         }))
     }
 
+    /// Delivery's metrics, for what is given up on before it reaches an endpoint.
+    pub fn metrics(&self) -> &DeliveryMetrics {
+        &self.metrics
+    }
+
     /// The endpoints now (a snapshot; cheap).
     pub fn list(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints
@@ -197,7 +203,7 @@ impl Deliveries {
             .unwrap_or_else(PoisonError::into_inner);
         let mut v: Vec<Arc<Endpoint>> = g.as_ref().clone();
         f(&mut v);
-        self.metrics.config_webhooks.set(v.len() as i64);
+        self.metrics.webhooks(v.len());
         *g = Arc::new(v);
     }
 
@@ -450,14 +456,11 @@ impl Deliveries {
                     continue;
                 }
                 let reason = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue_full",
-                    mpsc::error::TrySendError::Closed(_) => "shutdown",
+                    mpsc::error::TrySendError::Full(_) => DropReason::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => DropReason::Shutdown,
                 };
-                self.metrics
-                    .dropped
-                    .with_label_values(&[&ep.webhook.id, reason])
-                    .inc();
-                tracing::warn!(endpoint = %ep.webhook.id, reason, "request not queued");
+                self.metrics.dropped(&ep.webhook.id, reason, 1, 0);
+                tracing::warn!(endpoint = %ep.webhook.id, reason = reason.as_str(), "request not queued");
             }
         }
         (failed, written)

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::Job;
-use crate::metrics::Metrics;
+use super::metrics::{DeliveryMetrics, OutboxOp};
 use crate::store::{Cursor, Store};
 
 /// The store when it is durable; with an in-memory store the outbox does nothing (the queues in
@@ -22,7 +22,7 @@ use crate::store::{Cursor, Store};
 #[derive(Clone)]
 pub struct Outbox {
     store: Option<Arc<Store>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DeliveryMetrics>,
 }
 
 /// A queued request read back from the store.
@@ -59,7 +59,7 @@ pub struct PauseState {
 }
 
 impl Outbox {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<Store>, metrics: Arc<DeliveryMetrics>) -> Self {
         Self {
             store: store.durable().then_some(store),
             metrics,
@@ -76,10 +76,10 @@ impl Outbox {
     }
 
     /// Counts and logs a failed write; true when it succeeded.
-    fn result(&self, op: &str, r: Result<(), crate::store::StoreError>) -> bool {
+    fn result(&self, op: OutboxOp, r: Result<(), crate::store::StoreError>) -> bool {
         if let Err(e) = &r {
-            self.metrics.outbox_errors.with_label_values(&[op]).inc();
-            tracing::error!(op, error = %e, "outbox write failed; the request stays queued in memory only");
+            self.metrics.outbox_failed(op, 1);
+            tracing::error!(op = op.as_str(), error = %e, "outbox write failed; the request stays queued in memory only");
         }
         r.is_ok()
     }
@@ -99,7 +99,7 @@ impl Outbox {
             .iter()
             .map(|(e, s, r)| (*e, *s, r.as_slice()))
             .collect();
-        self.result("insert", store.outbox_insert(&refs, cursor))
+        self.result(OutboxOp::Insert, store.outbox_insert(&refs, cursor))
     }
 
     /// A queued request's body, read back for an attempt: `Ok(None)` when its row is gone,
@@ -115,7 +115,7 @@ impl Outbox {
             })),
             Err(e) => {
                 let text = e.to_string();
-                self.result("load", Err(e));
+                self.result(OutboxOp::Load, Err(e));
                 Err(text)
             }
         }
@@ -135,7 +135,7 @@ impl Outbox {
         // The body in memory may be empty (it is on disk): only the header is rewritten.
         let head = header(job, attempts, next_at, parked);
         self.result(
-            "update",
+            OutboxOp::Update,
             store.outbox_update_header(endpoint, job.seq, &head),
         );
     }
@@ -143,13 +143,13 @@ impl Outbox {
     /// Forgets finished jobs.
     pub fn remove(&self, endpoint: &str, seqs: &[u64]) {
         let Some(store) = &self.store else { return };
-        self.result("remove", store.outbox_remove(endpoint, seqs));
+        self.result(OutboxOp::Remove, store.outbox_remove(endpoint, seqs));
     }
 
     /// Forgets an endpoint altogether (its webhook was deleted).
     pub fn clear(&self, endpoint: &str) {
         let Some(store) = &self.store else { return };
-        self.result("remove", store.outbox_clear(endpoint));
+        self.result(OutboxOp::Remove, store.outbox_clear(endpoint));
     }
 
     /// Every job kept for the endpoint, oldest first, handed to `each`; unreadable rows are
@@ -163,7 +163,7 @@ impl Outbox {
                 None => bad.push(seq),
             });
         if let Err(e) = scanned {
-            self.result("load", Err(e));
+            self.result(OutboxOp::Load, Err(e));
         }
         if !bad.is_empty() {
             tracing::error!(
@@ -171,10 +171,7 @@ impl Outbox {
                 rows = bad.len(),
                 "outbox rows not readable; removed"
             );
-            self.metrics
-                .outbox_errors
-                .with_label_values(&["load"])
-                .inc_by(bad.len() as u64);
+            self.metrics.outbox_failed(OutboxOp::Load, bad.len() as u64);
             self.remove(endpoint, &bad);
         }
     }
@@ -188,7 +185,7 @@ impl Outbox {
     pub fn save_pause_state(&self, endpoint: &str, state: &PauseState) {
         let Some(store) = &self.store else { return };
         let raw = serde_json::to_string(state).unwrap_or_default();
-        self.result("state", store.put_endpoint_state(endpoint, &raw));
+        self.result(OutboxOp::State, store.put_endpoint_state(endpoint, &raw));
     }
 }
 

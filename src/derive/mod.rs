@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::changelog::ChangelogMetrics;
 use crate::changelog::Hint;
 use crate::config::{FlagrConfig, ImpressionsConfig};
 use crate::delivery::Deliveries;
@@ -23,10 +24,58 @@ use crate::events::{self};
 use crate::flagr::client::FlagrError;
 use crate::flagr::{FlagState, FlagrClient, Mutation, Route};
 use crate::impressions::batcher::Batchers;
+use crate::impressions::batcher::ImpressionMetrics;
 use crate::impressions::{self, Impression};
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::{labels, status_class, Registry};
 use crate::proxy::tap::RequestMeta;
 use crate::proxy::{Captured, Exchange};
+use crate::proxy::{DropStage, TapMetrics};
+
+labels! {
+    /// Why a mutation or an answer gave nothing.
+    pub enum DeriveError {
+        NoFlagId => "no_flag_id",
+        FlagrRead => "flagr_read",
+        ImpressionsUnreadable => "impressions_unreadable",
+    }
+}
+
+/// Derivation's metrics, and the handles of the stages it feeds.
+pub struct DeriveMetrics {
+    errors: prometheus::IntCounterVec,
+    mutations: prometheus::IntCounterVec,
+    /// Drops on the way to a lane, to the follower or to the impression workers.
+    pub tap: Arc<TapMetrics>,
+    /// Events the legacy lanes derive.
+    pub changelog: Arc<ChangelogMetrics>,
+}
+
+impl DeriveMetrics {
+    pub fn new(r: &Registry, tap: Arc<TapMetrics>, changelog: Arc<ChangelogMetrics>) -> Self {
+        let m = Self {
+            errors: r.counter_vec(
+                "flaghook_derive_errors_total",
+                "Mutations whose events could not be derived, by reason.",
+                &["reason"],
+            ),
+            mutations: r.counter_vec(
+                "flaghook_mutations_total",
+                "Mutating calls seen, by Flagr status class.",
+                &["status_class"],
+            ),
+            tap,
+            changelog,
+        };
+        for e in DeriveError::ALL {
+            m.errors.with_label_values(&[e.as_str()]);
+        }
+        m
+    }
+
+    fn failed(&self, e: DeriveError) {
+        self.errors.with_label_values(&[e.as_str()]).inc();
+    }
+}
 
 /// Where evaluations and exposures go: the mapping config and the batchers.
 pub struct ImpressionSink {
@@ -40,7 +89,7 @@ impl ImpressionSink {
     pub fn new(
         cfg: &crate::config::Config,
         deliveries: Arc<Deliveries>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ImpressionMetrics>,
     ) -> Option<Arc<Self>> {
         (!cfg.impression_webhooks.is_empty()).then(|| {
             Arc::new(Self {
@@ -61,7 +110,7 @@ pub struct Deriver {
     pub impressions: Option<Arc<ImpressionSink>>,
     pub flagr: FlagrClient,
     pub deliveries: Arc<Deliveries>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<DeriveMetrics>,
     pub flagr_cfg: FlagrConfig,
     /// True on legacy Flagr: read states from the prefetch and a GET, not from snapshots.
     pub legacy: Arc<AtomicBool>,
@@ -77,7 +126,7 @@ impl Deriver {
         impressions: Option<Arc<ImpressionSink>>,
         flagr: FlagrClient,
         deliveries: Arc<Deliveries>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<DeriveMetrics>,
         legacy: Arc<AtomicBool>,
         hints: mpsc::Sender<Hint>,
     ) -> Arc<Self> {
@@ -132,18 +181,14 @@ pub async fn run(
         let Route::Mutation(mutation) = ex.route else {
             if let Some(tx) = &imp_tx {
                 if tx.try_send(ex).is_err() {
-                    deriver
-                        .metrics
-                        .tap_dropped
-                        .with_label_values(&["impressions"])
-                        .inc();
+                    deriver.metrics.tap.dropped(DropStage::Impressions);
                 }
             }
             continue;
         };
         deriver
             .metrics
-            .mutations_seen
+            .mutations
             .with_label_values(&[status_class(ex.status.as_u16())])
             .inc();
         // Flagr answers 200 for every success; anything else changed nothing.
@@ -165,11 +210,7 @@ pub async fn run(
             mutation.path_flag()
         };
         let Some(flag) = flag else {
-            deriver
-                .metrics
-                .derive_errors
-                .with_label_values(&["no_flag_id"])
-                .inc();
+            deriver.metrics.failed(DeriveError::NoFlagId);
             tracing::warn!(
                 mutation = mutation.name(),
                 "flag id not readable from Flagr's response; no event"
@@ -185,11 +226,7 @@ pub async fn run(
                 response,
             };
             if deriver.hints.try_send(hint).is_err() {
-                deriver
-                    .metrics
-                    .tap_dropped
-                    .with_label_values(&["hint"])
-                    .inc();
+                deriver.metrics.tap.dropped(DropStage::Hint);
             }
             continue;
         }
@@ -201,11 +238,7 @@ pub async fn run(
             response,
         };
         if senders[lane].try_send(work).is_err() {
-            deriver
-                .metrics
-                .tap_dropped
-                .with_label_values(&["lane"])
-                .inc();
+            deriver.metrics.tap.dropped(DropStage::Lane);
             tracing::warn!(flag, "derivation lane full: mutation dropped");
         }
     }
@@ -230,11 +263,7 @@ async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: Share
         let Some(ex) = ex else { return };
         match impressions_of(&ex, &sink.cfg, d.inspect_cap) {
             Some(records) => sink.batchers.add(&records),
-            None => d
-                .metrics
-                .derive_errors
-                .with_label_values(&["impressions_unreadable"])
-                .inc(),
+            None => d.metrics.failed(DeriveError::ImpressionsUnreadable),
         }
     }
 }
@@ -289,17 +318,13 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
     while let Some(w) = rx.recv().await {
         match derive_one(&d, &w).await {
             Ok(Some(set)) => {
-                for e in &set.events {
-                    d.metrics.events_derived.with_label_values(&[e.event]).inc();
-                }
+                let names: Vec<&str> = set.events.iter().map(|e| e.event).collect();
+                d.metrics.changelog.derived(&names);
                 d.deliveries.publish(&set);
             }
             Ok(None) => {}
             Err(e) => {
-                d.metrics
-                    .derive_errors
-                    .with_label_values(&["flagr_read"])
-                    .inc();
+                d.metrics.failed(DeriveError::FlagrRead);
                 tracing::warn!(flag = w.flag, mutation = w.mutation.name(), error = %e, "could not read the flag's state; no event");
             }
         }

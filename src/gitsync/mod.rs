@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GitRepoConfig;
 use crate::flagr::model::Flag;
 use crate::flagr::FlagrClient;
-use crate::metrics::Metrics;
+use crate::metrics::{labels, latency_buckets, Registry};
 
 /// What a sync did (or would do, for a dry run).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -93,6 +93,61 @@ pub struct GitSync {
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
 
+labels! {
+    /// How one sync ended.
+    pub enum SyncOutcome {
+        Success => "success",
+        Invalid => "invalid",
+        ApplyFailed => "apply_failed",
+        Error => "error",
+    }
+}
+
+/// Git sync's metrics, by repository.
+pub struct GitSyncMetrics {
+    runs: prometheus::IntCounterVec,
+    duration: prometheus::HistogramVec,
+    last_success: prometheus::IntGaugeVec,
+}
+
+impl GitSyncMetrics {
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            runs: r.counter_vec(
+                "flaghook_gitsync_runs_total",
+                "Git syncs, by repository and outcome (success, invalid, apply_failed, error).",
+                &["repository", "outcome"],
+            ),
+            duration: r.histogram_vec(
+                "flaghook_gitsync_duration_seconds",
+                "Time to read, plan and apply one git sync.",
+                &["repository"],
+                latency_buckets(),
+            ),
+            last_success: r.gauge_vec(
+                "flaghook_gitsync_last_success_timestamp_seconds",
+                "Unix time of the last successful git sync, by repository.",
+                &["repository"],
+            ),
+        }
+    }
+
+    fn init(&self, repository: &str) {
+        for o in SyncOutcome::ALL {
+            self.runs.with_label_values(&[repository, o.as_str()]);
+        }
+    }
+
+    fn run(&self, repository: &str, o: SyncOutcome) {
+        self.runs.with_label_values(&[repository, o.as_str()]).inc();
+        if o == SyncOutcome::Success {
+            self.last_success
+                .with_label_values(&[repository])
+                .set(chrono::Utc::now().timestamp());
+        }
+    }
+}
+
 /// Why git sync could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GitSyncError {
@@ -115,7 +170,7 @@ struct Worker {
     repo: git::Repo,
     flagr: FlagrClient,
     applier: Arc<apply::Applier>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GitSyncMetrics>,
     status: Arc<Mutex<Status>>,
     max_file_bytes: u64,
     /// A commit refused as invalid: the poller does not try it again.
@@ -135,7 +190,7 @@ impl GitSync {
         proxy: std::net::SocketAddr,
         token: String,
         flagr: FlagrClient,
-        metrics: Arc<Metrics>,
+        metrics: Arc<GitSyncMetrics>,
         shutdown: CancellationToken,
     ) -> Result<Option<Arc<Self>>, GitSyncError> {
         if cfg.git_repositories.is_empty() {
@@ -164,6 +219,7 @@ impl GitSync {
                 folder: cfg.folder.clone(),
                 ..Default::default()
             }));
+            metrics.init(&cfg.id);
             let w = Worker {
                 cfg: cfg.clone(),
                 repo: git::Repo::new(
@@ -371,10 +427,7 @@ impl Worker {
     ) -> Report {
         let id = &self.cfg.id;
         tracing::error!(repository = %id, %commit, problems = problems.len(), first = ?problems.first(), "commit refused: invalid flags; Flagr keeps its last good state");
-        self.metrics
-            .gitsync_runs
-            .with_label_values(&[id, "invalid"])
-            .inc();
+        self.metrics.run(id, SyncOutcome::Invalid);
         self.refused = commit.to_string();
         if let Ok(mut s) = self.status.lock() {
             s.last_error = Some(format!(
@@ -392,10 +445,7 @@ impl Worker {
         self.retry_at =
             Some(tokio::time::Instant::now() + RETRY_AFTER_FAILURE.min(self.cfg.poll_interval));
         tracing::warn!(repository = %self.cfg.id, error = %e, "git sync failed; will try again");
-        self.metrics
-            .gitsync_runs
-            .with_label_values(&[&self.cfg.id, "error"])
-            .inc();
+        self.metrics.run(&self.cfg.id, SyncOutcome::Error);
         if let Ok(mut s) = self.status.lock() {
             s.last_error = Some(e.to_string());
         }
@@ -481,20 +531,13 @@ impl Worker {
         let elapsed = started.elapsed();
         report.duration_ms = elapsed.as_millis() as u64;
         self.metrics
-            .gitsync_duration
+            .duration
             .with_label_values(&[&id])
             .observe(elapsed.as_secs_f64());
         match result {
             Ok(n) => {
                 report.applied = n;
-                self.metrics
-                    .gitsync_runs
-                    .with_label_values(&[&id, "success"])
-                    .inc();
-                self.metrics
-                    .gitsync_last_success
-                    .with_label_values(&[&id])
-                    .set(chrono::Utc::now().timestamp());
+                self.metrics.run(&id, SyncOutcome::Success);
                 tracing::info!(repository = %id, %commit, changes = n, ?elapsed, "git sync applied");
                 if let Ok(mut s) = self.status.lock() {
                     s.last_synced_commit = commit.to_string();
@@ -510,10 +553,7 @@ impl Worker {
                 }
             }
             Err(stopped) => {
-                self.metrics
-                    .gitsync_runs
-                    .with_label_values(&[&id, "apply_failed"])
-                    .inc();
+                self.metrics.run(&id, SyncOutcome::ApplyFailed);
                 tracing::error!(repository = %id, %commit, applied = stopped.applied, planned = stopped.planned, call = %stopped.call, error = %stopped.error, "git sync stopped at a call Flagr refused; the next sync plans the rest again");
                 report.applied = stopped.applied;
                 report.error = Some(stopped.to_string());

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::Impression;
 use crate::config::{Compression, ImpressionWebhookConfig};
 use crate::delivery::{Deliveries, Job};
-use crate::metrics::Metrics;
+use crate::metrics::Registry;
 
 struct Batch {
     body: Vec<u8>,
@@ -40,11 +40,44 @@ struct Endpoint {
     last_flush: Mutex<tokio::time::Instant>,
 }
 
+/// The impression pipeline's metrics (what becomes of batches is delivery's).
+pub struct ImpressionMetrics {
+    derived: prometheus::IntCounter,
+    batched: prometheus::IntCounter,
+    batch_records: prometheus::Histogram,
+    compression_ratio: prometheus::Histogram,
+}
+
+impl ImpressionMetrics {
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            derived: r.counter(
+                "flaghook_impressions_derived_total",
+                "Impression records derived from evaluations and exposures.",
+            ),
+            batched: r.counter(
+                "flaghook_impressions_batched_total",
+                "Impression records put into a batch (once per endpoint).",
+            ),
+            batch_records: r.histogram(
+                "flaghook_impression_batch_records",
+                "Records per impression batch.",
+                prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets"),
+            ),
+            compression_ratio: r.histogram(
+                "flaghook_impression_compression_ratio",
+                "Compressed size over JSON size of gzipped impression batches.",
+                vec![0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0],
+            ),
+        }
+    }
+}
+
 /// Every impression endpoint's open batch.
 pub struct Batchers {
     endpoints: Vec<Endpoint>,
     deliveries: Arc<Deliveries>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ImpressionMetrics>,
 }
 
 /// True when the endpoint should get gzip: `on`, or `auto` unless it is Slack or Fivetran
@@ -71,7 +104,7 @@ impl Batchers {
         cfgs: &[ImpressionWebhookConfig],
         environment: &crate::config::ImpressionsConfig,
         deliveries: Arc<Deliveries>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ImpressionMetrics>,
     ) -> Self {
         let endpoints = cfgs
             .iter()
@@ -98,9 +131,7 @@ impl Batchers {
         if records.is_empty() {
             return;
         }
-        self.metrics
-            .impressions_derived
-            .inc_by(records.len() as u64);
+        self.metrics.derived.inc_by(records.len() as u64);
         // Serialise once; every endpoint gets the same bytes.
         let encoded: Vec<Vec<u8>> = records
             .iter()
@@ -124,9 +155,7 @@ impl Batchers {
                     }
                 }
             }
-            self.metrics
-                .impressions_batched
-                .inc_by(encoded.len() as u64);
+            self.metrics.batched.inc_by(encoded.len() as u64);
             for batch in full {
                 self.send(ep, batch);
             }
@@ -168,12 +197,10 @@ impl Batchers {
         } else {
             (batch.body, None)
         };
-        self.metrics
-            .impression_batch_records
-            .observe(batch.records as f64);
+        self.metrics.batch_records.observe(batch.records as f64);
         if encoding.is_some() {
             self.metrics
-                .impression_compression_ratio
+                .compression_ratio
                 .observe(body.len() as f64 / raw_len.max(1) as f64);
         }
         let job = Job {
@@ -188,10 +215,11 @@ impl Batchers {
             records: batch.records,
         };
         if let Err(e) = self.deliveries.send_to(&ep.cfg.id, job) {
-            self.metrics
-                .impressions_dropped
-                .with_label_values(&[&ep.cfg.id, "queue_full"])
-                .inc_by(batch.records as u64);
+            self.deliveries.metrics().impressions_dropped_records(
+                &ep.cfg.id,
+                crate::delivery::DropReason::QueueFull,
+                batch.records as u64,
+            );
             tracing::warn!(endpoint = %ep.cfg.id, records = batch.records, error = %e, "impression batch not queued");
         }
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::upstream::BoxFuture;
 use crate::flagr::{Route, RouteTable};
-use crate::metrics::{method_label, status_class, Metrics};
+use crate::metrics::{labels, latency_buckets, method_label, status_class, Registry};
 
 /// Applies [`Classify`].
 #[derive(Clone, Debug)]
@@ -66,14 +66,65 @@ where
     }
 }
 
+labels! {
+    /// Why Flagr gave no answer.
+    pub enum UpstreamFailure { Connect => "connect", Timeout => "timeout", Other => "other" }
+}
+
+/// The proxy's own metrics.
+pub struct ProxyMetrics {
+    requests: prometheus::IntCounterVec,
+    duration: prometheus::HistogramVec,
+    upstream_errors: prometheus::IntCounterVec,
+    in_flight: prometheus::IntGauge,
+}
+
+impl ProxyMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let m = Self {
+            requests: r.counter_vec(
+                "flaghook_proxy_requests_total",
+                "Requests proxied to Flagr, by route class, method and status class.",
+                &["route_class", "method", "status_class"],
+            ),
+            duration: r.histogram_vec(
+                "flaghook_proxy_request_duration_seconds",
+                "Time from request to Flagr's response headers, by route class.",
+                &["route_class"],
+                latency_buckets(),
+            ),
+            upstream_errors: r.counter_vec(
+                "flaghook_proxy_upstream_errors_total",
+                "Requests Flagr did not answer, by kind (connect, timeout, other).",
+                &["kind"],
+            ),
+            in_flight: r.gauge(
+                "flaghook_proxy_in_flight_requests",
+                "Requests being proxied right now.",
+            ),
+        };
+        for f in UpstreamFailure::ALL {
+            m.upstream_errors.with_label_values(&[f.as_str()]);
+        }
+        m
+    }
+
+    /// Flagr did not answer a request: counted here, logged by the caller with its details.
+    pub fn upstream_failed(&self, why: UpstreamFailure) {
+        self.upstream_errors
+            .with_label_values(&[why.as_str()])
+            .inc();
+    }
+}
+
 /// Applies [`Measure`].
 #[derive(Clone)]
 pub struct MeasureLayer {
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl MeasureLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<ProxyMetrics>) -> Self {
         Self { metrics }
     }
 }
@@ -92,7 +143,7 @@ impl<S> tower::Layer<S> for MeasureLayer {
 #[derive(Clone)]
 pub struct Measure<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for Measure<S>
@@ -116,19 +167,19 @@ where
             .map_or("passthrough", Route::class);
         let method = method_label(req.method());
         let metrics = self.metrics.clone();
-        metrics.proxy_in_flight.inc();
+        metrics.in_flight.inc();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await;
-            metrics.proxy_in_flight.dec();
+            metrics.in_flight.dec();
             if let Ok(r) = &resp {
                 metrics
-                    .proxy_requests
+                    .requests
                     .with_label_values(&[class, method, status_class(r.status().as_u16())])
                     .inc();
             }
             metrics
-                .proxy_duration
+                .duration
                 .with_label_values(&[class])
                 .observe(started.elapsed().as_secs_f64());
             resp
@@ -143,7 +194,7 @@ mod tests {
 
     #[tokio::test]
     async fn classifies_then_counts_by_route_class() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ProxyMetrics::new(&Registry::default()));
         let inner = tower::service_fn(|req: Request<()>| async move {
             let route = *req.extensions().get::<Route>().unwrap();
             let status = if matches!(route, Route::Mutation(_)) {
@@ -159,9 +210,9 @@ mod tests {
         assert_eq!(svc.clone().oneshot(post).await.unwrap().status(), 200);
         let get = Request::get("/nothing").body(()).unwrap();
         assert_eq!(svc.oneshot(get).await.unwrap().status(), 404);
-        let count = |labels: &[&str]| metrics.proxy_requests.with_label_values(labels).get();
+        let count = |labels: &[&str]| metrics.requests.with_label_values(labels).get();
         assert_eq!(count(&["mutation", "POST", "2xx"]), 1);
         assert_eq!(count(&["passthrough", "GET", "4xx"]), 1);
-        assert_eq!(metrics.proxy_in_flight.get(), 0);
+        assert_eq!(metrics.in_flight.get(), 0);
     }
 }

@@ -39,14 +39,13 @@ use tower::ServiceBuilder;
 pub use headers::{error_response, strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr};
 pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};
-pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer};
+pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer, ProxyMetrics, UpstreamFailure};
 pub use server::serve;
-pub use tap::{Captured, Exchange, Tap, TapBody, TapLayer, TapSender};
+pub use tap::{Captured, DropStage, Exchange, Tap, TapBody, TapLayer, TapMetrics, TapSender};
 pub use upstream::{Upstream, UpstreamBody, UpstreamError};
 
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, RouteTable};
-use crate::metrics::Metrics;
 
 /// The whole stack, as [`Proxy::stack`] builds it.
 pub type Proxy =
@@ -74,7 +73,7 @@ pub struct ProxyParts<'a> {
     /// What git sync's calls carry.
     pub gitsync_token: &'a str,
     pub tap: TapSender,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ProxyMetrics>,
     /// True while the upstream is a legacy Flagr.
     pub legacy: Arc<AtomicBool>,
     pub flagr: FlagrClient,

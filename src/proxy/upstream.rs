@@ -23,8 +23,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::error_response;
+use super::measure::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
-use crate::metrics::Metrics;
 
 /// Flagr's body, or flaghook's own short error.
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
@@ -57,7 +57,7 @@ struct Inner<B> {
     client: Client<HttpConnector, B>,
     authority: Authority,
     timeout: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl<B> Upstream<B>
@@ -65,7 +65,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(cfg: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
+    pub fn new(cfg: &ProxyConfig, metrics: Arc<ProxyMetrics>) -> Result<Self, UpstreamError> {
         let uri: Uri = cfg.upstream.parse().map_err(UpstreamError::Uri)?;
         let authority = uri.authority().cloned().ok_or(UpstreamError::NoHost)?;
         let mut conn = HttpConnector::new();
@@ -154,12 +154,13 @@ where
         match result {
             Ok(Ok(resp)) => resp.map(Either::Left),
             Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "other" };
-                self.metrics
-                    .proxy_upstream_errors
-                    .with_label_values(&[kind])
-                    .inc();
-                tracing::warn!(error = %e, kind, "flagr did not answer");
+                let why = if e.is_connect() {
+                    UpstreamFailure::Connect
+                } else {
+                    UpstreamFailure::Other
+                };
+                self.metrics.upstream_failed(why);
+                tracing::warn!(error = %e, kind = why.as_str(), "flagr did not answer");
                 error_response(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
@@ -167,10 +168,7 @@ where
                 )
             }
             Err(_) => {
-                self.metrics
-                    .proxy_upstream_errors
-                    .with_label_values(&["timeout"])
-                    .inc();
+                self.metrics.upstream_failed(UpstreamFailure::Timeout);
                 tracing::warn!(timeout = ?self.timeout, "flagr timed out");
                 error_response(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -193,7 +191,8 @@ mod tests {
             upstream_timeout: timeout,
             ..ProxyConfig::default()
         };
-        Upstream::new(&cfg, Arc::new(Metrics::new())).unwrap()
+        let r = crate::metrics::Registry::default();
+        Upstream::new(&cfg, Arc::new(ProxyMetrics::new(&r))).unwrap()
     }
 
     fn get() -> Request<Full<Bytes>> {

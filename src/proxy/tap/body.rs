@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{Captured, Exchange, TapSender};
+use super::{Captured, Direction, Exchange, TapSender, Uninspected};
 
 /// Bytes every copy in flight or waiting for derivation shares (`proxy.tap_max_bytes`).
 #[derive(Debug)]
@@ -186,19 +186,11 @@ impl Capture {
                     .unwrap_or_default();
                 exchange.request_body = request_body;
                 exchange.held = request_held.join(held);
-                if let Some(reason) = exchange_reason(&exchange.request_body) {
-                    sender
-                        .metrics
-                        .tap_uninspected
-                        .with_label_values(&["request", reason])
-                        .inc();
+                if let Some(why) = exchange_reason(&exchange.request_body) {
+                    sender.metrics.uninspected(Direction::Request, why);
                 }
-                if let Some(reason) = exchange_reason(&captured) {
-                    sender
-                        .metrics
-                        .tap_uninspected
-                        .with_label_values(&["response", reason])
-                        .inc();
+                if let Some(why) = exchange_reason(&captured) {
+                    sender.metrics.uninspected(Direction::Response, why);
                 }
                 exchange.response_body = captured;
                 sender.send(exchange);
@@ -207,13 +199,12 @@ impl Capture {
     }
 }
 
-fn exchange_reason(c: &Captured) -> Option<&'static str> {
+fn exchange_reason(c: &Captured) -> Option<Uninspected> {
     match c {
-        Captured::Complete(_) => None,
-        Captured::TooLarge => Some("too_large"),
-        Captured::OverBudget => Some("over_budget"),
-        Captured::Incomplete => Some("incomplete"),
-        Captured::Skipped => None,
+        Captured::Complete(_) | Captured::Skipped => None,
+        Captured::TooLarge => Some(Uninspected::TooLarge),
+        Captured::OverBudget => Some(Uninspected::OverBudget),
+        Captured::Incomplete => Some(Uninspected::Incomplete),
     }
 }
 
@@ -331,8 +322,9 @@ where
 mod tests {
     use super::*;
     use crate::flagr::Route;
-    use crate::metrics::Metrics;
+    use crate::metrics::Registry;
     use crate::proxy::tap::RequestMeta;
+    use crate::proxy::tap::TapMetrics;
     use http::StatusCode;
     use http_body_util::{BodyExt, Full, StreamBody};
     use std::time::SystemTime;
@@ -350,11 +342,11 @@ mod tests {
     ) -> (
         (TapSender, mpsc::Receiver<Exchange>),
         Arc<ByteBudget>,
-        Arc<Metrics>,
+        Arc<TapMetrics>,
     ) {
         let (tx, rx) = mpsc::channel(4);
         let budget = ByteBudget::new(max);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(TapMetrics::new(&Registry::default()));
         (
             (TapSender::new(tx, metrics.clone(), cap, budget.clone()), rx),
             budget,
@@ -442,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn full_channel_drops_and_counts() {
         let (tx, _rx) = mpsc::channel(1);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(TapMetrics::new(&Registry::default()));
         let s = TapSender::new(tx, metrics.clone(), 16, ByteBudget::new(1 << 20));
         for _ in 0..3 {
             let b = TapBody::response(
@@ -451,7 +443,7 @@ mod tests {
             );
             drop(b.collect().await);
         }
-        assert_eq!(metrics.tap_dropped.with_label_values(&["tap"]).get(), 2);
+        assert_eq!(metrics.dropped.with_label_values(&["tap"]).get(), 2);
     }
 
     /// Copies waiting for derivation hold the budget; one that does not fit is not made (the
@@ -477,7 +469,7 @@ mod tests {
         assert_eq!(budget.used(), 6);
         assert_eq!(
             metrics
-                .tap_uninspected
+                .uninspected
                 .with_label_values(&["response", "over_budget"])
                 .get(),
             1

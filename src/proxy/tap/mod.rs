@@ -27,7 +27,7 @@ use super::legacy::LegacyStates;
 use super::marks::GitSyncCommit;
 use super::upstream::BoxFuture;
 use crate::flagr::{FlagState, Route, RouteTable};
-use crate::metrics::Metrics;
+use crate::metrics::{labels, Registry};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -88,11 +88,73 @@ pub struct Exchange {
     pub held: Held,
 }
 
+labels! {
+    /// Which body of an exchange.
+    pub enum Direction { Request => "request", Response => "response" }
+}
+
+labels! {
+    /// Why a body of an inspected route was not inspected.
+    pub enum Uninspected { TooLarge => "too_large", OverBudget => "over_budget", Incomplete => "incomplete" }
+}
+
+labels! {
+    /// Where an exchange was dropped on its way to derivation (every channel is bounded).
+    pub enum DropStage { Tap => "tap", Lane => "lane", Hint => "hint", Impressions => "impressions" }
+}
+
+/// The tap's metrics, and derivation's drops of what it handed over.
+pub struct TapMetrics {
+    uninspected: prometheus::IntCounterVec,
+    dropped: prometheus::IntCounterVec,
+}
+
+impl TapMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let m = Self {
+            uninspected: r.counter_vec(
+                "flaghook_tap_uninspected_total",
+                "Bodies of inspected routes that were not inspected (too_large: over the cap; over_budget: proxy.tap_max_bytes held by waiting copies; incomplete).",
+                &["direction", "reason"],
+            ),
+            dropped: r.counter_vec(
+                "flaghook_tap_dropped_total",
+                "Exchanges not handed to derivation because a channel was full.",
+                &["stage"],
+            ),
+        };
+        for d in Direction::ALL {
+            for u in Uninspected::ALL {
+                m.uninspected.with_label_values(&[d.as_str(), u.as_str()]);
+            }
+        }
+        for s in DropStage::ALL {
+            m.dropped.with_label_values(&[s.as_str()]);
+        }
+        m
+    }
+
+    /// A body that was not inspected: counted (a full copy or a log line per request would
+    /// cost more than the request).
+    pub fn uninspected(&self, d: Direction, why: Uninspected) {
+        self.uninspected
+            .with_label_values(&[d.as_str(), why.as_str()])
+            .inc();
+    }
+
+    /// An exchange dropped at a full channel: counted, and logged at debug (it can happen
+    /// thousands of times a second under overload).
+    pub fn dropped(&self, stage: DropStage) {
+        self.dropped.with_label_values(&[stage.as_str()]).inc();
+        tracing::debug!(stage = stage.as_str(), "exchange dropped: channel full");
+    }
+}
+
 /// The sending half, shared by every connection.
 #[derive(Clone)]
 pub struct TapSender {
     tx: mpsc::Sender<Exchange>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<TapMetrics>,
     cap: usize,
     budget: Arc<ByteBudget>,
 }
@@ -100,7 +162,7 @@ pub struct TapSender {
 impl TapSender {
     pub fn new(
         tx: mpsc::Sender<Exchange>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<TapMetrics>,
         cap: usize,
         budget: Arc<ByteBudget>,
     ) -> Self {
@@ -114,7 +176,7 @@ impl TapSender {
 
     fn send(&self, ex: Exchange) {
         if self.tx.try_send(ex).is_err() {
-            self.metrics.tap_dropped.with_label_values(&["tap"]).inc();
+            self.metrics.dropped(DropStage::Tap);
         }
     }
 }
@@ -285,7 +347,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let sender = TapSender::new(
             tx,
-            Arc::new(Metrics::new()),
+            Arc::new(TapMetrics::new(&Registry::default())),
             1 << 20,
             ByteBudget::new(1 << 20),
         );
