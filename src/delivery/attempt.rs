@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::endpoint::{now_rfc3339, Attempt, EndpointCtx, Job, LogEntry};
+use super::ctx::EndpointCtx;
+use super::job::{now_rfc3339, Attempt, Job, LogEntry};
 use super::metrics::Outcome;
 use super::retry::{parse_retry_after, Verdict};
 use super::sign;

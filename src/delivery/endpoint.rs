@@ -12,44 +12,20 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use super::ctx::{EndpointCtx, Kind};
+pub use super::job::{Attempt, Job, LogEntry};
+
 use super::attempt;
 use super::breaker::{Breaker, Permit, State, Transition};
-use super::metrics::{DeliveryMetrics, DropReason};
-use super::outbox::{Outbox, PauseState};
-use super::policy::DeliveryPolicy;
+use super::metrics::DropReason;
+use super::outbox::PauseState;
 use super::queue::{Bounds, Queue};
 use super::retry::Verdict;
-use crate::config::{DeliveryConfig, WebhookConfig};
-
-/// One request to deliver: the same body and id on every attempt.
-#[derive(Clone, Debug)]
-pub struct Job {
-    /// Its row in the outbox (0 until queued, or when nothing is kept on disk).
-    pub seq: u64,
-    /// The body's length (`body` may be empty: see `on_disk`).
-    pub size: usize,
-    /// The row is in the outbox. Beyond `delivery.queue_memory_bytes` of bodies in memory, a
-    /// worker keeps only the job's metadata and reads the body back for each attempt, so a large
-    /// backlog costs disk, not memory.
-    pub on_disk: bool,
-    /// `webhook-id`: stable across retries.
-    pub id: String,
-    /// Jobs with the same key are delivered one after the other, in order (the flag id).
-    pub order_key: i64,
-    pub body: Bytes,
-    /// What it carries, for logs and the `X-Flaghook-Event` header.
-    pub label: &'static str,
-    /// `Content-Encoding` of the body (impression batches: `gzip`).
-    pub encoding: Option<&'static str>,
-    /// Impression records in the body (0 for change events).
-    pub records: usize,
-}
 
 /// Operator commands for a worker.
 pub enum Control {
@@ -59,33 +35,6 @@ pub enum Control {
     Reconfigure(Arc<EndpointCtx>),
     /// The webhook was deleted: drop the queue (counted) and stop.
     Stop,
-}
-
-/// One delivery attempt as the log keeps it.
-#[derive(Clone, Debug, Serialize)]
-pub struct LogEntry {
-    /// RFC 3339, UTC.
-    pub at: String,
-    /// The `webhook-id` of the request.
-    pub delivery_id: String,
-    pub event: &'static str,
-    pub attempt: usize,
-    pub probe: bool,
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-    pub error: Option<String>,
-    /// The first bytes of the receiver's answer.
-    pub response: String,
-    /// Impression records in the request (0 for change events).
-    pub records: usize,
-    /// False once the log's byte budget dropped the body: the entry can no longer be replayed.
-    pub body_kept: bool,
-    #[serde(skip)]
-    pub body: Bytes,
-    #[serde(skip)]
-    pub order_key: i64,
-    #[serde(skip)]
-    pub encoding: Option<&'static str>,
 }
 
 /// What the admin API shows of an endpoint; updated by the worker.
@@ -110,43 +59,6 @@ pub struct Status {
 
 /// The status shared between the worker (writer) and the admin API (reader).
 pub type SharedStatus = Arc<Mutex<Status>>;
-
-/// The result of one attempt, as the worker needs it.
-pub struct Attempt {
-    pub key: i64,
-    pub probe: bool,
-    pub verdict: Verdict,
-    pub entry: LogEntry,
-}
-
-/// What an endpoint carries; its [`DeliveryPolicy`] is made from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Change events.
-    Events,
-    /// Impression batches, with their retry delay and parking bound.
-    Impressions {
-        retry_delay: Duration,
-        park_max_bytes: usize,
-    },
-}
-
-/// What an endpoint needs to send: its config, the shared client, the shared policy.
-pub struct EndpointCtx {
-    /// Success, retries, and what comes after them: the only thing the worker asks about what
-    /// the endpoint carries.
-    pub rules: DeliveryPolicy,
-    pub webhook: Arc<WebhookConfig>,
-    pub url: reqwest::Url,
-    pub client: reqwest::Client,
-    pub policy: Arc<DeliveryConfig>,
-    pub metrics: Arc<DeliveryMetrics>,
-    pub outbox: Outbox,
-}
-
-pub(super) fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 fn instant_rfc3339(t: Instant) -> String {
     let wall = chrono::Utc::now()

@@ -8,8 +8,10 @@
 
 mod attempt;
 pub mod breaker;
+mod ctx;
 pub mod endpoint;
 pub mod guard;
+mod job;
 pub mod metrics;
 pub mod outbox;
 pub mod policy;

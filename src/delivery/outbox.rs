@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::endpoint::Job;
+use super::job::Job;
 use super::metrics::{DeliveryMetrics, OutboxOp};
 use crate::store::{Cursor, Store};
 

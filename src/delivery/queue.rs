@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::time::DelayQueue;
 
-use super::endpoint::Job;
+use super::job::Job;
 
 /// The longest a retry delay read back from the outbox is honoured.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);

@@ -8,12 +8,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::{Request, Response};
 
-use super::upstream::{BoxFuture, UpstreamBody};
+use super::answer::BoxFuture;
 
 // Built once: parsing a header name from a string on every request shows up in profiles.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -120,20 +118,6 @@ fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr) {
     if !h.contains_key(X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-}
-
-/// A short JSON error of flaghook's own, marked `X-Flaghook-Error: 1`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<UpstreamBody> {
-    let body = serde_json::json!({"error": code, "message": message}).to_string();
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert("x-flaghook-error", HeaderValue::from_static("1"));
-    r
 }
 
 #[cfg(test)]

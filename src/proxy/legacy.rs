@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 
-use super::upstream::BoxFuture;
+use super::answer::BoxFuture;
 use crate::flagr::{FlagState, FlagrClient, Mutation, Route};
 
 /// The flag before and after a legacy mutation, as far as they could be read.

@@ -12,9 +12,10 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tokio::time::Instant;
 
-use super::upstream::BoxFuture;
+use super::answer::BoxFuture;
+use super::metrics::ProxyMetrics;
 use crate::flagr::{Route, RouteTable};
-use crate::metrics::{labels, latency_buckets, method_label, status_class, Registry};
+use crate::metrics::{method_label, status_class};
 
 /// Applies [`Classify`].
 #[derive(Clone, Debug)]
@@ -63,57 +64,6 @@ where
         let route = self.routes.classify(req.method(), req.uri().path());
         req.extensions_mut().insert(route);
         self.inner.call(req)
-    }
-}
-
-labels! {
-    /// Why Flagr gave no answer.
-    pub enum UpstreamFailure { Connect => "connect", Timeout => "timeout", Other => "other" }
-}
-
-/// The proxy's own metrics.
-pub struct ProxyMetrics {
-    requests: prometheus::IntCounterVec,
-    duration: prometheus::HistogramVec,
-    upstream_errors: prometheus::IntCounterVec,
-    in_flight: prometheus::IntGauge,
-}
-
-impl ProxyMetrics {
-    pub fn new(r: &Registry) -> Self {
-        let m = Self {
-            requests: r.counter_vec(
-                "flaghook_proxy_requests_total",
-                "Requests proxied to Flagr, by route class, method and status class.",
-                &["route_class", "method", "status_class"],
-            ),
-            duration: r.histogram_vec(
-                "flaghook_proxy_request_duration_seconds",
-                "Time from request to Flagr's response headers, by route class.",
-                &["route_class"],
-                latency_buckets(),
-            ),
-            upstream_errors: r.counter_vec(
-                "flaghook_proxy_upstream_errors_total",
-                "Requests Flagr did not answer, by kind (connect, timeout, other).",
-                &["kind"],
-            ),
-            in_flight: r.gauge(
-                "flaghook_proxy_in_flight_requests",
-                "Requests being proxied right now.",
-            ),
-        };
-        for f in UpstreamFailure::ALL {
-            m.upstream_errors.with_label_values(&[f.as_str()]);
-        }
-        m
-    }
-
-    /// Flagr did not answer a request: counted here, logged by the caller with its details.
-    pub fn upstream_failed(&self, why: UpstreamFailure) {
-        self.upstream_errors
-            .with_label_values(&[why.as_str()])
-            .inc();
     }
 }
 
@@ -190,6 +140,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Registry;
     use tower::{Layer, ServiceExt};
 
     #[tokio::test]

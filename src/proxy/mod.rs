@@ -21,10 +21,12 @@
 //! owes 504, and its trace and request-id layers add work (and a header) to every request on
 //! a path meant to stay transparent and cheap; the admin listener uses them instead.
 
+mod answer;
 mod headers;
 mod legacy;
 mod marks;
 mod measure;
+mod metrics;
 mod server;
 pub mod tap;
 mod upstream;
@@ -36,13 +38,15 @@ use http::header::HeaderName;
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
 
-pub use headers::{error_response, strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr};
+pub use answer::{error_response, UpstreamBody};
+pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr};
 pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};
-pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer, ProxyMetrics, UpstreamFailure};
+pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer};
+pub use metrics::{ProxyMetrics, UpstreamFailure};
 pub use server::serve;
 pub use tap::{Captured, DropStage, Exchange, Tap, TapBody, TapLayer, TapMetrics, TapSender};
-pub use upstream::{Upstream, UpstreamBody, UpstreamError};
+pub use upstream::{Upstream, UpstreamError};
 
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, RouteTable};

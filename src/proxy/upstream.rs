@@ -6,8 +6,6 @@
 //! Never: retries (a mutation might apply twice), or fails: every error is a response.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,19 +15,13 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Either;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::headers::error_response;
-use super::measure::{ProxyMetrics, UpstreamFailure};
+use super::answer::{error_response, BoxFuture, UpstreamBody};
+use super::metrics::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
-
-/// Flagr's body, or flaghook's own short error.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Why the upstream client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +175,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
     use tower::ServiceExt;
 
     fn upstream(addr: std::net::SocketAddr, timeout: Duration) -> Upstream<Full<Bytes>> {

@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 
 pub use body::{ByteBudget, Held, Pending, RequestSlot, TapBody};
 
+use super::answer::BoxFuture;
 use super::headers::peer_of;
 use super::legacy::LegacyStates;
 use super::marks::GitSyncCommit;
-use super::upstream::BoxFuture;
 use crate::flagr::{FlagState, Route, RouteTable};
 use crate::metrics::{labels, Registry};
 

@@ -1,0 +1,33 @@
+//! What the proxy answers with: Flagr's body or a short JSON error of flaghook's own, and the
+//! boxed future every layer returns.
+//!
+//! In: nothing. Out: the shared types and [`error_response`]. Never: depends on a layer.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// Flagr's body, or flaghook's own short error.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// What every layer's `call` returns.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A short JSON error of flaghook's own, marked `X-Flaghook-Error: 1`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<UpstreamBody> {
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert("x-flaghook-error", HeaderValue::from_static("1"));
+    r
+}
