@@ -339,15 +339,15 @@ async fn a_dead_receiver_and_100k_events_stay_within_the_bound() {
         accepted += t.await.unwrap();
     }
     let m = fh.metrics().await;
-    let depth = metric_value(&m, "flaghook_queue_depth{endpoint=\"dead\"}");
-    let dropped = metric_value(
+    let depth = metric_in(&m, "flaghook_queue_depth{endpoint=\"dead\"}");
+    let dropped = metric_in(
         &m,
         "flaghook_dropped_total{endpoint=\"dead\",reason=\"queue_full\"}",
     );
     let attempts: f64 = ["success", "error_retryable", "error_final"]
         .iter()
         .map(|o| {
-            metric_value(
+            metric_in(
                 &m,
                 &format!("flaghook_deliveries_total{{endpoint=\"dead\",outcome=\"{o}\"}}"),
             )

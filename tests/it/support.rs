@@ -292,14 +292,15 @@ impl Flaghook {
 
     /// The value of one series, e.g. `flaghook_deliveries_total{endpoint="a",outcome="success"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics().await, series)
+        metric_in(&self.metrics().await, series)
     }
 
     /// Waits (bounded) until a counter or gauge reaches at least `min`; fails the test with the
     /// whole metrics text otherwise.
     pub async fn wait_metric(&self, series: &str, min: f64) {
+        // A series made on first use (a route's first request) is not there yet: not reached.
         let ok = wait_until(Duration::from_secs(15), || async {
-            self.metric(series).await >= min
+            metric_value(&self.metrics().await, series).is_some_and(|v| v >= min)
         })
         .await;
         assert!(
@@ -307,6 +308,33 @@ impl Flaghook {
             "{series} never reached {min}:\n{}",
             self.metrics().await
         );
+    }
+
+    /// Waits (bounded) until nothing more can arrive: every change Flagr has is turned into
+    /// events (the changelog cursor is at Flagr's newest snapshot; legacy Flagr has none), and
+    /// every endpoint has sent or given up on all it had (queues empty).
+    pub async fn wait_settled(&self, flagr: &Flagr) {
+        let (status, max) = call(
+            "GET",
+            &format!("{}/flags/snapshots/max_id", flagr.api()),
+            None,
+        )
+        .await;
+        let max = if status == 200 { max.as_f64() } else { None };
+        let settled = wait_until(Duration::from_secs(30), || async {
+            let m = self.metrics().await;
+            let caught_up = max.is_none_or(|max| {
+                metric_value(&m, "flaghook_changelog_cursor").is_some_and(|c| c >= max)
+            });
+            let queued: f64 = m
+                .lines()
+                .filter(|l| l.starts_with("flaghook_queue_depth{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            caught_up && queued == 0.0
+        })
+        .await;
+        assert!(settled, "never settled:\n{}", self.metrics().await);
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit.
@@ -376,11 +404,18 @@ fn merge_sections(cfg: &str) -> String {
     out
 }
 
-pub fn metric_value(text: &str, series: &str) -> f64 {
+/// The value of one series in a metrics text; `None` when the series is not there.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// The value of a series that must be there: a renamed or missing metric fails the test
+/// instead of reading as 0.
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    metric_value(text, series)
+        .unwrap_or_else(|| panic!("no series {series} in the metrics:\n{text}"))
 }
 
 /// A client that never decompresses, never follows redirects, and talks to loopback only.
@@ -416,11 +451,47 @@ pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) 
     call_as(method, url, body, None).await
 }
 
+/// A JSON call as a user (Flagr's `X-Email`).
 pub async fn call_as(
     method: &str,
     url: &str,
     body: Option<Value>,
     user: Option<&str>,
+) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = user.map(|u| ("X-Email", u)).into_iter().collect();
+    request(method, url, body, &headers).await
+}
+
+/// A call to the admin API with a bearer token; status and parsed body.
+pub async fn call_auth(method: &str, url: &str, token: &str) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    request(method, url, None, &[("Authorization", &auth)]).await
+}
+
+/// A call to `path` under the admin API (`/api`), with a body and, when given, a token.
+pub async fn admin_call(
+    fh: &Flaghook,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    request(method, &format!("{}/api{path}", fh.admin), body, &headers).await
+}
+
+/// The one JSON call every helper above makes: status, and the body parsed (Null when empty
+/// or not JSON).
+async fn request(
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
 ) -> (u16, Value) {
     let mut req = client().request(method.parse().expect("method"), url);
     if let Some(b) = body {
@@ -428,26 +499,10 @@ pub async fn call_as(
             .header("content-type", "application/json")
             .body(b.to_string());
     }
-    if let Some(u) = user {
-        req = req.header("X-Email", u);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.expect("body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-/// A call to the admin API with a bearer token; status and parsed body.
-pub async fn call_auth(method: &str, url: &str, token: &str) -> (u16, Value) {
-    let resp = client()
-        .request(method.parse().expect("method"), url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("request");
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.expect("body");
     (
@@ -607,3 +662,21 @@ pub fn webhook(id: &str, r: &Receiver, extra: &str) -> String {
 
 /// Delivery settings for tests: loopback allowed, short retries.
 pub const FAST_DELIVERY: &str = "[delivery]\nallow_loopback = true\nretry_schedule = [\"0s\", \"200ms\", \"200ms\", \"200ms\"]\ntimeout = \"2s\"\n";
+
+/// Lowercase hex HMAC-SHA256 of `body` (flaghook's `X-Flagr-Signature`, forge signatures).
+pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    hex::encode(hmac_sha256(secret, body))
+}
+
+/// Base64 HMAC-SHA256 of `msg` (Standard Webhooks' `webhook-signature`).
+pub fn hmac_b64(secret: &str, msg: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(hmac_sha256(secret, msg))
+}
+
+fn hmac_sha256(secret: &str, msg: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    m.update(msg);
+    m.finalize().into_bytes().to_vec()
+}

@@ -9,29 +9,7 @@ use crate::support::*;
 const TOKEN: &str = "t0ken-for-tests";
 
 async fn admin(fh: &Flaghook, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    admin_with(fh, method, path, body, Some(TOKEN)).await
-}
-
-async fn admin_with(
-    fh: &Flaghook,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    token: Option<&str>,
-) -> (u16, Value) {
-    let mut req = client().request(method.parse().unwrap(), format!("{}/api{path}", fh.admin));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let r = req.send().await.unwrap();
-    let s = r.status().as_u16();
-    let b = r.bytes().await.unwrap();
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    admin_call(fh, method, path, body, Some(TOKEN)).await
 }
 
 async fn state(fh: &Flaghook, id: &str) -> String {
@@ -112,18 +90,18 @@ async fn failing_endpoint_pauses_probes_resumes_and_loses_nothing() {
     assert!(log.contains("probe succeeded: endpoint resumed"), "{log}");
     let m = fh.metrics().await;
     assert_eq!(
-        metric_value(
+        metric_in(
             &m,
             "flaghook_dropped_total{endpoint=\"flaky\",reason=\"retries_exhausted\"}"
         ),
         0.0
     );
     assert_eq!(
-        metric_value(&m, "flaghook_endpoint_paused{endpoint=\"flaky\"}"),
+        metric_in(&m, "flaghook_endpoint_paused{endpoint=\"flaky\"}"),
         0.0
     );
     assert_eq!(
-        metric_value(
+        metric_in(
             &m,
             "flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"success\"}"
         ),
@@ -151,9 +129,9 @@ async fn admin_api_guards_lists_and_steers() {
     );
     let fh = Flaghook::start_with_env(&f.url(), &cfg, &[("ADMIN_TOKEN", TOKEN)]).await;
     // Token: missing or wrong is 401; probes and metrics stay open.
-    assert_eq!(admin_with(&fh, "GET", "/webhooks", None, None).await.0, 401);
+    assert_eq!(admin_call(&fh, "GET", "/webhooks", None, None).await.0, 401);
     assert_eq!(
-        admin_with(&fh, "GET", "/webhooks", None, Some("nope"))
+        admin_call(&fh, "GET", "/webhooks", None, Some("nope"))
             .await
             .0,
         401
@@ -285,7 +263,7 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     );
     let mut fh = Flaghook::start(&f.url(), &cfg).await;
     // Bad input: 400 with the reason.
-    let (s, e) = admin_with(&fh, "POST", "/webhooks", None, Some(TOKEN)).await;
+    let (s, e) = admin_call(&fh, "POST", "/webhooks", None, Some(TOKEN)).await;
     assert_eq!(s, 400, "{e}");
     let bad = client()
         .post(format!("{}/api/webhooks", fh.admin))
@@ -381,6 +359,6 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
         Some(json!({"enabled": true})),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r2.hits().len(), 2);
 }

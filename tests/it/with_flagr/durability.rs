@@ -283,7 +283,7 @@ async fn backfill_sends_the_past_to_one_endpoint_under_the_original_ids() {
     assert_eq!(s, 202);
     assert_eq!(rep["queued"]["events"], 3, "{rep}");
     audit.wait_for(8).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(live.hits().len(), 5, "a backfill goes to its endpoint only");
 }
 

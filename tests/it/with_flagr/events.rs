@@ -2,24 +2,9 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::support::*;
-
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    m.update(body);
-    hex::encode(m.finalize().into_bytes())
-}
-
-fn hmac_b64(secret: &str, msg: &[u8]) -> String {
-    use base64::Engine;
-    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    m.update(msg);
-    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
-}
 
 struct Step {
     method: &'static str,
@@ -259,7 +244,7 @@ async fn every_mutation_gives_its_events_on_legacy_flagr_1_1_20() {
         .filter(|s| !s.path.contains("duplicate"))
         .collect();
     let seen = run_steps(&fh, &r, steps).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), seen, "{:?}", r.events());
     let created = r.hits()[0].json();
     assert_eq!(created["data"]["key"], "checkout");
@@ -276,7 +261,7 @@ async fn all_mutations_in_mode(mode: &str) {
     let fh = Flaghook::start(&f.url(), &cfg).await;
     let seen = run_steps(&fh, &r, all_mutations()).await;
     // Nothing beyond what was expected (a no-op or a failure produced nothing).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     let hits = r.hits();
     assert_eq!(hits.len(), seen, "{:?}", r.events());
 
@@ -394,11 +379,11 @@ async fn all_mutations_in_mode(mode: &str) {
     }
     let m = fh.metrics().await;
     assert_eq!(
-        metric_value(&m, "flaghook_events_derived_total{event=\"flag.created\"}"),
+        metric_in(&m, "flaghook_events_derived_total{event=\"flag.created\"}"),
         4.0
     );
     assert_eq!(
-        metric_value(
+        metric_in(
             &m,
             "flaghook_deliveries_total{endpoint=\"all\",outcome=\"success\"}"
         ),
@@ -464,7 +449,7 @@ async fn wildcards_and_filters_choose_the_events() {
     rollout.wait_for(1).await;
     keyed.wait_for(3).await;
     tagged.wait_for(2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     let sorted = |r: &Receiver| {
         let mut v = r.events();
         v.sort();
@@ -618,23 +603,23 @@ async fn retries_then_success_same_id_and_no_more() {
     );
     gone.wait_for(1).await;
     // Past the whole retry schedule, nothing more arrives at either.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), 3);
     assert_eq!(gone.hits().len(), 1, "404 is final for this webhook");
     let m = fh.metrics().await;
     assert_eq!(
-        metric_value(
+        metric_in(
             &m,
             "flaghook_deliveries_total{endpoint=\"flaky\",outcome=\"error_retryable\"}"
         ),
         2.0
     );
     assert_eq!(
-        metric_value(&m, "flaghook_delivery_retries_total{endpoint=\"flaky\"}"),
+        metric_in(&m, "flaghook_delivery_retries_total{endpoint=\"flaky\"}"),
         2.0
     );
     assert_eq!(
-        metric_value(
+        metric_in(
             &m,
             "flaghook_dropped_total{endpoint=\"gone\",reason=\"rejected\"}"
         ),
@@ -678,7 +663,7 @@ async fn hanging_receiver_is_cut_at_the_timeout_and_redirects_are_not_followed()
     );
     // A redirect is an answer like any other non-2xx: retried, never followed.
     redirect.wait_for(2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     assert!(target.hits().is_empty(), "redirect was followed");
     assert_eq!(redirect.hits().len(), 2);
     assert!(fh.log().contains("timeout"), "the timeout is logged");
@@ -812,7 +797,9 @@ async fn gone_disables_the_endpoint_until_resumed_and_other_answers_are_retried(
     assert_eq!(w["state"], "disabled", "{w}");
     change("y").await;
     flaky.wait_for(4).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Both changes wait in the disabled endpoint's queue, unsent.
+    fh.wait_metric("flaghook_queue_depth{endpoint=\"lost\"}", 2.0)
+        .await;
     assert_eq!(
         lost.hits().len(),
         1,
@@ -939,7 +926,7 @@ async fn changes_made_straight_to_flagr_become_events_in_snapshot_order() {
     let ids: std::collections::HashSet<String> =
         hits.iter().map(|h| h.header("webhook-id")).collect();
     assert_eq!(ids.len(), 8);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), 8, "no event twice");
     assert!(
         fh.metric("flaghook_changelog_hints_total{outcome=\"matched\"}")
@@ -1006,7 +993,7 @@ async fn path_variants_flagr_accepts_are_recognised_as_the_calls_they_are() {
         Some(json!({"description": "x"})),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), 4);
     fh.wait_metric(
         "flaghook_changelog_snapshots_total{outcome=\"not_proxied\"}",

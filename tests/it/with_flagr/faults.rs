@@ -89,6 +89,6 @@ async fn bad_json_from_clients_gets_flagrs_own_answer_and_no_event() {
         };
         assert_eq!(send(fh.api()).await, send(f.api()).await, "{body:?}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     assert!(r.hits().is_empty());
 }

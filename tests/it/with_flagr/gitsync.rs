@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::support::*;
 
@@ -154,9 +152,7 @@ fn github_push(
         "repository": {"clone_url": url},
         "commits": [{"added": files, "modified": [], "removed": []}]})
     .to_string();
-    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    m.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(m.finalize().into_bytes()));
+    let sig = format!("sha256={}", hmac_hex(secret, body.as_bytes()));
     (
         vec![
             ("x-github-event".into(), "push".into()),
@@ -221,16 +217,7 @@ async fn push_refused(fh: &Flaghook, h: Vec<(String, String)>, b: String) -> Val
 }
 
 async fn status(fh: &Flaghook) -> Value {
-    client()
-        .get(format!("{}/api/gitsync", fh.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["repositories"][0]
-        .clone()
+    admin_call(fh, "GET", "/gitsync", None, Some(TOKEN)).await.1["repositories"][0].clone()
 }
 
 fn cfg(url: &str, poll: &str, extra: &str, r: &Receiver) -> String {
@@ -354,7 +341,7 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
         send_push(&fh, "bitbucket", vec![], "{}".into()).await.0,
         404
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(
         flag(&f, "checkout").await.unwrap()["enabled"],
         true,
@@ -416,7 +403,7 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
     let (h, b) = github_push("gh-secret", &repos.url, &c5, &c6, &["README.md"], "d-6");
     assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
     wait_synced(&fh, &c6).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), before);
 
     // A flag edited in Flagr by hand is set back on the next sync; a dry run shows the plan first.
@@ -426,49 +413,35 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
         Some(json!({"description": "edited by hand"})),
     )
     .await;
-    let dry: Value = client()
-        .post(format!("{}/api/gitsync/flags/sync?dry_run=true", fh.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, dry) = admin_call(
+        &fh,
+        "POST",
+        "/gitsync/flags/sync?dry_run=true",
+        None,
+        Some(TOKEN),
+    )
+    .await;
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["plan"][0]["op"], "update_flag", "{dry}");
     assert_eq!(
         flag(&f, "checkout").await.unwrap()["description"],
         "edited by hand"
     );
-    let done: Value = client()
-        .post(format!("{}/api/gitsync/flags/sync", fh.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, done) = admin_call(&fh, "POST", "/gitsync/flags/sync", None, Some(TOKEN)).await;
     assert_eq!(done["applied"], 1, "{done}");
     assert_eq!(
         flag(&f, "checkout").await.unwrap()["description"],
         "checkout button"
     );
+    // c1 at start, c2, the reconcile to c5, and the manual sync; c4 refused; c6 needed no run.
     let m = fh.metrics().await;
-    assert!(
-        metric_value(
+    let runs = |outcome: &str| {
+        metric_in(
             &m,
-            "flaghook_gitsync_runs_total{outcome=\"success\",repository=\"flags\"}"
-        ) >= 4.0,
-        "{m}"
-    );
-    assert!(
-        metric_value(
-            &m,
-            "flaghook_gitsync_runs_total{outcome=\"invalid\",repository=\"flags\"}"
-        ) >= 1.0
-    );
+            &format!("flaghook_gitsync_runs_total{{outcome=\"{outcome}\",repository=\"flags\"}}"),
+        )
+    };
+    assert_eq!((runs("success"), runs("invalid")), (4.0, 1.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,12 +495,6 @@ async fn a_commit_announced_before_it_can_be_fetched_is_picked_up_by_the_retries
     );
 }
 
-fn hex_hmac(secret: &str, body: &[u8]) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    m.update(body);
-    hex::encode(m.finalize().into_bytes())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_gitea_forgejo_and_generic_pushes_sync_too() {
     let f = flagr(&[]).await;
@@ -560,7 +527,7 @@ async fn gitlab_gitea_forgejo_and_generic_pushes_sync_too() {
             "gitea" | "forgejo" => {
                 let body = json!({"ref": "refs/heads/main", "before": prev, "after": next,
                     "repository": {"clone_url": repos.url}, "commits": [{"added": [], "modified": ["flagr/flags.json"], "removed": []}]}).to_string();
-                let sig = hex_hmac("gt-secret", body.as_bytes());
+                let sig = hmac_hex("gt-secret", body.as_bytes());
                 (
                     vec![
                         (format!("x-{forge}-event"), "push".into()),
@@ -571,7 +538,7 @@ async fn gitlab_gitea_forgejo_and_generic_pushes_sync_too() {
             }
             _ => {
                 let body = json!({"repository": repos.url, "ref": "refs/heads/main", "before": prev, "after": next}).to_string();
-                let sig = format!("sha256={}", hex_hmac("gen-secret", body.as_bytes()));
+                let sig = format!("sha256={}", hmac_hex("gen-secret", body.as_bytes()));
                 (vec![("x-flaghook-signature".into(), sig)], body)
             }
         };

@@ -5,9 +5,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::support::*;
 
@@ -131,11 +129,9 @@ async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
     assert_eq!(h.header("content-type"), "application/json");
     assert_eq!(h.header("content-encoding"), "gzip");
     // The signature covers the bytes on the wire: the gzipped ones.
-    let mut m = Hmac::<Sha256>::new_from_slice(b"imp-secret").unwrap();
-    m.update(&h.body);
     assert_eq!(
         h.header("x-flagr-signature"),
-        hex::encode(m.finalize().into_bytes())
+        hmac_hex("imp-secret", &h.body)
     );
     let mut got: Vec<Value> = hits.iter().flat_map(records).collect();
     got.sort_by_key(|v| v["key"].as_str().unwrap().to_string());
@@ -188,7 +184,7 @@ async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
     assert_eq!(got[2]["treatment"], "blue");
     assert!(got[3]["label"].as_str().unwrap().contains("not found"));
     let m = fh.metrics().await;
-    assert_eq!(metric_value(&m, "flaghook_impressions_derived_total"), 4.0);
+    assert_eq!(metric_in(&m, "flaghook_impressions_derived_total"), 4.0);
     // Delivered twice: to `imp` and to `by-id`; `elsewhere` wants another environment.
     fh.wait_metric("flaghook_impressions_delivered_total", 8.0)
         .await;
@@ -303,7 +299,7 @@ async fn failing_receiver_gets_one_retry_then_the_batch_is_parked_and_delivered_
     fh.wait_metric("flaghook_impressions_parked_total", 2.0)
         .await;
     assert_eq!(fh.metric("flaghook_impressions_parked_total").await, 2.0);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), 2, "exactly one retry");
     // The receiver works again: the next batch succeeds and the parked one follows.
     eval("p3").await;
@@ -317,7 +313,7 @@ async fn failing_receiver_gets_one_retry_then_the_batch_is_parked_and_delivered_
     let set: HashSet<&String> = keys.iter().collect();
     assert_eq!(keys.len(), 4, "no record duplicated: {keys:?}");
     assert_eq!(set.len(), 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fh.wait_settled(&f).await;
     assert_eq!(r.hits().len(), 4);
     assert_eq!(fh.metric("flaghook_impressions_delivered_total").await, 4.0);
 }
@@ -334,6 +330,26 @@ async fn without_impression_webhooks_nothing_is_derived() {
     )
     .await;
     assert_eq!(fh.metric("flaghook_impressions_derived_total").await, 0.0);
+}
+
+/// Impression records an endpoint gave up on, for every reason.
+fn impressions_dropped(m: &str, endpoint: &str) -> f64 {
+    [
+        "queue_full",
+        "parked_overflow",
+        "retries_exhausted",
+        "shutdown",
+    ]
+    .iter()
+    .map(|r| {
+        metric_in(
+            m,
+            &format!(
+                "flaghook_impressions_dropped_total{{endpoint=\"{endpoint}\",reason=\"{r}\"}}"
+            ),
+        )
+    })
+    .sum()
 }
 
 /// Flagr's answer to one batch evaluation (which must succeed).
@@ -388,7 +404,7 @@ async fn large_batch_answers_under_load_stay_within_memory_and_are_all_accounted
     // budget) or dropped before mapping.
     let accounted = || async {
         let m = fh.metrics().await;
-        let v = |s: &str| metric_value(&m, s);
+        let v = |s: &str| metric_in(&m, s);
         let answers = v("flaghook_impressions_derived_total") / per_request as f64
             + v("flaghook_derive_errors_total{reason=\"impressions_unreadable\"}")
             + v("flaghook_tap_dropped_total{stage=\"tap\"}")
@@ -402,7 +418,7 @@ async fn large_batch_answers_under_load_stay_within_memory_and_are_all_accounted
     let (answers, m) = accounted().await;
     assert!(done, "answers unaccounted for:\n{m}");
     assert_eq!(answers, requests as f64, "{m}");
-    let v = |s: &str| metric_value(&m, s);
+    let v = |s: &str| metric_in(&m, s);
     let derived = v("flaghook_impressions_derived_total");
     let skipped =
         v("flaghook_tap_uninspected_total{direction=\"response\",reason=\"over_budget\"}");
@@ -419,14 +435,13 @@ async fn large_batch_answers_under_load_stay_within_memory_and_are_all_accounted
     // What was derived reaches the receiver (it answers 200) or is counted as dropped.
     let delivered = wait_until(Duration::from_secs(60), || async {
         let m = fh.metrics().await;
-        metric_value(&m, "flaghook_impressions_delivered_total")
-            + metric_value(&m, "flaghook_impressions_dropped_total")
+        metric_in(&m, "flaghook_impressions_delivered_total") + impressions_dropped(&m, "imp")
             >= derived
     })
     .await;
     assert!(delivered, "{}", fh.metrics().await);
     let received: usize = r.hits().iter().map(|h| records(h).len()).sum();
-    let dropped = metric_value(&fh.metrics().await, "flaghook_impressions_dropped_total");
+    let dropped = impressions_dropped(&fh.metrics().await, "imp");
     assert_eq!(received as f64 + dropped, derived);
     let peak = fh.peak_rss();
     eprintln!(
