@@ -97,7 +97,7 @@ impl From<DeliveryError> for ApiError {
             DeliveryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             DeliveryError::Exists(_) => (StatusCode::CONFLICT, "exists"),
             DeliveryError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
-            DeliveryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            DeliveryError::Url(_) => (StatusCode::BAD_REQUEST, "invalid"),
             DeliveryError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             DeliveryError::EgressProxy(_) | DeliveryError::Client(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -62,8 +62,8 @@ pub enum DeliveryError {
     Exists(String),
     #[error("webhook `{0}` comes from the config file and is read-only")]
     ReadOnly(String),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("url: {0}")]
+    Url(#[source] crate::ssrf::GuardError),
     #[error("the queue of `{0}` is full")]
     Full(String),
     #[error("delivery.egress_proxy")]
@@ -161,8 +161,8 @@ impl Deliveries {
         w: Arc<WebhookConfig>,
         kind: Kind,
     ) -> Result<Arc<endpoint::EndpointCtx>, DeliveryError> {
-        let url = crate::ssrf::check_url(&w.url, &self.policy.allow())
-            .map_err(|e| DeliveryError::Invalid(format!("url: {e}")))?;
+        let url =
+            crate::ssrf::check_url(&w.url, &self.policy.allow()).map_err(DeliveryError::Url)?;
         let rules = match kind {
             Kind::Events => policy::DeliveryPolicy::change_events(&self.policy, &w),
             Kind::Impressions {

@@ -30,12 +30,67 @@ pub struct Store {
     last_error: std::sync::Mutex<Option<String>>,
 }
 
+/// Why the store could not read or write, with the underlying error as its source.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    // Boxed: redb's errors are large, and a Result carries its error by value.
+    #[error("store: {0}")]
+    Db(#[source] Box<redb::Error>),
+    #[error("store: a row is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable store: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+}
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+fn err<E: Into<StoreError>>(e: E) -> StoreError {
+    e.into()
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Db(Box::new(e))
+    }
+}
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        StoreError::Db(Box::new(e.into()))
+    }
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> Self {
+        StoreError::Db(Box::new(e.into()))
+    }
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        StoreError::Db(Box::new(e.into()))
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        StoreError::Db(Box::new(e.into()))
+    }
+}
+
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> Self {
+        StoreError::Db(Box::new(e.into()))
+    }
 }
 
 /// How far the changelog of one flag has been turned into events.
@@ -73,8 +128,11 @@ impl Store {
         }
         let path = Path::new(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::File {
+                what: "create",
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         let mut opts = std::fs::OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
@@ -83,13 +141,18 @@ impl Store {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let file = opts
-            .open(path)
-            .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+        let file = opts.open(path).map_err(|source| StoreError::File {
+            what: "open",
+            path: path.display().to_string(),
+            source,
+        })?;
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create_file(file)
-            .map_err(|e| err(format!("{} is not a readable store: {e}", path.display())))?;
+            .map_err(|source| StoreError::Unreadable {
+                path: path.display().to_string(),
+                source: Box::new(source),
+            })?;
         Self::init(db, true)
     }
 
