@@ -21,7 +21,7 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use super::AdminState;
-use crate::config::{ConfigError, PayloadFormat, Secret, WebhookConfig};
+use crate::config::{CloudEventsConfig, ConfigError, PayloadFormat, Secret, WebhookConfig};
 use crate::delivery::{Control, DeliveryError, Endpoint, Job, Origin};
 
 /// A webhook as the API takes it (and as the store keeps it).
@@ -42,6 +42,8 @@ pub struct WebhookInput {
     pub format: PayloadFormat,
     #[serde(default)]
     pub detailed_diff: bool,
+    #[serde(default)]
+    pub cloudevents: CloudEventsConfig,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -73,11 +75,14 @@ impl WebhookInput {
             previous_secret: secret(&self.previous_secret),
             format: self.format,
             detailed_diff: self.detailed_diff,
+            cloudevents: self.cloudevents.clone(),
             description: self.description.clone(),
             flag_keys: self.flag_keys.clone(),
             tags: self.tags.clone(),
             headers: self.headers.clone(),
             final_statuses: self.final_statuses.clone(),
+            timeout: None,
+            retry_schedule: None,
         }
     }
 }
@@ -189,6 +194,7 @@ fn describe(ep: &Endpoint) -> Value {
         "events": w.events,
         "format": w.format,
         "detailed_diff": w.detailed_diff,
+        "cloudevents": w.cloudevents,
         "flag_keys": w.flag_keys,
         "tags": w.tags,
         "headers": w.headers.keys().collect::<Vec<_>>(),
@@ -305,20 +311,9 @@ async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiR
         "changes": {},
         "data": {},
     });
-    s.deliveries.send_to(
-        &id,
-        Job {
-            seq: 0,
-            size: 0,
-            on_disk: false,
-            id: msg_id.clone(),
-            order_key: 0,
-            body: bytes::Bytes::from(body.to_string()),
-            label: "ping",
-            encoding: None,
-            records: 0,
-        },
-    )?;
+    let body = bytes::Bytes::from(body.to_string());
+    s.deliveries
+        .send_to(&id, Job::change(msg_id.clone(), 0, body, "ping"))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": msg_id}))).into_response())
 }
 

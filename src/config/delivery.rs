@@ -59,6 +59,9 @@ pub struct DeliveryConfig {
     pub egress_proxy: Option<String>,
     /// Pausing endpoints that keep failing.
     pub protection: Protection,
+    /// `proxy.upstream`, set at load: the default CloudEvents `source`.
+    #[serde(skip)]
+    pub upstream: String,
 }
 
 impl DeliveryConfig {
@@ -110,6 +113,7 @@ impl Default for DeliveryConfig {
             require_https: false,
             egress_proxy: None,
             protection: Default::default(),
+            upstream: super::ProxyConfig::default().upstream,
         }
     }
 }

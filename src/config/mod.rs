@@ -7,6 +7,7 @@
 
 mod delivery;
 mod flagr;
+pub mod flagr_env;
 mod gitsync;
 mod listeners;
 mod secret;
@@ -26,7 +27,8 @@ pub use gitsync::{GitRepoConfig, GitSyncConfig};
 pub use listeners::{AdminConfig, ProxyConfig};
 pub use secret::Secret;
 pub use webhook::{
-    Compression, ImpressionWebhookConfig, ImpressionsConfig, PayloadFormat, WebhookConfig,
+    CloudEventsConfig, Compression, ImpressionWebhookConfig, ImpressionsConfig, PayloadFormat,
+    WebhookConfig,
 };
 
 /// The built-in defaults, as documented in `config/flaghook.toml`.
@@ -144,7 +146,12 @@ impl Config {
         if let Some(l) = overrides.admin_listen {
             cfg.admin.listen = l;
         }
+        // Flagr's own notifier settings, moved to flaghook's environment.
+        if let Some(w) = flagr_env::webhook(env)? {
+            cfg.webhooks.push(w);
+        }
         cfg.validate((!overrides.skip_secrets).then_some(env))?;
+        cfg.delivery.upstream = cfg.proxy.upstream.clone();
         Ok(cfg)
     }
 
@@ -219,6 +226,35 @@ mod durations {
             .iter()
             .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
             .collect()
+    }
+}
+
+/// An optional list of durations (a per-webhook override).
+mod durations_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<Vec<Duration>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::durations::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<Duration>>, D::Error> {
+        Option::<Vec<String>>::deserialize(d)?
+            .map(|v| {
+                v.iter()
+                    .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+                    .collect()
+            })
+            .transpose()
     }
 }
 

@@ -19,6 +19,38 @@ pub enum PayloadFormat {
     Flaghook,
     /// Flagr's built-in notification body (`operation`, `component_type`, ...), one per mutation.
     Flagr,
+    /// CloudEvents 1.0, structured JSON (`application/cloudevents+json`), one per event.
+    #[serde(rename = "cloudevents")]
+    CloudEvents,
+}
+
+impl PayloadFormat {
+    /// The request's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            PayloadFormat::CloudEvents => "application/cloudevents+json",
+            PayloadFormat::Flaghook | PayloadFormat::Flagr => "application/json",
+        }
+    }
+}
+
+/// With `format = "cloudevents"`: how `type` and `source` are written.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudEventsConfig {
+    /// `type` is this prefix and the event name, e.g. `io.flagr.flag.updated`.
+    pub type_prefix: String,
+    /// `source`; empty: the upstream's URL (`proxy.upstream`).
+    pub source: String,
+}
+
+impl Default for CloudEventsConfig {
+    fn default() -> Self {
+        Self {
+            type_prefix: "io.flagr.".into(),
+            source: String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -41,6 +73,9 @@ pub struct WebhookConfig {
     /// With `format = "flagr"`: include `pre_value`, `post_value` and `diff`.
     #[serde(default)]
     pub detailed_diff: bool,
+    /// With `format = "cloudevents"`: the `type` prefix and the `source`.
+    #[serde(default)]
+    pub cloudevents: CloudEventsConfig,
     #[serde(default)]
     pub description: String,
     /// Only flags whose key matches one of these globs (`*`, `?`). Empty: all flags.
@@ -56,6 +91,20 @@ pub struct WebhookConfig {
     /// non-2xx answer is retried; 410 disables the endpoint.
     #[serde(default)]
     pub final_statuses: Vec<u16>,
+    /// This receiver's own attempt timeout; none: `delivery.timeout`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<std::time::Duration>,
+    /// This receiver's own retry schedule; none: `delivery.retry_schedule`.
+    #[serde(
+        default,
+        with = "super::durations_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_schedule: Option<Vec<std::time::Duration>>,
 }
 
 fn all_events() -> Vec<String> {
@@ -77,6 +126,15 @@ impl WebhookConfig {
             .map_err(|e| ConfigError::invalid(key("url"), e.to_string()))?;
         if self.events.is_empty() {
             return Err(ConfigError::invalid(key("events"), "subscribes to nothing"));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::invalid(key("timeout"), "must be above 0"));
+        }
+        if self.retry_schedule.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::invalid(
+                key("retry_schedule"),
+                "needs at least one entry (the first attempt)",
+            ));
         }
         if let Some(s) = self
             .final_statuses
@@ -269,11 +327,14 @@ impl ImpressionWebhookConfig {
             previous_secret: Secret::default(),
             format: PayloadFormat::Flaghook,
             detailed_diff: false,
+            cloudevents: CloudEventsConfig::default(),
             description: "impressions".into(),
             flag_keys: vec![],
             tags: vec![],
             headers: self.headers.clone(),
             final_statuses: vec![],
+            timeout: None,
+            retry_schedule: None,
         }
     }
 }

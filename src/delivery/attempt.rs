@@ -78,8 +78,8 @@ fn prepare(ctx: &EndpointCtx, job: &Job, attempt: usize) -> reqwest::RequestBuil
     let mut req = ctx
         .client
         .post(ctx.url.clone())
-        .timeout(ctx.policy.timeout)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .timeout(w.timeout.unwrap_or(ctx.policy.timeout))
+        .header(http::header::CONTENT_TYPE, w.format.content_type())
         .header("webhook-id", &job.id)
         .header("webhook-timestamp", ts.to_string())
         .header("x-flaghook-event", job.label)

@@ -33,6 +33,23 @@ pub struct Job {
     pub records: usize,
 }
 
+impl Job {
+    /// A change event or notification, not yet queued: `order_key` is its flag.
+    pub fn change(id: String, flag: i64, body: Bytes, label: &'static str) -> Self {
+        Self {
+            seq: 0,
+            size: 0,
+            on_disk: false,
+            id,
+            order_key: flag,
+            body,
+            label,
+            encoding: None,
+            records: 0,
+        }
+    }
+}
+
 /// One delivery attempt as the log keeps it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogEntry {

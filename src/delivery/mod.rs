@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use endpoint::{Control, Job, Kind, LogEntry, SharedStatus, Status};
 
 use crate::config::{DeliveryConfig, PayloadFormat, WebhookConfig};
-use crate::events::payload::{flagr_body, seed_body, ChangeSet};
+use crate::events::payload::{cloudevent_body, flagr_body, seed_body, ChangeSet};
 use crate::store::Cursor;
 pub use metrics::{DeliveryMetrics, DropReason, OutboxOp, Outcome};
 
@@ -369,51 +369,36 @@ impl Deliveries {
                 continue;
             }
             let w = &ep.webhook;
-            match w.format {
-                PayloadFormat::Flaghook => {
-                    for (i, ev) in set.events.iter().enumerate() {
-                        if !w.wants(ev.event, &set.flag_key, &set.tags) {
-                            continue;
-                        }
-                        let body = seed[i].get_or_insert_with(|| seed_body(set, ev)).clone();
-                        batch.push((
-                            ep.clone(),
-                            Job {
-                                seq: 0,
-                                size: 0,
-                                on_disk: false,
-                                id: ev.id.clone(),
-                                order_key: set.flag_id,
-                                body,
-                                label: ev.event,
-                                encoding: None,
-                                records: 0,
-                            },
-                        ));
-                    }
+            if w.format == PayloadFormat::Flagr {
+                // One notification per mutation, as Flagr's notifier sends.
+                if set
+                    .events
+                    .iter()
+                    .any(|ev| w.wants(ev.event, &set.flag_key, &set.tags))
+                {
+                    let body = flagr_body(set, w.detailed_diff);
+                    let job = Job::change(set.id.clone(), set.flag_id, body, set.notice.operation);
+                    batch.push((ep.clone(), job));
                 }
-                PayloadFormat::Flagr => {
-                    if set
-                        .events
-                        .iter()
-                        .any(|ev| w.wants(ev.event, &set.flag_key, &set.tags))
-                    {
-                        batch.push((
-                            ep.clone(),
-                            Job {
-                                seq: 0,
-                                size: 0,
-                                on_disk: false,
-                                id: set.id.clone(),
-                                order_key: set.flag_id,
-                                body: flagr_body(set, w.detailed_diff),
-                                label: set.notice.operation,
-                                encoding: None,
-                                records: 0,
-                            },
-                        ));
-                    }
+                continue;
+            }
+            // The configured source, else Flagr's URL (a CloudEvents source is never empty).
+            let source = [w.cloudevents.source.as_str(), &self.policy.upstream]
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .unwrap_or("urn:flaghook");
+            for (i, ev) in set.events.iter().enumerate() {
+                if !w.wants(ev.event, &set.flag_key, &set.tags) {
+                    continue;
                 }
+                let body = match w.format {
+                    PayloadFormat::CloudEvents => {
+                        cloudevent_body(set, ev, &w.cloudevents.type_prefix, source)
+                    }
+                    _ => seed[i].get_or_insert_with(|| seed_body(set, ev)).clone(),
+                };
+                let job = Job::change(ev.id.clone(), set.flag_id, body, ev.event);
+                batch.push((ep.clone(), job));
             }
         }
     }

@@ -59,7 +59,10 @@ impl DeliveryPolicy {
             success: Success::Any2xx,
             final_statuses: webhook.final_statuses.clone(),
             retries: Retries::Schedule {
-                delays: cfg.retry_schedule.clone(),
+                delays: webhook
+                    .retry_schedule
+                    .clone()
+                    .unwrap_or_else(|| cfg.retry_schedule.clone()),
                 jitter: cfg.jitter,
                 max_retry_after: cfg.max_retry_after,
             },

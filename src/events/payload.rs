@@ -1,7 +1,9 @@
-//! Payloads: the JSON bodies receivers get, in the `flaghook` (seed) and `flagr` formats.
+//! Payloads: the JSON bodies receivers get, in the `flaghook` (seed), `flagr` and
+//! `cloudevents` formats.
 //!
 //! In: a [`ChangeSet`] (one mutation's events with the flag before and after).
-//! Out: serialised bodies, one per event (`flaghook`) or one per mutation (`flagr`).
+//! Out: serialised bodies, one per event (`flaghook`, `cloudevents`) or one per mutation
+//! (`flagr`).
 //! Never: renames a seed field (`event, flag_id, flag_key, timestamp, data`).
 
 use std::sync::Arc;
@@ -93,6 +95,50 @@ pub fn seed_body(set: &ChangeSet, ev: &ChangeEvent) -> Bytes {
     };
     // Serialising a struct of strings and JSON values cannot fail.
     Bytes::from(serde_json::to_vec(&p).unwrap_or_default())
+}
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: String,
+    source: &'a str,
+    subject: &'a str,
+    time: &'a str,
+    datacontenttype: &'static str,
+    data: CloudEventData<'a>,
+}
+
+#[derive(Serialize)]
+struct CloudEventData<'a> {
+    changes: &'a Value,
+    data: &'a Value,
+}
+
+/// One event as a CloudEvents 1.0 structured-mode JSON event: `id` is the `webhook-id`, `type`
+/// the event name after `type_prefix`, `subject` the flag key, `data` the seed payload's
+/// `changes` and `data`.
+pub fn cloudevent_body(
+    set: &ChangeSet,
+    ev: &ChangeEvent,
+    type_prefix: &str,
+    source: &str,
+) -> Bytes {
+    let e = CloudEvent {
+        specversion: "1.0",
+        id: &ev.id,
+        kind: format!("{type_prefix}{}", ev.event),
+        source,
+        subject: &set.flag_key,
+        time: &set.timestamp,
+        datacontenttype: "application/json",
+        data: CloudEventData {
+            changes: &ev.changes,
+            data: &set.data,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&e).unwrap_or_default())
 }
 
 #[derive(Serialize)]

@@ -694,22 +694,49 @@ async fn dead_receivers_change_nothing_for_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flagr_format_matches_flagrs_own_notifier() {
+async fn flagrs_notifier_variables_moved_to_flaghook_give_the_same_notifications() {
+    // The same FLAGR_NOTIFICATION_* variables for both; only the URL differs. flaghook's config
+    // has no webhook of its own.
     let native = Receiver::start(vec![]).await;
-    let f = flagr(&[
-        ("FLAGR_NOTIFICATION_WEBHOOK_ENABLED", "true"),
-        ("FLAGR_NOTIFICATION_WEBHOOK_URL", &native.url),
-    ])
-    .await;
     let ours = Receiver::start(vec![]).await;
-    let fh = Flaghook::start(
+    let vars = |url: &str| {
+        vec![
+            ("FLAGR_NOTIFICATION_WEBHOOK_ENABLED", "true".to_string()),
+            ("FLAGR_NOTIFICATION_WEBHOOK_URL", url.to_string()),
+            (
+                "FLAGR_NOTIFICATION_WEBHOOK_HEADERS",
+                "X-Token: abc, ignored-without-colon".to_string(),
+            ),
+            (
+                "FLAGR_NOTIFICATION_DETAILED_DIFF_ENABLED",
+                "true".to_string(),
+            ),
+            ("FLAGR_NOTIFICATION_MAX_RETRIES", "2".to_string()),
+            ("FLAGR_NOTIFICATION_RETRY_BASE", "100ms".to_string()),
+        ]
+    };
+    let native_vars = vars(&native.url);
+    let f = flagr(&str_pairs(&native_vars)).await;
+    let our_vars = vars(&ours.url);
+    let fh = Flaghook::start_with_env(
         &f.url(),
-        &format!(
-            "{FAST_DELIVERY}{}",
-            webhook("flagr", &ours, "format = \"flagr\"")
-        ),
+        &format!("[admin]\ntoken = \"t\"\n{FAST_DELIVERY}"),
+        &str_pairs(&our_vars),
     )
     .await;
+    // A webhook like any from the config file: in the API, read-only.
+    let (s, w) = call_auth(
+        "GET",
+        &format!("{}/api/webhooks/flagr-notification", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(
+        (w["format"].as_str(), w["origin"].as_str()),
+        (Some("flagr"), Some("config")),
+        "{w}"
+    );
     // The workflow without no-ops (flaghook sends nothing for a change that changed nothing).
     let steps: Vec<Step> = all_mutations()
         .into_iter()
@@ -753,6 +780,21 @@ async fn flagr_format_matches_flagrs_own_notifier() {
         assert!(v.get("timestamp").is_some());
         assert!(v.get("event").is_none(), "flagr format has no seed fields");
     }
+    // The headers variable and the detailed diff, read the same way by both.
+    for h in a.iter().chain(&b) {
+        assert_eq!(h.header("x-token"), "abc");
+        assert!(
+            h.json()["post_value"].is_string(),
+            "detailed diff: {}",
+            h.json()
+        );
+    }
+    let updates_with_diff = |hits: &[Hit]| {
+        hits.iter()
+            .filter(|h| h.json()["operation"] == "update" && h.json()["diff"].is_string())
+            .count()
+    };
+    assert_eq!(updates_with_diff(&a), updates_with_diff(&b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1073,4 +1115,89 @@ async fn fifty_concurrent_clients_each_flag_matches_its_snapshot_history() {
             .collect();
         assert_eq!(delivered, history, "flag {flag}");
     }
+}
+
+/// Borrowed `(name, value)` pairs, as the process starters take them.
+fn str_pairs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The CloudEvents SDK's reading of a structured-mode body: its attributes, or why it refused.
+fn parsed_by_the_cloudevents_sdk(body: &[u8]) -> Value {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    let script = "import sys, json\n\
+        from cloudevents.http import from_json\n\
+        e = from_json(sys.stdin.buffer.read())\n\
+        print(json.dumps({**e.get_attributes(), 'data': e.get_data()}))\n";
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-test-deps)", python.display()));
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK refused the event: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_bodies_are_read_by_the_sdk_with_ids_equal_to_webhook_id() {
+    let f = flagr(&[]).await;
+    let plain = Receiver::start(vec![]).await;
+    let custom = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "{FAST_DELIVERY}{}{}",
+        webhook("ce", &plain, "format = \"cloudevents\"\nsecret = \"s3cret\""),
+        webhook(
+            "ce-custom",
+            &custom,
+            "format = \"cloudevents\"\nevents = [\"flag.created\"]\n\
+             cloudevents = { type_prefix = \"com.example.flags.\", source = \"https://flags.example.com\" }"
+        )
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    call_as(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "checkout button", "key": "checkout"})),
+        Some("alice@example.com"),
+    )
+    .await;
+    let hit = plain.wait_for(1).await.remove(0);
+    assert_eq!(hit.header("content-type"), "application/cloudevents+json");
+    assert!(
+        hit.header("webhook-signature").starts_with("v1,"),
+        "signed like the other formats"
+    );
+    let e = parsed_by_the_cloudevents_sdk(&hit.body);
+    assert_eq!(e["specversion"], "1.0");
+    assert_eq!(e["id"], hit.header("webhook-id").as_str());
+    assert_eq!(e["type"], "io.flagr.flag.created");
+    assert_eq!(
+        e["source"],
+        f.url().as_str(),
+        "the default source is the upstream"
+    );
+    assert_eq!(e["subject"], "checkout");
+    assert_eq!(e["data"]["data"]["key"], "checkout");
+    assert!(e["data"]["changes"].is_object(), "{e}");
+    let time = e["time"].as_str().expect("time");
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+    let hit = custom.wait_for(1).await.remove(0);
+    let e = parsed_by_the_cloudevents_sdk(&hit.body);
+    assert_eq!(
+        (e["type"].as_str(), e["source"].as_str()),
+        (
+            Some("com.example.flags.flag.created"),
+            Some("https://flags.example.com")
+        )
+    );
+    assert_eq!(e["id"], hit.header("webhook-id").as_str());
 }
