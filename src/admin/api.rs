@@ -44,6 +44,11 @@ pub struct WebhookInput {
     pub detailed_diff: bool,
     #[serde(default)]
     pub cloudevents: CloudEventsConfig,
+    /// With `format = "template"` (a file path is for the config file only).
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub content_type: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -76,6 +81,9 @@ impl WebhookInput {
             format: self.format,
             detailed_diff: self.detailed_diff,
             cloudevents: self.cloudevents.clone(),
+            template: self.template.clone(),
+            template_file: String::new(),
+            content_type: self.content_type.clone(),
             description: self.description.clone(),
             flag_keys: self.flag_keys.clone(),
             tags: self.tags.clone(),
@@ -102,7 +110,9 @@ impl From<DeliveryError> for ApiError {
             DeliveryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             DeliveryError::Exists(_) => (StatusCode::CONFLICT, "exists"),
             DeliveryError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
-            DeliveryError::Url(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            DeliveryError::Url(_) | DeliveryError::Template(_) => {
+                (StatusCode::BAD_REQUEST, "invalid")
+            }
             DeliveryError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             DeliveryError::EgressProxy(_) | DeliveryError::Client(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -141,6 +151,7 @@ pub fn router(state: AdminState) -> Router<AdminState> {
         .route("/webhooks/{id}/deliveries", get(deliveries))
         .route("/webhooks/{id}/deliveries/{delivery}/replay", post(replay))
         .route("/webhooks/{id}/test", post(test_event))
+        .route("/webhooks/{id}/preview", post(preview))
         .route("/webhooks/{id}/pause", post(pause))
         .route("/webhooks/{id}/resume", post(resume))
         .route("/webhooks/{id}/backfill", post(backfill))
@@ -295,6 +306,54 @@ async fn replay(
         Json(json!({"queued": entry.delivery_id})),
     )
         .into_response())
+}
+
+/// Renders a template webhook's body for the last event sent to it (or a sample), unsent.
+async fn preview(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let ep = endpoint(&s, &id)?;
+    let Some(t) = ep.template.as_ref() else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "no_template",
+            format!("`{id}` has no template (formats template, slack, teams and discord do)"),
+        ));
+    };
+    let last = ep
+        .last_vars
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let (vars, sample) = match last {
+        Some(v) => (v, false),
+        None => (sample_vars(&s.delivery.ui_url), true),
+    };
+    let body = t.render(&vars).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "render_failed",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(json!({
+        "webhook": id,
+        "sample": sample,
+        "content_type": ep.webhook.content_type(),
+        "body": body,
+    }))
+    .into_response())
+}
+
+/// A made-up event to preview a template with before any real one was sent.
+fn sample_vars(ui_url: &str) -> Value {
+    let payload = json!({
+        "id": "evt_sample", "event": "segment.rollout_percent.updated", "flag_id": 1,
+        "flag_key": "checkout-button", "timestamp": "2026-01-01T00:00:00.000Z",
+        "actor": "alice@example.com", "source": "api",
+        "changes": {"segment_id": 1, "rolloutPercent": {"before": 20, "after": 100}},
+        "data": {"id": 1, "key": "checkout-button", "description": "the new checkout button",
+            "enabled": true, "segments": [{"id": 1, "description": "beta", "rolloutPercent": 100}]}
+    });
+    crate::events::template::variables(&payload, ui_url)
 }
 
 async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {

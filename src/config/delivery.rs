@@ -62,6 +62,9 @@ pub struct DeliveryConfig {
     /// `proxy.upstream`, set at load: the default CloudEvents `source`.
     #[serde(skip)]
     pub upstream: String,
+    /// `flagr.ui_url`, set at load: where templates' `flag_url` points.
+    #[serde(skip)]
+    pub ui_url: String,
 }
 
 impl DeliveryConfig {
@@ -114,6 +117,7 @@ impl Default for DeliveryConfig {
             egress_proxy: None,
             protection: Default::default(),
             upstream: super::ProxyConfig::default().upstream,
+            ui_url: String::new(),
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct FlagrConfig {
     pub user_header: String,
     /// JWT claim Flagr reads the user from (`FLAGR_JWT_AUTH_USER_CLAIM`).
     pub jwt_user_claim: String,
+    /// Flagr's UI as people open it (e.g. `https://flagr.example.com`): chat messages and
+    /// templates link to the flag there (`flag_url`). Empty: no link.
+    pub ui_url: String,
 }
 
 impl Default for FlagrConfig {
@@ -42,6 +45,7 @@ impl Default for FlagrConfig {
             api_timeout: Duration::from_secs(5),
             user_header: "X-Email".into(),
             jwt_user_claim: "sub".into(),
+            ui_url: String::new(),
         }
     }
 }

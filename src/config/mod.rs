@@ -152,6 +152,7 @@ impl Config {
         }
         cfg.validate((!overrides.skip_secrets).then_some(env))?;
         cfg.delivery.upstream = cfg.proxy.upstream.clone();
+        cfg.delivery.ui_url = cfg.flagr.ui_url.clone();
         Ok(cfg)
     }
 

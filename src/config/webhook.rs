@@ -22,6 +22,14 @@ pub enum PayloadFormat {
     /// CloudEvents 1.0, structured JSON (`application/cloudevents+json`), one per event.
     #[serde(rename = "cloudevents")]
     CloudEvents,
+    /// A Slack incoming-webhook message (`text` and `blocks`), one per event.
+    Slack,
+    /// A Teams Workflows message carrying an Adaptive Card, one per event.
+    Teams,
+    /// A Discord webhook message (`content` and an embed), one per event.
+    Discord,
+    /// The webhook's own `template` (Jinja syntax), one per event.
+    Template,
 }
 
 impl PayloadFormat {
@@ -29,7 +37,17 @@ impl PayloadFormat {
     pub fn content_type(self) -> &'static str {
         match self {
             PayloadFormat::CloudEvents => "application/cloudevents+json",
-            PayloadFormat::Flaghook | PayloadFormat::Flagr => "application/json",
+            _ => "application/json",
+        }
+    }
+
+    /// The built-in template of a chat preset.
+    pub fn preset(self) -> Option<&'static str> {
+        match self {
+            PayloadFormat::Slack => Some("slack"),
+            PayloadFormat::Teams => Some("teams"),
+            PayloadFormat::Discord => Some("discord"),
+            _ => None,
         }
     }
 }
@@ -76,6 +94,15 @@ pub struct WebhookConfig {
     /// With `format = "cloudevents"`: the `type` prefix and the `source`.
     #[serde(default)]
     pub cloudevents: CloudEventsConfig,
+    /// With `format = "template"`: the template (Jinja syntax) ...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template: String,
+    /// ... or the file it is read from at start.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template_file: String,
+    /// With `format = "template"`: the body's `Content-Type` (default `application/json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_type: String,
     #[serde(default)]
     pub description: String,
     /// Only flags whose key matches one of these globs (`*`, `?`). Empty: all flags.
@@ -112,6 +139,49 @@ fn all_events() -> Vec<String> {
 }
 
 impl WebhookConfig {
+    /// The request's `Content-Type`.
+    pub fn content_type(&self) -> &str {
+        match self.format {
+            PayloadFormat::Template if !self.content_type.is_empty() => &self.content_type,
+            f => f.content_type(),
+        }
+    }
+
+    /// `format = "template"`: one template, read (from its file) and parsed now, so a bad one
+    /// stops start-up (or an API call) naming the line.
+    fn check_template(&mut self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let has_template = !self.template.is_empty() || !self.template_file.is_empty();
+        if self.format != PayloadFormat::Template {
+            if has_template || !self.content_type.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("format"),
+                    "template, template_file and content_type need format = \"template\"",
+                ));
+            }
+            return Ok(());
+        }
+        match (self.template.is_empty(), self.template_file.is_empty()) {
+            (true, true) | (false, false) => {
+                return Err(ConfigError::invalid(
+                    key("template"),
+                    "format = \"template\" needs exactly one of template and template_file",
+                ))
+            }
+            (true, false) => {
+                self.template = std::fs::read_to_string(&self.template_file).map_err(|e| {
+                    ConfigError::invalid(
+                        key("template_file"),
+                        format!("cannot read {}: {e}", self.template_file),
+                    )
+                })?;
+            }
+            (false, true) => {}
+        }
+        crate::events::template::Template::compile(&self.template)
+            .map(|_| ())
+            .map_err(|e| ConfigError::invalid(key("template"), e.to_string()))
+    }
+
     pub fn validate(
         &mut self,
         i: usize,
@@ -127,6 +197,7 @@ impl WebhookConfig {
         if self.events.is_empty() {
             return Err(ConfigError::invalid(key("events"), "subscribes to nothing"));
         }
+        self.check_template(&key)?;
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::invalid(key("timeout"), "must be above 0"));
         }
@@ -328,6 +399,9 @@ impl ImpressionWebhookConfig {
             format: PayloadFormat::Flaghook,
             detailed_diff: false,
             cloudevents: CloudEventsConfig::default(),
+            template: String::new(),
+            template_file: String::new(),
+            content_type: String::new(),
             description: "impressions".into(),
             flag_keys: vec![],
             tags: vec![],

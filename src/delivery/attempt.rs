@@ -79,7 +79,7 @@ fn prepare(ctx: &EndpointCtx, job: &Job, attempt: usize) -> reqwest::RequestBuil
         .client
         .post(ctx.url.clone())
         .timeout(w.timeout.unwrap_or(ctx.policy.timeout))
-        .header(http::header::CONTENT_TYPE, w.format.content_type())
+        .header(http::header::CONTENT_TYPE, w.content_type())
         .header("webhook-id", &job.id)
         .header("webhook-timestamp", ts.to_string())
         .header("x-flaghook-event", job.label)

@@ -20,6 +20,7 @@ labels! {
         Shutdown => "shutdown",
         Deleted => "deleted",
         ParkedOverflow => "parked_overflow",
+        Unrenderable => "unrenderable",
     }
 }
 

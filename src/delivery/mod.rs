@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub use endpoint::{Control, Job, Kind, LogEntry, SharedStatus, Status};
 
 use crate::config::{DeliveryConfig, PayloadFormat, WebhookConfig};
-use crate::events::payload::{cloudevent_body, flagr_body, seed_body, ChangeSet};
+use crate::events::payload::{cloudevent_body, flagr_body, seed_body, seed_value, ChangeSet};
+use crate::events::template::{self, Template, TemplateError};
 use crate::store::Cursor;
 pub use metrics::{DeliveryMetrics, DropReason, OutboxOp, Outcome};
 
@@ -49,6 +50,10 @@ pub struct Endpoint {
     pub kind: Kind,
     pub origin: Origin,
     pub status: SharedStatus,
+    /// The parsed template of a `template` or chat-preset webhook.
+    pub template: Option<Arc<Template>>,
+    /// The variables of the last event rendered for it, for previews.
+    pub last_vars: Arc<Mutex<Option<serde_json::Value>>>,
     tx: mpsc::Sender<Job>,
     ctl: mpsc::Sender<Control>,
 }
@@ -70,6 +75,21 @@ pub enum DeliveryError {
     EgressProxy(#[source] reqwest::Error),
     #[error("cannot build the webhook HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("template: {0}")]
+    Template(#[source] TemplateError),
+}
+
+/// The template an endpoint renders with, if its format has one.
+fn template_of(w: &WebhookConfig) -> Result<Option<Arc<Template>>, DeliveryError> {
+    if let Some(name) = w.format.preset() {
+        return Ok(Template::preset(name).map(Arc::new));
+    }
+    if w.format == PayloadFormat::Template {
+        return Template::compile(&w.template)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(DeliveryError::Template);
+    }
+    Ok(None)
 }
 
 /// The fan-out in front of the endpoint workers.
@@ -242,10 +262,12 @@ impl Deliveries {
                 self.shutdown.clone(),
             ));
         let ep = Arc::new(Endpoint {
+            template: template_of(&webhook)?,
             webhook,
             kind,
             origin,
             status,
+            last_vars: Arc::default(),
             tx,
             ctl,
         });
@@ -280,6 +302,8 @@ impl Deliveries {
         let ctx = self.ctx(webhook.clone(), old.kind)?;
         let _ = old.ctl.try_send(Control::Reconfigure(ctx));
         let ep = Arc::new(Endpoint {
+            template: template_of(&webhook)?,
+            last_vars: old.last_vars.clone(),
             webhook,
             kind: old.kind,
             origin: old.origin,
@@ -391,14 +415,41 @@ impl Deliveries {
                 if !w.wants(ev.event, &set.flag_key, &set.tags) {
                     continue;
                 }
-                let body = match w.format {
-                    PayloadFormat::CloudEvents => {
+                let body = match (&ep.template, w.format) {
+                    (Some(t), _) => match self.render(ep, t, set, ev) {
+                        Some(b) => b,
+                        None => continue,
+                    },
+                    (None, PayloadFormat::CloudEvents) => {
                         cloudevent_body(set, ev, &w.cloudevents.type_prefix, source)
                     }
-                    _ => seed[i].get_or_insert_with(|| seed_body(set, ev)).clone(),
+                    (None, _) => seed[i].get_or_insert_with(|| seed_body(set, ev)).clone(),
                 };
                 let job = Job::change(ev.id.clone(), set.flag_id, body, ev.event);
                 batch.push((ep.clone(), job));
+            }
+        }
+    }
+
+    /// One event through an endpoint's template; a template that fails is counted and logged
+    /// (the event is not sent to that endpoint).
+    fn render(
+        &self,
+        ep: &Endpoint,
+        t: &Template,
+        set: &ChangeSet,
+        ev: &crate::events::payload::ChangeEvent,
+    ) -> Option<bytes::Bytes> {
+        let vars = template::variables(&seed_value(set, ev), &self.policy.ui_url);
+        let out = t.render(&vars);
+        *ep.last_vars.lock().unwrap_or_else(PoisonError::into_inner) = Some(vars);
+        match out {
+            Ok(body) => Some(bytes::Bytes::from(body)),
+            Err(e) => {
+                self.metrics
+                    .dropped(&ep.webhook.id, DropReason::Unrenderable, 1, 0);
+                tracing::error!(endpoint = %ep.webhook.id, event = ev.event, error = %e, "template did not render; event not sent to this endpoint");
+                None
             }
         }
     }

@@ -7,6 +7,8 @@
 
 pub mod names;
 pub mod payload;
+pub mod summary;
+pub mod template;
 
 pub use names::{event_matches, EVENT_NAMES};
 

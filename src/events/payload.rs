@@ -81,7 +81,17 @@ struct SeedPayload<'a> {
 
 /// The seed's payload for one event.
 pub fn seed_body(set: &ChangeSet, ev: &ChangeEvent) -> Bytes {
-    let p = SeedPayload {
+    // Serialising a struct of strings and JSON values cannot fail.
+    Bytes::from(serde_json::to_vec(&seed(set, ev)).unwrap_or_default())
+}
+
+/// The seed's payload for one event, as the variables of a template.
+pub fn seed_value(set: &ChangeSet, ev: &ChangeEvent) -> Value {
+    serde_json::to_value(seed(set, ev)).unwrap_or_default()
+}
+
+fn seed<'a>(set: &'a ChangeSet, ev: &'a ChangeEvent) -> SeedPayload<'a> {
+    SeedPayload {
         id: &ev.id,
         event: ev.event,
         flag_id: set.flag_id,
@@ -92,9 +102,7 @@ pub fn seed_body(set: &ChangeSet, ev: &ChangeEvent) -> Bytes {
         commit: set.commit.as_deref(),
         changes: &ev.changes,
         data: &set.data,
-    };
-    // Serialising a struct of strings and JSON values cannot fail.
-    Bytes::from(serde_json::to_vec(&p).unwrap_or_default())
+    }
 }
 
 #[derive(Serialize)]

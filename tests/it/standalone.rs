@@ -498,3 +498,36 @@ async fn the_delivery_log_keeps_bodies_within_its_byte_budget() {
     assert_eq!(s, 202);
     r.wait_for(4).await;
 }
+
+/// Starts the binary on `cfg`, which it must refuse with exit 64; returns what it said.
+fn refused_config(cfg: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("refused.toml");
+    std::fs::write(&p, cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaghook"))
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    err
+}
+
+#[test]
+fn a_template_that_does_not_parse_stops_start_up_naming_the_webhook_and_the_line() {
+    let hook = "[[webhooks]]\nid = \"chat\"\nurl = \"https://hooks.example.com/a\"\nformat = \"template\"\n";
+    let err = refused_config(&format!(
+        "{hook}template = \"\"\"\n{{{{ summary }}}}\n{{% if %}}\n\"\"\"\n"
+    ));
+    assert!(
+        err.contains("webhooks[0].template") && err.contains("line 2"),
+        "{err}"
+    );
+    // A template file that is not there is named too.
+    let err = refused_config(&format!("{hook}template_file = \"/nonexistent/chat.j2\"\n"));
+    assert!(
+        err.contains("webhooks[0].template_file") && err.contains("/nonexistent/chat.j2"),
+        "{err}"
+    );
+}

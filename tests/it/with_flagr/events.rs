@@ -1201,3 +1201,115 @@ async fn cloudevents_bodies_are_read_by_the_sdk_with_ids_equal_to_webhook_id() {
     );
     assert_eq!(e["id"], hit.header("webhook-id").as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_and_chat_presets_read_as_sentences_and_bad_templates_are_refused() {
+    let f = flagr(&[]).await;
+    let tpl = Receiver::start(vec![]).await;
+    let slack = Receiver::start(vec![]).await;
+    let teams = Receiver::start(vec![]).await;
+    let discord = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "[admin]\ntoken = \"t\"\n[flagr]\nui_url = \"https://flagr.example.com\"\n{FAST_DELIVERY}{}{}{}{}",
+        webhook(
+            "tpl",
+            &tpl,
+            "format = \"template\"\ncontent_type = \"text/plain\"\nevents = [\"flag.created\"]\n\
+             template = \"{{ summary }} | {{ data.description }} | {{ flag_url }}\""
+        ),
+        webhook("slack", &slack, "format = \"slack\"\nevents = [\"flag.created\"]"),
+        webhook("teams", &teams, "format = \"teams\"\nevents = [\"flag.created\"]"),
+        webhook("discord", &discord, "format = \"discord\"\nevents = [\"flag.created\"]"),
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let (_, flag) = call_as(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "checkout button", "key": "checkout"})),
+        Some("alice@example.com"),
+    )
+    .await;
+    let link = format!("https://flagr.example.com/#/flags/{}", flag["id"]);
+    let sentence = "alice@example.com created flag checkout";
+    let hit = tpl.wait_for(1).await.remove(0);
+    assert_eq!(hit.header("content-type"), "text/plain");
+    assert_eq!(
+        String::from_utf8_lossy(&hit.body),
+        format!("{sentence} | checkout button | {link}")
+    );
+    // Slack: `text` and `blocks`; Teams: a message with an Adaptive Card; Discord: `content`
+    // and an embed. Each says what happened, by whom, to which flag, with the link.
+    let s = slack.wait_for(1).await.remove(0).json();
+    assert_eq!(s["text"], sentence);
+    assert_eq!(s["blocks"][0]["type"], "section");
+    assert!(
+        s["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&link),
+        "{s}"
+    );
+    let t = teams.wait_for(1).await.remove(0).json();
+    assert_eq!(t["type"], "message");
+    let card = &t["attachments"][0];
+    assert_eq!(
+        card["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(card["content"]["type"], "AdaptiveCard");
+    assert_eq!(card["content"]["body"][0]["text"], sentence);
+    assert_eq!(card["content"]["actions"][0]["url"], link.as_str());
+    let d = discord.wait_for(1).await.remove(0).json();
+    assert_eq!(d["content"], sentence);
+    assert_eq!(d["embeds"][0]["title"], "checkout");
+    assert_eq!(d["embeds"][0]["url"], link.as_str());
+
+    // The preview renders the last event sent, without sending it.
+    let (s, p) = call_auth(
+        "POST",
+        &format!("{}/api/webhooks/tpl/preview", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["sample"], false);
+    assert_eq!(p["content_type"], "text/plain");
+    assert_eq!(p["body"], format!("{sentence} | checkout button | {link}"));
+    fh.wait_settled(&f).await;
+    assert_eq!(tpl.hits().len(), 1, "a preview is not sent");
+
+    // A template that does not parse is refused by the API with the line; one that parses but
+    // names an unknown variable is previewed with the reason.
+    let (s, e) = admin_call(
+        &fh,
+        "POST",
+        "/webhooks",
+        Some(json!({"id": "bad", "url": tpl.url, "format": "template",
+            "template": "{{ summary }}\n{{ flag_key }"})),
+        Some("t"),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("line 2"), "{e}");
+    let (s, e) = admin_call(
+        &fh,
+        "POST",
+        "/webhooks",
+        Some(json!({"id": "typo", "url": tpl.url, "format": "template",
+            "template": "{{ sumary }}"})),
+        Some("t"),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let (s, p) = call_auth(
+        "POST",
+        &format!("{}/api/webhooks/typo/preview", fh.admin),
+        "t",
+    )
+    .await;
+    assert_eq!(
+        (s, p["error"].as_str()),
+        (422, Some("render_failed")),
+        "{p}"
+    );
+}
