@@ -319,7 +319,8 @@ impl App {
         // The last impression batches go out before delivery starts its deadline.
         self.flusher_stop.cancel();
         if let Some(t) = self.flusher_task {
-            let _ = tokio::time::timeout_at(end, t).await;
+            // It hands its open batches to delivery and returns: quick, and not to be cut.
+            let _ = t.await;
         }
         report.undelivered = self.deliveries.shutdown(end).await;
         tracing::info!(

@@ -109,9 +109,18 @@ where
         .keep_alive(true)
         // One write per response instead of a writev of headers and body: fewer syscalls.
         .writev(false);
-    builder.http2().timer(TokioTimer::new());
+    // An h2 client that stops answering pings is let go.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so the ones still open when the grace period ends can be cut:
+    // they hold the service (and through it the tap), which must close for the drain to end.
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -123,6 +132,7 @@ where
                     continue;
                 }
             },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             () = shutdown.cancelled() => break,
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
@@ -133,22 +143,62 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), make_service(peer))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let open = counters.open.clone();
+        let service = make_service(peer);
+        let (builder, watcher, open, timeout) = (
+            builder.clone(),
+            graceful.watcher(),
+            counters.open.clone(),
+            limits.header_read_timeout,
+        );
         open.inc();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+        tasks.spawn(async move {
+            // Until its first bytes tell HTTP/1.1 from h2, hyper holds no timer on a connection:
+            // a client that sends nothing would keep its place for ever.
+            if first_bytes(&stream, timeout).await {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                }
+            } else {
+                tracing::debug!(%peer, "client sent no request in time: closed");
             }
             open.dec();
             drop(permit);
         });
     }
     drop(listener);
-    tokio::time::timeout(limits.grace, graceful.shutdown())
+    let drained = tokio::time::timeout(limits.grace, graceful.shutdown())
         .await
-        .is_ok()
+        .is_ok();
+    // Past the grace period: what is still open is cut.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drained
+}
+
+/// The h2 preface; a client that sends a prefix of it has not yet said which protocol it speaks.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// True once the client has sent enough to choose HTTP/1.1 or h2, false when it has not within
+/// `timeout` (or hung up).
+async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    let decided = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) {
+                return true;
+            }
+            // A partial h2 preface: wait for the rest (peek returns what is there at once).
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(timeout, decided)
+        .await
+        .unwrap_or(false)
 }

@@ -439,6 +439,11 @@ async fn update(
         .into_iter()
         .find(|w| w.id == id);
     if let Some(old) = stored {
+        // URLs are shown with their credentials masked: sending the masked one back keeps the
+        // real one (a GET-then-PUT must not save `?token=***`).
+        if input.url == crate::redact::url(&old.url) {
+            input.url = old.url.clone();
+        }
         if input.secret.is_none() {
             input.secret = old.secret;
         }

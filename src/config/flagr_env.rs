@@ -135,7 +135,7 @@ fn go_duration(v: &str) -> Option<Duration> {
         total += n * scale;
         rest = tail;
     }
-    Some(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Flagr's `util.ParseHeaders`: `Key: Value, Key2: Value2`; pieces without `:` or with an empty
@@ -160,7 +160,7 @@ fn schedule(retries: u32, base: Duration, max: Duration) -> Vec<Duration> {
     let mut out = vec![Duration::ZERO];
     let mut prev = base;
     for _ in 0..retries {
-        prev = (prev * 2).min(max);
+        prev = prev.checked_mul(2).unwrap_or(max).min(max);
         out.push(prev);
     }
     out
@@ -246,5 +246,15 @@ mod tests {
         assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(go_duration("2h45m"), Some(Duration::from_secs(9900)));
         assert_eq!(go_duration("3d"), None);
+        assert_eq!(
+            go_duration("99999999999999999999h"),
+            None,
+            "no panic on a huge value"
+        );
+        assert_eq!(
+            schedule(2, Duration::MAX / 2, Duration::MAX).len(),
+            3,
+            "no overflow on a huge base"
+        );
     }
 }

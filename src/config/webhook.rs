@@ -151,6 +151,11 @@ impl WebhookConfig {
     /// stops start-up (or an API call) naming the line.
     fn check_template(&mut self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let has_template = !self.template.is_empty() || !self.template_file.is_empty();
+        if self.format.preset().is_some() && self.final_statuses.is_empty() {
+            // Chat services answer 400 to a message they will never take, and 403/404 to a
+            // revoked hook: retrying those for a day would only hold the flag's later messages.
+            self.final_statuses = vec![400, 403, 404];
+        }
         if self.format != PayloadFormat::Template {
             if has_template || !self.content_type.is_empty() {
                 return Err(ConfigError::invalid(
@@ -176,6 +181,13 @@ impl WebhookConfig {
                 })?;
             }
             (false, true) => {}
+        }
+        if !self.content_type.is_empty() && http::HeaderValue::from_str(&self.content_type).is_err()
+        {
+            return Err(ConfigError::invalid(
+                key("content_type"),
+                "is not a valid header value",
+            ));
         }
         crate::events::template::Template::compile(&self.template)
             .map(|_| ())

@@ -5,7 +5,10 @@
 //! (`id, event, flag_id, flag_key, timestamp, actor, source, commit, changes, data`) plus
 //! `summary` (the event as a sentence) and `flag_url` (the flag in Flagr's UI, when
 //! `flagr.ui_url` is set). Out: the rendered body.
-//! Never: renders an undefined variable as empty: it is an error, so a typo is seen at once.
+//! Never: renders an undefined variable as empty: printing one is an error, so a typo is seen
+//! at once (testing one, `{% if changes.rolloutPercent %}`, is allowed: most events lack it).
+//! The presets escape what people wrote (actors, descriptions, values) for each chat's markup,
+//! so a segment named `<!channel>` pings nobody.
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
@@ -46,7 +49,8 @@ const NAME: &str = "body";
 impl Template {
     pub fn compile(source: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        env.add_filter("slack_escape", slack_escape);
         env.add_template_owned(NAME, source.to_string())?;
         Ok(Self { env })
     }
@@ -67,6 +71,17 @@ impl Template {
     }
 }
 
+/// Slack's mrkdwn control characters, escaped as Slack documents (`&`, `<`, `>`).
+fn slack_escape(s: String) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Chat services refuse long messages (Discord at 2,000 characters, Slack's sections at 3,000):
+/// the sentence is cut well before.
+const SUMMARY_MAX_CHARS: usize = 1500;
+
 /// The variables of one event: the seed payload's fields, `summary` and `flag_url`.
 pub fn variables(payload: &Value, ui_url: &str) -> Value {
     let mut vars = payload.clone();
@@ -86,6 +101,10 @@ pub fn variables(payload: &Value, ui_url: &str) -> Value {
             payload["flag_id"]
         ))
     };
+    let sentence = match sentence.char_indices().nth(SUMMARY_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &sentence[..cut]),
+        None => sentence,
+    };
     if let Value::Object(m) = &mut vars {
         m.insert("summary".into(), Value::String(sentence));
         m.insert("flag_url".into(), url);
@@ -95,10 +114,10 @@ pub fn variables(payload: &Value, ui_url: &str) -> Value {
 }
 
 /// Slack incoming webhook: `text` for notifications, `blocks` for the message.
-const SLACK: &str = r#"{"text": {{ summary | tojson }},
+const SLACK: &str = r#"{"text": {{ summary | slack_escape | tojson }},
  "blocks": [
-  {"type": "section", "text": {"type": "mrkdwn", "text": {{ (summary ~ ((" <" ~ flag_url ~ "|open in Flagr>") if flag_url else "")) | tojson }}}},
-  {"type": "context", "elements": [{"type": "mrkdwn", "text": {{ ("`" ~ event ~ "` · " ~ flag_key ~ " · " ~ timestamp) | tojson }}}]}
+  {"type": "section", "text": {"type": "mrkdwn", "text": {{ ((summary | slack_escape) ~ ((" <" ~ flag_url ~ "|open in Flagr>") if flag_url else "")) | tojson }}}},
+  {"type": "context", "elements": [{"type": "mrkdwn", "text": {{ ("`" ~ event ~ "` · " ~ (flag_key | slack_escape) ~ " · " ~ timestamp) | tojson }}}]}
  ]}"#;
 
 /// A Teams Workflows webhook carrying an Adaptive Card.
@@ -117,7 +136,7 @@ const TEAMS: &str = r#"{"type": "message",
    {%- endif %}}}]}"#;
 
 /// A Discord webhook: `content` and one embed.
-const DISCORD: &str = r#"{"content": {{ summary | tojson }},
+const DISCORD: &str = r#"{"content": {{ summary | tojson }}, "allowed_mentions": {"parse": []},
  "embeds": [{"title": {{ flag_key | tojson }}, "description": {{ event | tojson }}, "timestamp": {{ timestamp | tojson }}
   {%- if flag_url %}, "url": {{ flag_url | tojson }}{% endif %}}]}"#;
 
@@ -162,6 +181,33 @@ mod tests {
             .as_object()
             .unwrap()
             .contains_key("url"));
+    }
+
+    #[test]
+    fn what_people_wrote_cannot_ping_or_disguise_links() {
+        let mut p = payload();
+        p["data"]["segments"][0]["description"] = json!("<!channel> & <https://evil.example|Open>");
+        let vars = variables(&p, "");
+        let slack: Value =
+            serde_json::from_str(&Template::preset("slack").unwrap().render(&vars).unwrap())
+                .unwrap();
+        let text = slack["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert!(
+            text.contains("&lt;!channel&gt; &amp; &lt;https://evil.example|Open&gt;"),
+            "{text}"
+        );
+        assert!(!text.contains("<!channel>"));
+        let discord: Value =
+            serde_json::from_str(&Template::preset("discord").unwrap().render(&vars).unwrap())
+                .unwrap();
+        assert_eq!(discord["allowed_mentions"]["parse"], json!([]));
+        // Long sentences are cut before any service refuses them.
+        p["data"]["segments"][0]["description"] = json!("x".repeat(5000));
+        let long = variables(&p, "");
+        assert!(long["summary"].as_str().unwrap().chars().count() <= SUMMARY_MAX_CHARS + 1);
+        // Testing a field most events lack is fine; printing one is not.
+        let t = Template::compile("{% if changes.nothing %}x{% endif %}ok").unwrap();
+        assert_eq!(t.render(&vars).unwrap(), "ok");
     }
 
     #[test]

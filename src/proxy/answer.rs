@@ -15,6 +15,10 @@ use hyper::body::Incoming;
 /// Flagr's body, or flaghook's own short error.
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
+/// Marks an answer of flaghook's own (not Flagr's): nothing of it is tapped or derived.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnAnswer;
+
 /// What every layer's `call` returns.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -29,5 +33,6 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
     );
     r.headers_mut()
         .insert("x-flaghook-error", HeaderValue::from_static("1"));
+    r.extensions_mut().insert(OwnAnswer);
     r
 }

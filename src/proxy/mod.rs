@@ -38,7 +38,7 @@ use http::header::HeaderName;
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
 
-pub use answer::{error_response, UpstreamBody};
+pub use answer::{error_response, OwnAnswer, UpstreamBody};
 pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr};
 pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};

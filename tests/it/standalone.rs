@@ -70,11 +70,12 @@ async fn headers_hop_by_hop_and_forwarded() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // flaghook's own probe for snapshot support also lands here; pick the client's request.
+    // flaghook's own probe for snapshot support also lands here; pick the client's request
+    // (its query string forwarded as it was).
     let hits = echo.hits();
     let hit = hits
         .iter()
-        .find(|h| h.path == "/anything")
+        .find(|h| h.path == "/anything?q=1")
         .expect("request forwarded");
     assert_eq!(hit.header("x-end"), "kept");
     assert_eq!(hit.header("x-hop"), "");

@@ -586,7 +586,9 @@ impl Receiver {
                         s.hits.push(Hit {
                             headers,
                             body,
-                            path: uri.path().to_string(),
+                            path: uri
+                                .path_and_query()
+                                .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
                         });
                         let otherwise = Reply::Status(s.otherwise);
                         s.script.pop_front().unwrap_or(otherwise)

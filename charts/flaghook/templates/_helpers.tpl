@@ -97,6 +97,10 @@ It expects this chart's values (as a subchart: pass the subchart's context).
     # git may look for a home; the root filesystem is read-only.
     - name: HOME
       value: /var/cache/flaghook
+    {{- range $k, $v := .Values.env }}
+    - name: {{ $k }}
+      value: {{ $v | quote }}
+    {{- end }}
 {{- end -}}
 
 {{/* The volumes the container needs. */}}
@@ -124,10 +128,10 @@ It expects this chart's values (as a subchart: pass the subchart's context).
 {{- $v := toString . -}}
 {{- if regexMatch "^[0-9]+$" $v -}}{{ $v }}
 {{- else if regexMatch "^[0-9]+ms$" $v -}}{{ add1 (div (int (trimSuffix "ms" $v)) 1000) }}
-{{- else if regexMatch "^[0-9]+s$" $v -}}{{ trimSuffix "s" $v }}
+{{- else if regexMatch "^[0-9]+(\\.[0-9]+)?s$" $v -}}{{ ceil (float64 (trimSuffix "s" $v)) | int }}
 {{- else if regexMatch "^[0-9]+m$" $v -}}{{ mul (int (trimSuffix "m" $v)) 60 }}
 {{- else if regexMatch "^[0-9]+h$" $v -}}{{ mul (int (trimSuffix "h" $v)) 3600 }}
-{{- else -}}{{- fail (printf "cannot read the duration %q (use 500ms, 20s, 2m or 1h), or set terminationGracePeriodSeconds" $v) -}}
+{{- else -}}{{- fail (printf "cannot read the duration %q for the grace period (use 500ms, 20s, 1.5s, 2m or 1h), or set terminationGracePeriodSeconds" $v) -}}
 {{- end -}}
 {{- end -}}
 

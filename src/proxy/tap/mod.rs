@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 pub use body::{ByteBudget, Held, Pending, RequestSlot, TapBody};
 
-use super::answer::BoxFuture;
+use super::answer::{BoxFuture, OwnAnswer};
 use super::headers::peer_of;
 use super::legacy::LegacyStates;
 use super::marks::GitSyncCommit;
@@ -290,6 +290,10 @@ where
         let sender = me.sender.clone();
         Box::pin(async move {
             let mut resp = fut.await?;
+            if resp.extensions().get::<OwnAnswer>().is_some() {
+                // flaghook's own 502/504: Flagr answered nothing, so there is nothing to derive.
+                return Ok(resp.map(TapBody::passthrough));
+            }
             let legacy = resp
                 .extensions_mut()
                 .remove::<LegacyStates>()

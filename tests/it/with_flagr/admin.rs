@@ -337,6 +337,37 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     .await;
     let hits2 = r2.wait_for(1).await;
     assert_eq!(hits2[0].json()["event"], "flag.enabled");
+    // A token in the URL is shown masked; sending the masked URL back keeps the real one.
+    let with_token = format!("{}?token=s3cr3t", r2.url);
+    let (s, w) = admin(
+        &fh,
+        "PUT",
+        "/webhooks/rt",
+        Some(json!({"url": with_token, "events": ["*"], "description": "moved"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert!(w["url"].as_str().unwrap().ends_with("?token=***"), "{w}");
+    let (s, w) = admin(
+        &fh,
+        "PUT",
+        "/webhooks/rt",
+        Some(json!({"url": w["url"], "events": ["*"], "description": "moved"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    call(
+        "PUT",
+        &format!("{}/flags/1", fh.api()),
+        Some(json!({"description": "round trip"})),
+    )
+    .await;
+    let hits2 = r2.wait_for(2).await;
+    assert!(
+        hits2[1].path.ends_with("?token=s3cr3t"),
+        "{}",
+        hits2[1].path
+    );
     // Survives a restart.
     assert!(fh.terminate().success());
     let fh = Flaghook::start(&f.url(), &cfg).await;
@@ -348,8 +379,8 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
         Some(json!({"enabled": false})),
     )
     .await;
-    let hits2 = r2.wait_for(2).await;
-    assert_eq!(hits2[1].json()["event"], "flag.disabled");
+    let hits2 = r2.wait_for(3).await;
+    assert_eq!(hits2[2].json()["event"], "flag.disabled");
     // Delete: gone, and nothing more arrives.
     assert_eq!(admin(&fh, "DELETE", "/webhooks/rt", None).await.0, 204);
     assert_eq!(admin(&fh, "GET", "/webhooks/rt", None).await.0, 404);
@@ -360,5 +391,5 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     )
     .await;
     fh.wait_settled(&f).await;
-    assert_eq!(r2.hits().len(), 2);
+    assert_eq!(r2.hits().len(), 3);
 }

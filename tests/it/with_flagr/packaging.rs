@@ -64,6 +64,19 @@ fn grace_period_strategy_and_volumes_follow_the_values() {
     assert!(m.contains("kind: PersistentVolumeClaim"));
     let m = helm_template(&values, &["terminationGracePeriodSeconds=300"]);
     assert!(m.contains("terminationGracePeriodSeconds: 300"));
+    // Fractions round up; extra environment (Flagr's notifier variables) reaches the container.
+    let m = helm_template(
+        &values,
+        &[
+            "config.proxy.shutdown_grace=1.5s",
+            "env.FLAGR_NOTIFICATION_WEBHOOK_ENABLED=true",
+        ],
+    );
+    assert!(m.contains("terminationGracePeriodSeconds: 32"), "{m}");
+    assert!(
+        m.contains("- name: FLAGR_NOTIFICATION_WEBHOOK_ENABLED\n              value: \"true\""),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
