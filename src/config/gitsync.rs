@@ -21,6 +21,8 @@ pub struct GitSyncConfig {
     pub git_timeout: Duration,
     /// Largest flag file read from git; a commit with a larger one is refused, not read.
     pub max_file_bytes: u64,
+    /// Largest total of a commit's flag files; above it the commit is refused, nothing read.
+    pub max_total_bytes: u64,
 }
 
 impl Default for GitSyncConfig {
@@ -29,6 +31,7 @@ impl Default for GitSyncConfig {
             workdir: String::new(),
             git_timeout: Duration::from_secs(60),
             max_file_bytes: 8 << 20,
+            max_total_bytes: 64 << 20,
         }
     }
 }
@@ -76,7 +79,8 @@ fn half_second() -> Duration {
 
 impl GitSyncConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        positive("gitsync.max_file_bytes", self.max_file_bytes as usize)
+        positive("gitsync.max_file_bytes", self.max_file_bytes as usize)?;
+        positive("gitsync.max_total_bytes", self.max_total_bytes as usize)
     }
 }
 

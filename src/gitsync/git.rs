@@ -102,6 +102,7 @@ impl Repo {
         commit: &str,
         folder: &str,
         max_bytes: u64,
+        max_total_bytes: u64,
     ) -> Result<Vec<(String, FileContent)>, GitError> {
         // `-z`: names come back as they are, not C-quoted (non-ASCII names stay readable);
         // `-l`: each blob's size, checked before it is read.
@@ -112,11 +113,18 @@ impl Repo {
             args.push(folder);
         }
         let list = self.git(&args).await?;
+        let entries: Vec<TreeEntry> = parse_ls_tree(&list)
+            .into_iter()
+            .filter(|e| e.path.ends_with(".json") && e.kind == "blob")
+            .collect();
+        // Many files each under the bound could still fill memory: nothing is read beyond this.
+        let total: u64 = entries.iter().map(|e| e.size).sum();
+        if total > max_total_bytes {
+            let name = if folder.is_empty() { "/" } else { folder };
+            return Ok(vec![(name.to_string(), FileContent::TotalTooLarge(total))]);
+        }
         let mut out = Vec::new();
-        for entry in parse_ls_tree(&list) {
-            if !entry.path.ends_with(".json") || entry.kind != "blob" {
-                continue;
-            }
+        for entry in entries {
             let content = if entry.size > max_bytes {
                 FileContent::TooLarge(entry.size)
             } else {
@@ -165,6 +173,8 @@ pub enum FileContent {
     Bytes(Vec<u8>),
     /// Above `gitsync.max_file_bytes`: not read.
     TooLarge(u64),
+    /// The flag files together are above `gitsync.max_total_bytes`: none is read.
+    TotalTooLarge(u64),
 }
 
 struct TreeEntry {

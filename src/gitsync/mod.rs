@@ -173,6 +173,7 @@ struct Worker {
     metrics: Arc<GitSyncMetrics>,
     status: Arc<Mutex<Status>>,
     max_file_bytes: u64,
+    max_total_bytes: u64,
     /// A commit refused as invalid: the poller does not try it again.
     refused: String,
     /// After a failure that may pass (Flagr or the remote not up yet), try again this soon.
@@ -229,6 +230,7 @@ impl GitSync {
                     settings.git_timeout,
                 ),
                 max_file_bytes: settings.max_file_bytes,
+                max_total_bytes: settings.max_total_bytes,
                 flagr: flagr.clone(),
                 applier: applier.clone(),
                 metrics: metrics.clone(),
@@ -489,7 +491,12 @@ impl Worker {
         }
         let files = match self
             .repo
-            .files(commit, &self.cfg.folder, self.max_file_bytes)
+            .files(
+                commit,
+                &self.cfg.folder,
+                self.max_file_bytes,
+                self.max_total_bytes,
+            )
             .await
         {
             Ok(f) => f,
@@ -506,6 +513,14 @@ impl Worker {
                     problem: format!(
                         "{size} bytes, above gitsync.max_file_bytes ({}): not read",
                         self.max_file_bytes
+                    ),
+                }),
+                git::FileContent::TotalTooLarge(total) => problems.push(desired::Problem {
+                    file: name,
+                    flag: String::new(),
+                    problem: format!(
+                        "the flag files total {total} bytes, above gitsync.max_total_bytes ({}): none read",
+                        self.max_total_bytes
                     ),
                 }),
             }

@@ -581,7 +581,7 @@ async fn odd_names_force_pushes_huge_files_and_probes() {
     // A name git would C-quote without -z; with delete_missing a skipped file deletes its flags.
     let c1 = repos.commit(&[("flagr/drapeaux-\u{e9}.json", accents(true))], true);
     let r = Receiver::start(vec![]).await;
-    let extra = "delete_missing = true\n[gitsync]\nmax_file_bytes = 4096\n";
+    let extra = "delete_missing = true\n[gitsync]\nmax_file_bytes = 4096\nmax_total_bytes = 9000\n";
     let fh = Flaghook::start(&f.url(), &cfg(&repos.url, "1h", extra, &r)).await;
     wait_synced(&fh, &c1).await;
     assert_eq!(
@@ -636,6 +636,29 @@ async fn odd_names_force_pushes_huge_files_and_probes() {
     assert_eq!(st["last_synced_commit"], c3.as_str());
     assert!(flag(&f, "big").await.is_none());
     assert!(flag(&f, "accents").await.is_some());
+
+    // Files each under the bound but too many together: refused, none read.
+    git(&repos.work, &["rm", "-q", "flagr/big.json"]);
+    let part = |n: usize| json!({"Flags": [{"Key": format!("part-{n}"), "Description": "y".repeat(3400)}]});
+    let c5 = repos.commit(
+        &[
+            ("flagr/part-1.json", part(1)),
+            ("flagr/part-2.json", part(2)),
+            ("flagr/part-3.json", part(3)),
+        ],
+        true,
+    );
+    let (h, b) = github_push("gh-secret", &repos.url, &c3, &c5, &[], "d-total");
+    assert_eq!(send_push(&fh, "github", h, b).await.0, 202);
+    let total_refused = wait_until(Duration::from_secs(20), || async {
+        status(&fh).await["last_problems"][0]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("above gitsync.max_total_bytes (9000)"))
+    })
+    .await;
+    assert!(total_refused, "{}", status(&fh).await);
+    assert!(flag(&f, "part-1").await.is_none());
+    assert_eq!(status(&fh).await["last_synced_commit"], c3.as_str());
 
     // Unsigned pushes get 401 whether the repository is watched or not, and an unsigned
     // delivery id does not make the signed delivery that follows a duplicate.
