@@ -189,7 +189,29 @@ async fn page_shows_deliveries_and_resume_button_works() {
     assert!(d.wait_text("#webhook-audit", "active").await);
     // Send a test event from the page.
     assert!(d.click("#test-audit").await);
-    let hits = r.wait_for(2).await;
-    assert_eq!(hits[1].json()["event"], "ping");
+    let ping = wait_until(Duration::from_secs(20), || async {
+        r.hits()
+            .iter()
+            .any(|h| h.header("x-flaghook-event") == "ping")
+    })
+    .await;
+    let seen: Vec<(String, String, usize)> = r
+        .hits()
+        .iter()
+        .map(|h| {
+            (
+                h.header("x-flaghook-event"),
+                h.header("webhook-id"),
+                h.body.len(),
+            )
+        })
+        .collect();
+    assert!(ping, "no ping arrived: {seen:?}\n{}", fh.log());
+    let hits = r.hits();
+    let ping = hits
+        .iter()
+        .find(|h| h.header("x-flaghook-event") == "ping")
+        .expect("the ping");
+    assert_eq!(ping.json()["event"], "ping", "{seen:?}");
     d.quit().await;
 }
