@@ -146,9 +146,7 @@ pub fn http_client(policy: &Arc<DeliveryConfig>) -> Result<reqwest::Client, Deli
         .connect_timeout(policy.timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .user_agent(concat!("flaghook/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(Arc::new(guard::GuardedResolver {
-            cfg: policy.clone(),
-        }))
+        .dns_resolver(Arc::new(guard::GuardedResolver::new(policy.clone())))
         .build()
         .map_err(DeliveryError::Client)
 }

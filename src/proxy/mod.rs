@@ -55,9 +55,6 @@ use crate::flagr::{FlagrClient, RouteTable};
 pub type Proxy =
     Classify<Measure<GitSyncMark<Tap<Legacy<Forwarded<Upstream<TapBody<Incoming>>>>>>>>;
 
-/// What the body the proxy answers with is: Flagr's (tapped or not) or flaghook's own error.
-pub type ProxyBody = TapBody<UpstreamBody>;
-
 /// Why the proxy could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
