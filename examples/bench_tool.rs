@@ -330,7 +330,9 @@ fn micro(n: usize) {
     while records < n {
         let v: Value = serde_json::from_slice(&answers[i % answers.len()]).expect("json");
         i += 1;
-        for r in flaghook::impressions::from_evaluation(&v, &ctx) {
+        for r in
+            flaghook::impressions::from_evaluation(&v, &ctx, &flaghook::impressions::Gate::all())
+        {
             if batch_records > 0 {
                 batch.push(b',');
             }

@@ -188,6 +188,7 @@ impl App {
             metrics.changelog.clone(),
             store.clone(),
             legacy.clone(),
+            impression_sink.as_ref().map(|s| s.known.clone()),
         );
         // Before the proxy serves: on a first start, the baseline precedes every proxied change.
         let early = follower.start_early(Duration::from_secs(3)).await;

@@ -2,7 +2,8 @@
 //! decoding of tapped bodies. Never panics; every record serialises.
 #![no_main]
 use flaghook::derive::json_of;
-use flaghook::impressions::{from_evaluation, from_exposures, sdk_from_user_agent, Context};
+use flaghook::flagr::KnownFlags;
+use flaghook::impressions::{from_evaluation, from_exposures, sdk_from_user_agent, Context, Gate};
 use flaghook::proxy::Captured;
 use libfuzzer_sys::fuzz_target;
 
@@ -18,9 +19,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ctx = Context::default();
-    for r in from_evaluation(&v, &ctx)
+    let known = KnownFlags::new();
+    let gate = Gate::recording(false, &known);
+    for r in from_evaluation(&v, &ctx, &gate)
         .iter()
-        .chain(from_exposures(&v, &v, &ctx).iter())
+        .chain(from_exposures(&v, &v, &ctx, &Gate::all()).iter())
     {
         serde_json::to_vec(r).unwrap();
     }

@@ -27,7 +27,7 @@ pub use metrics::{ChangelogMetrics, FailStage, HintOutcome, SnapshotOutcome};
 use crate::config::{ChangelogConfig, SnapshotMode};
 use crate::delivery::Deliveries;
 use crate::flagr::client::FlagrError;
-use crate::flagr::{FlagrClient, ListedFlag, Mutation};
+use crate::flagr::{FlagrClient, KnownFlags, ListedFlag, Mutation};
 
 use crate::store::{Cursor, Store, StoreError};
 
@@ -76,6 +76,9 @@ pub struct Follower {
     /// Set once the baseline is known: `/readyz` waits for it, so no proxied change can come
     /// before the point the follower starts from.
     pub ready: Arc<AtomicBool>,
+    /// Kept current for the impression workers (Flagr's recording switch); `None` when
+    /// nothing reads it.
+    pub known: Option<Arc<KnownFlags>>,
 }
 
 impl Follower {
@@ -88,6 +91,7 @@ impl Follower {
         metrics: Arc<ChangelogMetrics>,
         store: Arc<Store>,
         legacy: Arc<AtomicBool>,
+        known: Option<Arc<KnownFlags>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             flagr,
@@ -98,6 +102,7 @@ impl Follower {
             snapshot_mode: cfg.flagr.snapshot_mode,
             legacy,
             ready: Arc::new(AtomicBool::new(false)),
+            known,
         })
     }
 }
@@ -141,7 +146,7 @@ impl Follower {
                 Ok(None) => {
                     // Legacy Flagr: derivation pre-fetches; hints have nothing to follow.
                     self.ready.store(true, Ordering::Relaxed);
-                    while hints.recv().await.is_some() {}
+                    self.list_only(hints).await;
                     return;
                 }
                 Err(e) => {
@@ -245,6 +250,10 @@ impl Follower {
                 "changelog: catching up with changes made while flaghook was away"
             );
         }
+        if self.known.is_some() {
+            let live = self.flagr.listed_flags(false).await?;
+            self.know(&live);
+        }
         self.metrics.cursor.set(seen_max);
         self.metrics.max_id.set(max);
         Ok(Some(State {
@@ -261,6 +270,39 @@ impl Follower {
             },
             last_rescan: Instant::now(),
         }))
+    }
+
+    /// Legacy Flagr has no changelog: a listing at each poll and after each proxied change
+    /// keeps what impressions need of flags. Returns when the hint channel closes.
+    async fn list_only(&self, mut hints: mpsc::Receiver<Hint>) {
+        let Some(known) = &self.known else {
+            while hints.recv().await.is_some() {}
+            return;
+        };
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                h = hints.recv() => {
+                    if h.is_none() {
+                        return;
+                    }
+                    while hints.try_recv().is_ok() {}
+                }
+                _ = tick.tick() => {}
+            }
+            match self.flagr.listed_flags(false).await {
+                Ok(live) => known.replace_all(&live),
+                Err(e) => self.failed(FailStage::Flagr, "flag list not readable", &e),
+            }
+        }
+    }
+
+    /// A full listing (live and deleted flags) tells the impression workers what is live.
+    fn know(&self, listed: &[ListedFlag]) {
+        if let Some(known) = &self.known {
+            known.replace_all(listed.iter().filter(|f| !f.deleted));
+        }
     }
 
     async fn list_all(&self) -> Result<Vec<ListedFlag>, FlagrError> {
@@ -339,6 +381,7 @@ impl Follower {
                 return;
             }
         };
+        self.know(&listed);
         for f in &listed {
             let moved = match st.cursors.get(&f.id) {
                 None => true,

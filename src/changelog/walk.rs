@@ -16,7 +16,7 @@ use super::{
 use crate::config::Follow;
 use crate::events::payload::{change_set_id, event_id, ChangeEvent, ChangeSet};
 use crate::events::{self, Draft};
-use crate::flagr::{FlagState, ListedFlag, Mutation, Snapshot};
+use crate::flagr::{FlagState, Known, ListedFlag, Mutation, Snapshot};
 
 /// Most snapshots read per request while walking back to the cursor (pages start smaller and
 /// grow fourfold: each snapshot carries the whole flag).
@@ -175,6 +175,14 @@ impl Follower {
             }
         }
         cursor.deleted = deleted;
+        if let Some(known) = &self.known {
+            // The newest state read, events or not: the recording switch follows Flagr at once.
+            match states.iter().rev().flatten().next() {
+                _ if deleted => known.remove(flag),
+                Some(s) => known.set(flag, Known::from(&s.flag)),
+                None => {}
+            }
+        }
         st.highest = st.highest.max(cursor.snapshot);
         let moved = cursor != cur;
         // The events and the cursor that says they were derived go to disk in one transaction.

@@ -28,7 +28,7 @@ pub use listeners::{AdminConfig, ProxyConfig};
 pub use secret::Secret;
 pub use webhook::{
     CloudEventsConfig, Compression, ImpressionWebhookConfig, ImpressionsConfig, PayloadFormat,
-    WebhookConfig,
+    RecordedFlags, WebhookConfig,
 };
 
 /// The built-in defaults, as documented in `config/flaghook.toml`.

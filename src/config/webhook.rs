@@ -297,6 +297,18 @@ pub struct ImpressionsConfig {
     pub workers: usize,
     /// Evaluations waiting for mapping; when full, dropped and counted.
     pub queue: usize,
+    /// Which flags' evaluations become impressions.
+    pub flags: RecordedFlags,
+}
+
+/// `impressions.flags`: Flagr's recording switch, or every flag.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedFlags {
+    /// Only flags with `dataRecordsEnabled`, as Flagr's own recorder.
+    #[default]
+    DataRecordsEnabled,
+    All,
 }
 
 impl ImpressionsConfig {
@@ -314,6 +326,7 @@ impl Default for ImpressionsConfig {
             machine_name: String::new(),
             workers: 2,
             queue: 8192,
+            flags: RecordedFlags::default(),
         }
     }
 }

@@ -17,15 +17,15 @@ use tokio::sync::mpsc;
 
 use crate::changelog::ChangelogMetrics;
 use crate::changelog::Hint;
-use crate::config::{FlagrConfig, ImpressionsConfig};
+use crate::config::{FlagrConfig, ImpressionsConfig, RecordedFlags};
 use crate::delivery::Deliveries;
 use crate::events::payload::{ChangeEvent, ChangeSet};
 use crate::events::{self};
 use crate::flagr::client::FlagrError;
-use crate::flagr::{FlagState, FlagrClient, Mutation, Route};
+use crate::flagr::{FlagState, FlagrClient, KnownFlags, Mutation, Route};
 use crate::impressions::batcher::Batchers;
 use crate::impressions::batcher::ImpressionMetrics;
-use crate::impressions::{self, Impression};
+use crate::impressions::{self, Gate, Impression};
 use crate::metrics::{labels, status_class, Registry};
 use crate::proxy::tap::RequestMeta;
 use crate::proxy::{Captured, Exchange};
@@ -81,6 +81,8 @@ impl DeriveMetrics {
 pub struct ImpressionSink {
     pub cfg: ImpressionsConfig,
     pub batchers: Arc<Batchers>,
+    /// Flagr's recording switch per flag, kept current by the changelog follower.
+    pub known: Arc<KnownFlags>,
 }
 
 impl ImpressionSink {
@@ -93,6 +95,7 @@ impl ImpressionSink {
     ) -> Option<Arc<Self>> {
         (!cfg.impression_webhooks.is_empty()).then(|| {
             Arc::new(Self {
+                known: Arc::new(KnownFlags::new()),
                 cfg: cfg.impressions.clone(),
                 batchers: Arc::new(Batchers::new(
                     &cfg.impression_webhooks,
@@ -261,7 +264,10 @@ async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: Share
     loop {
         let ex = { rx.lock().await.recv().await };
         let Some(ex) = ex else { return };
-        match impressions_of(&ex, &sink.cfg, d.inspect_cap) {
+        let gate = Gate::recording(sink.cfg.flags == RecordedFlags::All, &sink.known);
+        let records = impressions_of(&ex, &sink.cfg, &gate, d.inspect_cap);
+        sink.batchers.not_recorded(gate.skipped());
+        match records {
             Some(records) => sink.batchers.add(&records),
             None => d.metrics.failed(DeriveError::ImpressionsUnreadable),
         }
@@ -273,6 +279,7 @@ async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: Share
 pub fn impressions_of(
     ex: &Exchange,
     cfg: &ImpressionsConfig,
+    gate: &Gate<'_>,
     cap: usize,
 ) -> Option<Vec<Impression>> {
     if ex.status != http::StatusCode::OK {
@@ -304,10 +311,10 @@ pub fn impressions_of(
         time_ms,
     };
     Some(match ex.route {
-        Route::Evaluation(_) => impressions::from_evaluation(&response, &ctx),
+        Route::Evaluation(_) => impressions::from_evaluation(&response, &ctx, gate),
         Route::Exposure => {
             let request = json_of(&ex.request_body, ex.meta.content_encoding.as_ref(), cap)?;
-            impressions::from_exposures(&request, &response, &ctx)
+            impressions::from_exposures(&request, &response, &ctx, gate)
         }
         _ => Vec::new(),
     })

@@ -4,9 +4,11 @@
 //! Never: writes to Flagr (git sync goes through the proxy, like any client).
 
 pub mod client;
+pub mod known;
 pub mod model;
 pub mod routes;
 
 pub use client::FlagrClient;
+pub use known::{Known, KnownFlags};
 pub use model::{Flag, FlagState, ListedFlag, Snapshot};
 pub use routes::{Evaluation, Mutation, Route, RouteTable};

@@ -88,6 +88,10 @@ pub struct Snapshot {
 #[serde(default, rename_all = "camelCase")]
 pub struct ListedFlag {
     pub id: i64,
+    pub key: String,
+    /// Flagr's recording switch: impressions follow it by default.
+    pub data_records_enabled: bool,
+    pub entity_type: String,
     /// Moved by every mutation of the flag (Flagr saves the flag with each snapshot).
     pub updated_at: String,
     /// Set by the caller from the list it came from.

@@ -43,6 +43,7 @@ struct Endpoint {
 /// The impression pipeline's metrics (what becomes of batches is delivery's).
 pub struct ImpressionMetrics {
     derived: prometheus::IntCounter,
+    not_recorded: prometheus::IntCounter,
     batched: prometheus::IntCounter,
     batch_records: prometheus::Histogram,
     compression_ratio: prometheus::Histogram,
@@ -54,6 +55,10 @@ impl ImpressionMetrics {
             derived: r.counter(
                 "flaghook_impressions_derived_total",
                 "Impression records derived from evaluations and exposures.",
+            ),
+            not_recorded: r.counter(
+                "flaghook_impressions_not_recorded_total",
+                "Evaluation results and exposures left out because their flag's recording switch (dataRecordsEnabled) is off.",
             ),
             batched: r.counter(
                 "flaghook_impressions_batched_total",
@@ -123,6 +128,13 @@ impl Batchers {
             endpoints,
             deliveries,
             metrics,
+        }
+    }
+
+    /// Counts results left out by Flagr's recording switch.
+    pub fn not_recorded(&self, n: u64) {
+        if n > 0 {
+            self.metrics.not_recorded.inc_by(n);
         }
     }
 

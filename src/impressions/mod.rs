@@ -9,6 +9,8 @@ pub mod batcher;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::flagr::KnownFlags;
+
 /// One impression, exactly the seed's fields.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +47,60 @@ pub struct Context {
     pub time_ms: i64,
 }
 
+/// Which results become records: those of flags whose recording switch
+/// (`dataRecordsEnabled`) is on, as Flagr's own recorder decides, or all of them.
+pub struct Gate<'a> {
+    all: bool,
+    known: Option<&'a KnownFlags>,
+    skipped: std::cell::Cell<u64>,
+}
+
+impl<'a> Gate<'a> {
+    /// Every result is recorded.
+    pub fn all() -> Self {
+        Self {
+            all: true,
+            known: None,
+            skipped: Default::default(),
+        }
+    }
+
+    /// Flagr's switch as `known` has it; a flag it does not know yet is recorded when Flagr's
+    /// own answer says `dataRecordsEnabled` (1.2.x answers carry it).
+    pub fn recording(all: bool, known: &'a KnownFlags) -> Self {
+        Self {
+            all,
+            known: Some(known),
+            skipped: Default::default(),
+        }
+    }
+
+    /// Results passed over so far because their flag does not record.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.get()
+    }
+
+    /// `None`: not recorded. `Some(t)`: recorded, with the flag's `entityType` override if set.
+    fn pass(&self, id: i64, key: &str, answer_says: Option<bool>) -> Option<Option<String>> {
+        let known = self.known.and_then(|k| {
+            k.with(id, key, |f| {
+                let over = (!f.entity_type.is_empty()).then(|| f.entity_type.clone());
+                (f.data_records_enabled, over)
+            })
+        });
+        let record = self.all
+            || match &known {
+                Some((on, _)) => *on,
+                None => answer_says == Some(true),
+            };
+        if !record {
+            self.skipped.set(self.skipped.get() + 1);
+            return None;
+        }
+        Some(known.and_then(|(_, over)| over))
+    }
+}
+
 /// The treatment recorded when Flagr assigned no variant (Split's convention).
 pub const NO_TREATMENT: &str = "control";
 
@@ -76,11 +132,14 @@ pub fn client_ip(forwarded_for: Option<&str>, peer: std::net::IpAddr) -> String 
 }
 
 /// Records from `POST/GET /evaluation` (one result) or `/evaluation/batch` (`evaluationResults`).
-pub fn from_evaluation(response: &Value, ctx: &Context) -> Vec<Impression> {
+pub fn from_evaluation(response: &Value, ctx: &Context, gate: &Gate<'_>) -> Vec<Impression> {
     match response.get("evaluationResults") {
-        Some(Value::Array(results)) => results.iter().filter_map(|r| from_result(r, ctx)).collect(),
+        Some(Value::Array(results)) => results
+            .iter()
+            .filter_map(|r| from_result(r, ctx, gate))
+            .collect(),
         Some(_) => Vec::new(),
-        None => from_result(response, ctx).into_iter().collect(),
+        None => from_result(response, ctx, gate).into_iter().collect(),
     }
 }
 
@@ -105,13 +164,20 @@ fn user_context(ec: Option<&Value>) -> Value {
     }
 }
 
-fn from_result(r: &Value, ctx: &Context) -> Option<Impression> {
+fn from_result(r: &Value, ctx: &Context, gate: &Gate<'_>) -> Option<Impression> {
     let ec = r.get("evalContext")?;
     let entity = str_of(ec, "entityID").to_string();
     let split = str_of(r, "flagKey").to_string();
     if split.is_empty() && int_of(r, "flagID") == 0 {
         return None;
     }
+    // Flagr's answer already carries the flag's `entityType` override (it applies it before
+    // evaluating, and its recorder records the answer), so only the switch is asked here.
+    gate.pass(
+        int_of(r, "flagID"),
+        &split,
+        r.get("dataRecordsEnabled").and_then(Value::as_bool),
+    )?;
     let segment = int_of(r, "segmentID");
     let msg = r
         .get("evalDebugLog")
@@ -156,7 +222,12 @@ fn from_result(r: &Value, ctx: &Context) -> Option<Impression> {
 
 /// Records from `POST /exposures`: the request's rows that Flagr accepted (rows named in the
 /// response's `errors` are left out).
-pub fn from_exposures(request: &Value, response: &Value, ctx: &Context) -> Vec<Impression> {
+pub fn from_exposures(
+    request: &Value,
+    response: &Value,
+    ctx: &Context,
+    gate: &Gate<'_>,
+) -> Vec<Impression> {
     let Some(rows) = request.get("exposures").and_then(Value::as_array) else {
         return Vec::new();
     };
@@ -194,9 +265,11 @@ pub fn from_exposures(request: &Value, response: &Value, ctx: &Context) -> Vec<I
                 "" => NO_TREATMENT.to_string(),
                 v => v.to_string(),
             };
+            // Flagr records a client's exposure under the flag's `entityType` when it has one.
+            let over = gate.pass(int_of(row, "flagID"), str_of(row, "flagKey"), None)?;
             let properties = serde_json::json!({
                 "flagID": int_of(row, "flagID"),
-                "entityType": str_of(row, "entityType"),
+                "entityType": over.as_deref().unwrap_or(str_of(row, "entityType")),
                 "entityContext": user_context(row.get("entityContext")),
                 "variantID": int_of(row, "variantID"),
             });
@@ -246,7 +319,7 @@ mod tests {
             "segmentID": 4, "timestamp": "2026-08-07T10:00:00Z",
             "variantAttachment": {"color": "green"}, "variantID": 2, "variantKey": "treatment"
         });
-        let v = from_evaluation(&r, &ctx());
+        let v = from_evaluation(&r, &ctx(), &Gate::all());
         assert_eq!(v.len(), 1);
         let i = &v[0];
         assert_eq!(
@@ -296,12 +369,15 @@ mod tests {
     fn no_variant_is_control_with_flagrs_reason() {
         let r = json!({"evalContext": {"entityID": "u"}, "evalDebugLog": {"msg": "flagID 1 is not enabled"},
                        "flagID": 1, "flagKey": "k"});
-        let i = &from_evaluation(&r, &ctx())[0];
+        let i = &from_evaluation(&r, &ctx(), &Gate::all())[0];
         assert_eq!(i.treatment, "control");
         assert_eq!(i.label, "flagID 1 is not enabled");
         assert_eq!(i.split_version_number, 0);
         let r = json!({"evalContext": {"entityID": "u"}, "flagID": 1, "flagKey": "k"});
-        assert_eq!(from_evaluation(&r, &ctx())[0].label, "no rule matched");
+        assert_eq!(
+            from_evaluation(&r, &ctx(), &Gate::all())[0].label,
+            "no rule matched"
+        );
     }
 
     #[test]
@@ -311,14 +387,14 @@ mod tests {
             {"evalContext": {"entityID": "b"}, "flagID": 1, "flagKey": "k"},
             {"no": "context"}
         ]});
-        let v = from_evaluation(&r, &ctx());
+        let v = from_evaluation(&r, &ctx(), &Gate::all());
         assert_eq!(
             v.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        assert!(from_evaluation(&json!({"evaluationResults": 5}), &ctx()).is_empty());
-        assert!(from_evaluation(&json!([1, 2]), &ctx()).is_empty());
-        assert!(from_evaluation(&json!("x"), &ctx()).is_empty());
+        assert!(from_evaluation(&json!({"evaluationResults": 5}), &ctx(), &Gate::all()).is_empty());
+        assert!(from_evaluation(&json!([1, 2]), &ctx(), &Gate::all()).is_empty());
+        assert!(from_evaluation(&json!("x"), &ctx(), &Gate::all()).is_empty());
     }
 
     #[test]
@@ -330,7 +406,7 @@ mod tests {
             {"flagKey": "k"}
         ]});
         let resp = json!({"errors": [{"index": 1, "message": "flag not found"}], "loggedCount": 2});
-        let v = from_exposures(&req, &resp, &ctx());
+        let v = from_exposures(&req, &resp, &ctx(), &Gate::all());
         assert_eq!(
             v.iter()
                 .map(|i| (i.key.as_str(), i.split.as_str()))

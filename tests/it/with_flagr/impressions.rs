@@ -71,7 +71,9 @@ fn imp_webhook(id: &str, r: &Receiver, extra: &str) -> String {
     )
 }
 
-const ENV: &str = "[impressions]\nenvironment_id = \"env-7\"\nenvironment_name = \"staging\"\n";
+/// The mapping tests record every flag; Flagr's recording switch has its own test.
+const ENV: &str =
+    "[impressions]\nenvironment_id = \"env-7\"\nenvironment_name = \"staging\"\nflags = \"all\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluations_become_gzipped_batches_matching_flagrs_answers() {
@@ -450,4 +452,201 @@ async fn large_batch_answers_under_load_stay_within_memory_and_are_all_accounted
         first.len()
     );
     assert!(peak < CHART_MEMORY_LIMIT, "peak RSS {peak} bytes");
+}
+
+/// The splits of every record the receiver got so far.
+fn splits(r: &Receiver) -> Vec<String> {
+    r.hits()
+        .iter()
+        .flat_map(records)
+        .map(|v| {
+            format!(
+                "{}:{}",
+                v["key"].as_str().unwrap(),
+                v["split"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The seeded flags (switch off) and flaghook with the default `impressions.flags`: Flagr's
+/// own switch, polled every 200 ms.
+async fn switch_setup(f: &Flagr) -> (Receiver, Flaghook) {
+    seed(&f.api()).await;
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "[changelog]\npoll_interval = \"200ms\"\n{FAST_DELIVERY}{}",
+        imp_webhook(
+            "imp",
+            &r,
+            "flush_interval = \"100ms\"\ncompression = \"off\""
+        )
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    (r, fh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impressions_follow_flagrs_recording_switch_and_entity_type() {
+    let f = flagr(&[]).await;
+    let (r, fh) = switch_setup(&f).await;
+    let api = fh.api();
+    // Through the proxy: recording on for always-on, with an entityType override.
+    let (s, _) = call(
+        "PUT",
+        &format!("{api}/flags/1"),
+        Some(json!({"dataRecordsEnabled": true, "entityType": "account"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    fh.wait_settled(&f).await;
+    // Flagr's answers carry the override once its evaluation cache has the change.
+    let direct = format!("{}/evaluation", f.api());
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            call(
+                "POST",
+                &direct,
+                Some(json!({"entityID": "probe", "flagKey": "always-on"})),
+            )
+            .await
+            .1["evalContext"]["entityType"]
+                == "account"
+        })
+        .await
+    );
+    let batch = |entity: &'static str| {
+        let url = format!("{api}/evaluation/batch");
+        async move {
+            let (s, _) = call(
+                "POST",
+                &url,
+                Some(json!({
+                "entities": [{"entityID": entity, "entityContext": {"state": "CA"}}],
+                "flagKeys": ["always-on", "ca-only"]})),
+            )
+            .await;
+            assert_eq!(s, 200);
+        }
+    };
+    batch("e1").await;
+    let (s, exp) = call(
+        "POST",
+        &format!("{api}/exposures"),
+        Some(json!({"exposures": [
+        {"flagKey": "always-on", "variantKey": "on", "entityID": "x1", "entityType": "user"},
+        {"flagKey": "ca-only", "entityID": "x2"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{exp}");
+    fh.wait_metric("flaghook_impressions_delivered_total", 2.0)
+        .await;
+    let mut got = splits(&r);
+    got.sort();
+    assert_eq!(got, ["e1:always-on", "x1:always-on"]);
+    // Left out, and counted: ca-only's evaluation and exposure.
+    assert_eq!(
+        fh.metric("flaghook_impressions_not_recorded_total").await,
+        2.0
+    );
+    // Flagr records a client's exposure under the flag's entityType, and so do impressions;
+    // an evaluation is recorded as Flagr answered it (the override applied by Flagr).
+    let recs: Vec<Value> = r.hits().iter().flat_map(records).collect();
+    let props = |key: &str| -> Value {
+        let rec = recs.iter().find(|v| v["key"] == key).unwrap();
+        serde_json::from_str(rec["properties"].as_str().unwrap()).unwrap()
+    };
+    assert_eq!(props("x1")["entityType"], "account");
+    assert_eq!(props("e1")["entityType"], "account");
+
+    // Directly at Flagr, not through the proxy: the follower's poll sees it.
+    let switched = std::time::Instant::now();
+    let (s, _) = call(
+        "PUT",
+        &format!("{}/flags/2", f.api()),
+        Some(json!({"dataRecordsEnabled": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let mut n = 0;
+    let arrived = wait_until(Duration::from_secs(15), || {
+        n += 1;
+        let entity = format!("p{n}");
+        let url = format!("{api}/evaluation");
+        let r = &r;
+        async move {
+            call("POST", &url, Some(json!({"entityID": entity, "entityContext": {"state": "CA"}, "flagKey": "ca-only"}))).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            splits(r).iter().any(|s| s.ends_with(":ca-only"))
+        }
+    })
+    .await;
+    assert!(
+        arrived,
+        "no ca-only impression after the switch was turned on"
+    );
+    println!(
+        "recording switch turned on at Flagr: first impression after {:?}",
+        switched.elapsed()
+    );
+
+    // Off again through the proxy: once the follower has walked it, nothing more is recorded.
+    let (s, _) = call(
+        "PUT",
+        &format!("{api}/flags/2"),
+        Some(json!({"dataRecordsEnabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    fh.wait_settled(&f).await;
+    let before = fh.metric("flaghook_impressions_not_recorded_total").await;
+    batch("e2").await;
+    fh.wait_metric("flaghook_impressions_not_recorded_total", before + 1.0)
+        .await;
+    // Both results came in one answer: once always-on's record is here, ca-only's was left out.
+    let e2 = wait_until(Duration::from_secs(15), || async {
+        splits(&r).iter().any(|s| s == "e2:always-on")
+    })
+    .await;
+    assert!(e2, "always-on still records: {:?}", splits(&r));
+    assert!(!splits(&r).contains(&"e2:ca-only".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_flagr_1_1_20_follows_the_switch_from_flag_listings() {
+    let f = flagr_legacy(&[]).await;
+    // 1.1.20's answers do not carry dataRecordsEnabled: only the listings can tell.
+    let (r, fh) = switch_setup(&f).await;
+    fh.wait_metric("flaghook_upstream_legacy", 1.0).await;
+    let (s, _) = call(
+        "PUT",
+        &format!("{}/flags/2", fh.api()),
+        Some(json!({"dataRecordsEnabled": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let url = format!("{}/evaluation/batch", fh.api());
+    let mut n = 0;
+    let arrived = wait_until(Duration::from_secs(15), || {
+        n += 1;
+        let entity = format!("l{n}");
+        let (url, r) = (&url, &r);
+        async move {
+            call(
+                "POST",
+                url,
+                Some(json!({
+                "entities": [{"entityID": entity, "entityContext": {"state": "CA"}}],
+                "flagKeys": ["always-on", "ca-only"]})),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            splits(r).iter().any(|s| s.ends_with(":ca-only"))
+        }
+    })
+    .await;
+    assert!(arrived, "no ca-only impression: {:?}", splits(&r));
+    // always-on never records; every batch left it out and counted it.
+    assert!(!splits(&r).iter().any(|s| s.ends_with(":always-on")));
+    assert!(fh.metric("flaghook_impressions_not_recorded_total").await >= n as f64);
 }

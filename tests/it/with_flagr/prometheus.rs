@@ -69,7 +69,7 @@ async fn setup() -> (Flagr, Flaghook, Receiver) {
     let rejecting = Receiver::start(vec![Reply::Status(404); 100]).await;
     let sink = Receiver::start(vec![]).await;
     let cfg = format!(
-        "{FAST_DELIVERY}{}{}[[impression_webhooks]]\nid = \"imp\"\nurl = \"{}\"\nflush_interval = \"200ms\"\n",
+        "[impressions]\nflags = \"all\"\n{FAST_DELIVERY}{}{}[[impression_webhooks]]\nid = \"imp\"\nurl = \"{}\"\nflush_interval = \"200ms\"\n",
         webhook("ok", &ok, ""),
         webhook("rejecting", &rejecting, "final_statuses = [404]"),
         sink.url
