@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod redact;
 pub mod ssrf;
 pub mod store;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

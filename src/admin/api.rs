@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use super::AdminState;
+use super::{log, views, AdminState};
 use crate::config::{CloudEventsConfig, ConfigError, PayloadFormat, Secret, WebhookConfig};
 use crate::delivery::{Control, DeliveryError, Endpoint, Job, Origin};
 
@@ -38,6 +38,9 @@ pub struct WebhookInput {
     pub secret: Option<String>,
     #[serde(default)]
     pub previous_secret: Option<String>,
+    /// Set by a rotation: when the previous secret stops signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<String>,
     #[serde(default)]
     pub format: PayloadFormat,
     #[serde(default)]
@@ -78,6 +81,7 @@ impl WebhookInput {
             events: self.events.clone(),
             secret: secret(&self.secret),
             previous_secret: secret(&self.previous_secret),
+            previous_secret_until: self.previous_secret_until.clone(),
             format: self.format,
             detailed_diff: self.detailed_diff,
             cloudevents: self.cloudevents.clone(),
@@ -96,11 +100,37 @@ impl WebhookInput {
 }
 
 /// An API error: status, a stable code, a message for people.
-struct ApiError(StatusCode, &'static str, String);
+pub(super) struct ApiError(pub StatusCode, pub &'static str, pub String);
+
+/// The input fields a validation message can name (`url: …`): the page shows the message next
+/// to that field.
+const INPUT_FIELDS: [&str; 13] = [
+    "id",
+    "url",
+    "events",
+    "secret",
+    "previous_secret",
+    "format",
+    "template",
+    "content_type",
+    "description",
+    "flag_keys",
+    "tags",
+    "headers",
+    "final_statuses",
+];
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1, "message": self.2}))).into_response()
+        let field = (self.1 == "invalid")
+            .then(|| self.2.split_once(": ").map(|(f, _)| f))
+            .flatten()
+            .filter(|f| INPUT_FIELDS.contains(f));
+        let body = match field {
+            Some(f) => json!({"error": self.1, "message": self.2, "field": f}),
+            None => json!({"error": self.1, "message": self.2}),
+        };
+        (self.0, Json(body)).into_response()
     }
 }
 
@@ -142,14 +172,22 @@ impl From<ConfigError> for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 pub fn router(state: AdminState) -> Router<AdminState> {
     Router::new()
         .route("/webhooks", get(list).post(create))
         .route("/webhooks/{id}", get(one).put(update).delete(remove))
-        .route("/webhooks/{id}/deliveries", get(deliveries))
-        .route("/webhooks/{id}/deliveries/{delivery}/replay", post(replay))
+        .route("/webhooks/{id}/deliveries", get(log::deliveries))
+        .route("/webhooks/{id}/deliveries/{delivery}", get(log::delivery))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery}/replay",
+            post(log::replay),
+        )
+        .route("/webhooks/{id}/rotate-secret", post(rotate_secret))
+        .route("/event-types", get(views::event_types))
+        .route("/changelog", get(views::changelog))
+        .route("/impressions", get(views::impressions))
         .route("/webhooks/{id}/test", post(test_event))
         .route("/webhooks/{id}/preview", post(preview))
         .route("/webhooks/{id}/pause", post(pause))
@@ -194,14 +232,18 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-/// The URL without user info (it may hold credentials).
+/// One webhook as the API shows it: its settings (URL credentials masked, header names only),
+/// its state, and the last hour's successes, failures and latencies.
 fn describe(ep: &Endpoint) -> Value {
     let w = &ep.webhook;
-    let st = ep.status.lock().map(|s| s.clone()).unwrap_or_default();
-    json!({
+    let mut v = json!({
         "id": w.id,
         "url": crate::redact::url(&w.url),
         "description": w.description,
+        "kind": match ep.kind {
+            crate::delivery::Kind::Events => "events",
+            crate::delivery::Kind::Impressions { .. } => "impressions",
+        },
         "events": w.events,
         "format": w.format,
         "detailed_diff": w.detailed_diff,
@@ -211,19 +253,58 @@ fn describe(ep: &Endpoint) -> Value {
         "headers": w.headers.keys().collect::<Vec<_>>(),
         "signed": !w.secret.is_empty(),
         "rotating": !w.previous_secret.is_empty(),
+        "previous_secret_until": w.previous_secret_until,
+        "has_template": ep.template.is_some(),
         "origin": ep.origin,
+    });
+    // Read under the lock without copying the log.
+    let Ok(st) = ep.status.lock() else {
+        return v;
+    };
+    let state = json!({
         "state": if st.state.is_empty() { "active" } else { st.state },
         "paused_until": st.paused_until,
         "paused_by_operator": st.paused_by_operator,
         "queue_depth": st.queue_depth,
         "queue_bytes": st.queue_bytes,
+        "next_attempt_at": st.next_attempt_at,
         "last_success": st.last_success,
         "last_failure": st.last_failure,
         "last_error": st.last_error,
+        "stats": hour_stats(&st.stats),
+    });
+    if let (Value::Object(a), Value::Object(b)) = (&mut v, state) {
+        a.extend(b);
+    }
+    v
+}
+
+/// The last hour per minute, and summed.
+fn hour_stats(m: &crate::window::Minutes<crate::window::Latencies>) -> Value {
+    use crate::window::{minute_rfc3339, now_minute, Latencies, MINUTES};
+    let mut total = Latencies::default();
+    let minutes: Vec<Value> = m
+        .window(now_minute())
+        .into_iter()
+        .map(|(t, l)| {
+            total.add(&l);
+            json!({"t": minute_rfc3339(t), "ok": l.ok, "failed": l.failed,
+                   "p50_ms": l.quantile(0.5), "p99_ms": l.quantile(0.99)})
+        })
+        .collect();
+    let sent = total.ok + total.failed;
+    json!({
+        "window_minutes": MINUTES,
+        "ok": total.ok,
+        "failed": total.failed,
+        "success_rate": (sent > 0).then(|| total.ok as f64 / sent as f64),
+        "p50_ms": total.quantile(0.5),
+        "p99_ms": total.quantile(0.99),
+        "minutes": minutes,
     })
 }
 
-fn endpoint(s: &AdminState, id: &str) -> Result<Arc<Endpoint>, ApiError> {
+pub(super) fn endpoint(s: &AdminState, id: &str) -> Result<Arc<Endpoint>, ApiError> {
     s.deliveries
         .get(id)
         .ok_or_else(|| DeliveryError::NotFound(id.into()).into())
@@ -237,75 +318,6 @@ async fn list(State(s): State<AdminState>) -> ApiResult {
 async fn one(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let ep = endpoint(&s, &id)?;
     Ok(Json(describe(&ep)).into_response())
-}
-
-async fn deliveries(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
-    let ep = endpoint(&s, &id)?;
-    let log: Vec<Value> = ep
-        .status
-        .lock()
-        .map(|st| {
-            st.log
-                .iter()
-                .rev()
-                .map(|e| serde_json::to_value(e).unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Json(json!({"webhook": id, "deliveries": log})).into_response())
-}
-
-async fn replay(
-    State(s): State<AdminState>,
-    Path((id, delivery)): Path<(String, String)>,
-) -> ApiResult {
-    let ep = endpoint(&s, &id)?;
-    let entry = ep
-        .status
-        .lock()
-        .ok()
-        .and_then(|st| {
-            st.log
-                .iter()
-                .rev()
-                .find(|e| e.delivery_id == delivery)
-                .cloned()
-        })
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no delivery `{delivery}` in the log of `{id}`"),
-            )
-        })?;
-    if !entry.body_kept {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "body_not_kept",
-            format!(
-                "the body of `{delivery}` is no longer kept (delivery.log_body_bytes); it cannot be replayed"
-            ),
-        ));
-    }
-    s.deliveries.send_to(
-        &id,
-        Job {
-            seq: 0,
-            size: 0,
-            on_disk: false,
-            id: entry.delivery_id.clone(),
-            order_key: entry.order_key,
-            body: entry.body.clone(),
-            label: entry.event,
-            encoding: entry.encoding,
-            records: entry.records,
-        },
-    )?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"queued": entry.delivery_id})),
-    )
-        .into_response())
 }
 
 /// Renders a template webhook's body for the last event sent to it (or a sample), unsent.
@@ -372,7 +384,7 @@ async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiR
     });
     let body = bytes::Bytes::from(body.to_string());
     s.deliveries
-        .send_to(&id, Job::change(msg_id.clone(), 0, body, "ping"))?;
+        .send_to(&id, Job::change(msg_id.clone(), 0, None, body, "ping"))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": msg_id}))).into_response())
 }
 
@@ -458,6 +470,80 @@ async fn update(
     s.deliveries.update(cfg)?;
     let ep = endpoint(&s, &id)?;
     Ok(Json(describe(&ep)).into_response())
+}
+
+/// A rotation: the new secret (or one generated) signs from now on; the current one keeps
+/// signing alongside it for `keep_previous_for` (0s: not at all).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateInput {
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    keep_previous_for: Option<std::time::Duration>,
+}
+
+/// A Standard Webhooks secret: `whsec_` and 24 random bytes in base64.
+fn generate_secret() -> String {
+    use base64::Engine;
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    // Version and variant bits are fixed in a v4 UUID: drop those bytes.
+    let random: Vec<u8> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !matches!(i % 16, 6 | 8))
+        .map(|(_, b)| *b)
+        .take(24)
+        .collect();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(random)
+    )
+}
+
+async fn rotate_secret(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    body: Result<Json<RotateInput>, JsonRejection>,
+) -> ApiResult {
+    let Json(r) = body?;
+    let ep = endpoint(&s, &id)?;
+    if ep.origin == Origin::Config {
+        return Err(DeliveryError::ReadOnly(id).into());
+    }
+    let store = &s.store;
+    let mut input = store
+        .all::<WebhookInput>()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
+        .into_iter()
+        .find(|w| w.id == id)
+        .ok_or_else(|| DeliveryError::NotFound(id.clone()))?;
+    let new = match r.secret {
+        Some(v) if !v.trim().is_empty() => v,
+        _ => generate_secret(),
+    };
+    let keep = r.keep_previous_for.unwrap_or(std::time::Duration::ZERO);
+    let old = input.secret.take().filter(|v| !v.is_empty());
+    let until = (old.is_some() && !keep.is_zero()).then(|| {
+        (chrono::Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    });
+    input.previous_secret = until.as_ref().and(old);
+    input.previous_secret_until = until.clone();
+    input.secret = Some(new.clone());
+    let cfg = validated(&s, &input)?;
+    store
+        .put(&input.id, &input)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    s.deliveries.update(cfg)?;
+    Ok(Json(json!({
+        "webhook": id,
+        "secret": new,
+        "previous_secret_until": until,
+    }))
+    .into_response())
 }
 
 async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {

@@ -5,6 +5,8 @@
 //! Never: shares a port with the proxy, or shows a secret.
 
 pub mod api;
+mod log;
+mod views;
 
 use std::sync::Arc;
 

@@ -4,6 +4,8 @@
 //! In: counts from the follower (and the legacy derivation, which also derives events).
 //! Out: series in the one registry. Never: labels anything with a flag key or an id.
 
+use crate::events::payload::ChangeSet;
+use crate::events::recent::RecentEvents;
 use crate::events::EVENT_NAMES;
 use crate::metrics::{labels, Registry};
 
@@ -37,6 +39,8 @@ pub struct ChangelogMetrics {
     pub cursor: prometheus::IntGauge,
     pub max_id: prometheus::IntGauge,
     pub upstream_legacy: prometheus::IntGauge,
+    /// The last events, for the admin page.
+    pub recent: RecentEvents,
 }
 
 impl ChangelogMetrics {
@@ -74,6 +78,7 @@ impl ChangelogMetrics {
                 "flaghook_upstream_legacy",
                 "1 when Flagr has no snapshot history (1.1.x) and flags are pre-fetched.",
             ),
+            recent: RecentEvents::default(),
         };
         for o in SnapshotOutcome::ALL {
             m.snapshots.with_label_values(&[o.as_str()]);
@@ -104,10 +109,11 @@ impl ChangelogMetrics {
         tracing::warn!(stage = stage.as_str(), error = %e, "changelog: {what}");
     }
 
-    /// Events derived, by name.
-    pub fn derived(&self, events: &[&str]) {
-        for e in events {
-            self.events.with_label_values(&[e]).inc();
+    /// A change set's events: counted by name and kept among the recent ones.
+    pub fn derived(&self, set: &ChangeSet) {
+        for e in &set.events {
+            self.events.with_label_values(&[e.event]).inc();
         }
+        self.recent.record(set);
     }
 }

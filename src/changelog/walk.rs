@@ -143,8 +143,7 @@ impl Follower {
             } else {
                 self.metrics.snapshot(SnapshotOutcome::Events);
                 let set = self.change_set(flag, snap, prev.as_ref(), after, drafts, hint.as_ref());
-                let names: Vec<&str> = set.events.iter().map(|e| e.event).collect();
-                self.metrics.derived(&names);
+                self.metrics.derived(&set);
                 sets.push(set);
             }
             prev = Some(after.clone());

@@ -86,6 +86,9 @@ pub struct WebhookConfig {
     /// The previous secret while receivers rotate; requests carry signatures for both.
     #[serde(default)]
     pub previous_secret: Secret,
+    /// RFC 3339: after this, only `secret` signs (a rotation's grace period). None: no end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<String>,
     #[serde(default)]
     pub format: PayloadFormat,
     /// With `format = "flagr"`: include `pre_value`, `post_value` and `diff`.
@@ -139,6 +142,15 @@ fn all_events() -> Vec<String> {
 }
 
 impl WebhookConfig {
+    /// True while the previous secret still signs.
+    pub fn previous_secret_valid(&self, now: std::time::SystemTime) -> bool {
+        match self.previous_secret_until.as_deref() {
+            None => true,
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .is_ok_and(|until| chrono::DateTime::<chrono::Utc>::from(now) < until),
+        }
+    }
+
     /// The request's `Content-Type`.
     pub fn content_type(&self) -> &str {
         match self.format {
@@ -244,6 +256,14 @@ impl WebhookConfig {
                 key("previous_secret"),
                 "set without `secret`",
             ));
+        }
+        if let Some(t) = &self.previous_secret_until {
+            if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+                return Err(ConfigError::invalid(
+                    key("previous_secret_until"),
+                    format!("`{t}` is not an RFC 3339 time"),
+                ));
+            }
         }
         for g in &self.flag_keys {
             if g.is_empty() {
@@ -421,6 +441,7 @@ impl ImpressionWebhookConfig {
             events: all_events(),
             secret: self.secret.clone(),
             previous_secret: Secret::default(),
+            previous_secret_until: None,
             format: PayloadFormat::Flaghook,
             detailed_diff: false,
             cloudevents: CloudEventsConfig::default(),

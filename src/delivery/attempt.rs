@@ -41,9 +41,9 @@ pub(super) async fn send(
     } else {
         job
     };
+    let (req, request_headers) = prepare(ctx, job, attempt);
     let started = Instant::now();
-    let (verdict, status, error, response) =
-        classify(ctx, call(prepare(ctx, job, attempt)).await).await;
+    let (verdict, status, error, response, response_headers) = classify(ctx, call(req).await).await;
     let elapsed = started.elapsed();
     let outcome = match verdict {
         Verdict::Success => Outcome::Success,
@@ -63,46 +63,63 @@ pub(super) async fn send(
             response,
             body: job.body.clone(),
             body_kept: true,
+            request_headers,
+            response_headers,
             ..LogEntry::of(job, at, attempt, probe)
         },
     }
 }
 
-/// The signed request for one attempt.
-fn prepare(ctx: &EndpointCtx, job: &Job, attempt: usize) -> reqwest::RequestBuilder {
+/// Shown in place of a configured header's value: it may be a credential.
+const MASKED: &str = "••••••";
+
+/// The signed request for one attempt, and its headers as the log shows them.
+fn prepare(
+    ctx: &EndpointCtx,
+    job: &Job,
+    attempt: usize,
+) -> (reqwest::RequestBuilder, Vec<(String, String)>) {
     let w = &ctx.webhook;
     let ts = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    let mut headers: Vec<(String, String)> = vec![
+        ("content-type".into(), w.content_type().to_string()),
+        ("webhook-id".into(), job.id.clone()),
+        ("webhook-timestamp".into(), ts.to_string()),
+        ("x-flaghook-event".into(), job.label.to_string()),
+        ("x-flaghook-attempt".into(), attempt.to_string()),
+    ];
+    if let Some(enc) = job.encoding {
+        headers.push(("content-encoding".into(), enc.to_string()));
+    }
+    if let Some(secret) = w.secret.expose() {
+        headers.push((
+            "x-flagr-signature".into(),
+            sign::flagr_signature(secret, &job.body),
+        ));
+        let mut secrets = vec![secret];
+        if w.previous_secret_valid(SystemTime::now()) {
+            secrets.extend(w.previous_secret.expose());
+        }
+        headers.push((
+            "webhook-signature".into(),
+            sign::standard_signature(&secrets, &job.id, ts, &job.body),
+        ));
+    }
     let mut req = ctx
         .client
         .post(ctx.url.clone())
-        .timeout(w.timeout.unwrap_or(ctx.policy.timeout))
-        .header(http::header::CONTENT_TYPE, w.content_type())
-        .header("webhook-id", &job.id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("x-flaghook-event", job.label)
-        .header("x-flaghook-attempt", attempt.to_string());
-    if let Some(enc) = job.encoding {
-        req = req.header(http::header::CONTENT_ENCODING, enc);
+        .timeout(w.timeout.unwrap_or(ctx.policy.timeout));
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
     }
     for (k, v) in &w.headers {
         req = req.header(k.as_str(), v.as_str());
+        headers.push((k.to_ascii_lowercase(), MASKED.to_string()));
     }
-    if let Some(secret) = w.secret.expose() {
-        req = req.header(
-            "x-flagr-signature",
-            sign::flagr_signature(secret, &job.body),
-        );
-        let mut secrets = vec![secret];
-        secrets.extend(w.previous_secret.expose());
-        req = req.header(
-            "webhook-signature",
-            sign::standard_signature(&secrets, &job.id, ts, &job.body),
-        );
-    }
-    req.body(job.body.clone())
+    (req.body(job.body.clone()), headers)
 }
 
 /// Sends the request (the client's timeout bounds it).
@@ -115,10 +132,17 @@ async fn call(req: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest
 async fn classify(
     ctx: &EndpointCtx,
     result: Result<reqwest::Response, reqwest::Error>,
-) -> (Verdict, Option<u16>, Option<String>, String) {
+) -> (
+    Verdict,
+    Option<u16>,
+    Option<String>,
+    String,
+    Vec<(String, String)>,
+) {
     match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
+            let headers = response_headers(resp.headers());
             let retry_after = resp
                 .headers()
                 .get(http::header::RETRY_AFTER)
@@ -127,7 +151,7 @@ async fn classify(
             let excerpt = read_excerpt(resp, ctx.policy.response_excerpt_bytes).await;
             let verdict = ctx.rules.judge(status, retry_after);
             let error = (verdict != Verdict::Success).then(|| format!("HTTP {status}"));
-            (verdict, Some(status), error, excerpt)
+            (verdict, Some(status), error, excerpt, headers)
         }
         Err(e) => {
             let kind = if e.is_timeout() {
@@ -143,6 +167,7 @@ async fn classify(
                 // Without the URL: its query may carry a token.
                 Some(format!("{kind}: {}", error_chain(&e.without_url()))),
                 String::new(),
+                Vec::new(),
             )
         }
     }
@@ -155,6 +180,7 @@ impl LogEntry {
             at,
             delivery_id: job.id.clone(),
             event: job.label,
+            flag_key: job.flag_key.clone(),
             attempt,
             probe,
             status: None,
@@ -166,8 +192,25 @@ impl LogEntry {
             body: Bytes::new(),
             order_key: job.order_key,
             encoding: job.encoding,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
         }
     }
+}
+
+/// Headers kept of a receiver's answer: a receiver must not make the log grow.
+const MAX_RESPONSE_HEADERS: usize = 32;
+const MAX_HEADER_VALUE: usize = 256;
+
+fn response_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .take(MAX_RESPONSE_HEADERS)
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            let v: String = v.chars().take(MAX_HEADER_VALUE).collect();
+            (k.as_str().to_string(), v)
+        })
+        .collect()
 }
 
 /// The body of a queued request could not be read back. A read error (a failing disk) is tried

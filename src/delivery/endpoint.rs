@@ -26,6 +26,7 @@ use super::metrics::DropReason;
 use super::outbox::PauseState;
 use super::queue::{Bounds, Queue};
 use super::retry::Verdict;
+use crate::window::{Latencies, Minutes};
 
 /// Operator commands for a worker.
 pub enum Control {
@@ -50,6 +51,21 @@ pub struct Status {
     pub last_success: Option<String>,
     pub last_failure: Option<String>,
     pub last_error: Option<String>,
+    /// When what waits goes next: the end of a retry delay or of a pause.
+    pub next_attempt_at: Option<String>,
+    /// Successes, failures and latencies per minute over the last hour.
+    #[serde(skip)]
+    pub stats: Minutes<Latencies>,
+    /// Impression endpoints: batches waiting for the endpoint to recover.
+    pub parked_batches: usize,
+    pub parked_bytes: usize,
+    /// Impression endpoints: records handed to this endpoint, and delivered.
+    pub records_batched: u64,
+    pub records_delivered: u64,
+    pub batches_sent: u64,
+    /// Impression records handed to this endpoint per minute.
+    #[serde(skip)]
+    pub records: Minutes<u64>,
     #[serde(skip)]
     pub log: VecDeque<LogEntry>,
     /// Body bytes the log holds (bounded by `delivery.log_body_bytes`).
@@ -90,6 +106,17 @@ struct Worker {
 impl Worker {
     fn id(&self) -> &str {
         &self.ctx.webhook.id
+    }
+
+    /// Impression records handed to this endpoint, for the admin page.
+    fn count_records(&self, job: &Job) {
+        if job.records == 0 {
+            return;
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.records_batched += job.records as u64;
+            *s.records.now() += job.records as u64;
+        }
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -208,6 +235,10 @@ impl Worker {
         match a.verdict {
             Verdict::Success => {
                 if done.job.records > 0 {
+                    if let Ok(mut s) = self.status.lock() {
+                        s.records_delivered += done.job.records as u64;
+                        s.batches_sent += 1;
+                    }
                     self.ctx
                         .metrics
                         .impressions_delivered(done.job.records as u64);
@@ -349,6 +380,7 @@ impl Worker {
     fn log(&mut self, e: LogEntry) {
         let max = self.ctx.policy.log_size;
         if let Ok(mut s) = self.status.lock() {
+            s.stats.now().record(e.error.is_none(), e.latency_ms);
             if e.error.is_none() {
                 s.last_success = Some(e.at.clone());
             } else {
@@ -390,6 +422,11 @@ impl Worker {
             State::Probing { .. } => ("probing", None, false),
         };
         let state = if self.disabled { "disabled" } else { state };
+        let next = match state {
+            "paused" => until.clone(),
+            "disabled" => None,
+            _ => self.queue.next_due_at().map(instant_rfc3339),
+        };
         self.ctx.metrics.endpoint_state(
             id,
             self.queue.len(),
@@ -401,6 +438,9 @@ impl Worker {
             s.state = state;
             s.paused_until = until;
             s.paused_by_operator = manual;
+            s.next_attempt_at = next;
+            s.parked_batches = self.parked.len();
+            s.parked_bytes = self.parked_bytes;
             s.queue_depth = self.queue.len();
             s.queue_bytes = self.queue.bytes();
         }
@@ -454,7 +494,10 @@ pub async fn run(
         }
         tokio::select! {
             job = rx.recv(), if deadline.is_none() => match job {
-                Some(job) => w.enqueue(job),
+                Some(job) => {
+                    w.count_records(&job);
+                    w.enqueue(job);
+                }
                 None => deadline = Some(shutdown.deadline(w.ctx.policy.shutdown_deadline)),
             },
             Some(c) = ctl.recv() => match c {

@@ -4,6 +4,8 @@
 //! In: nothing but their fields. Out: the types the queue, the outbox, the attempt and the
 //! worker share. Never: does anything: data only.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -31,11 +33,19 @@ pub struct Job {
     pub encoding: Option<&'static str>,
     /// Impression records in the body (0 for change events).
     pub records: usize,
+    /// The flag a change event is about, for the log's filters.
+    pub flag_key: Option<Arc<str>>,
 }
 
 impl Job {
     /// A change event or notification, not yet queued: `order_key` is its flag.
-    pub fn change(id: String, flag: i64, body: Bytes, label: &'static str) -> Self {
+    pub fn change(
+        id: String,
+        flag: i64,
+        flag_key: Option<Arc<str>>,
+        body: Bytes,
+        label: &'static str,
+    ) -> Self {
         Self {
             seq: 0,
             size: 0,
@@ -46,6 +56,7 @@ impl Job {
             label,
             encoding: None,
             records: 0,
+            flag_key,
         }
     }
 }
@@ -58,6 +69,7 @@ pub struct LogEntry {
     /// The `webhook-id` of the request.
     pub delivery_id: String,
     pub event: &'static str,
+    pub flag_key: Option<Arc<str>>,
     pub attempt: usize,
     pub probe: bool,
     pub status: Option<u16>,
@@ -75,6 +87,12 @@ pub struct LogEntry {
     pub order_key: i64,
     #[serde(skip)]
     pub encoding: Option<&'static str>,
+    /// The request's headers as sent, custom header values masked (they may be credentials).
+    #[serde(skip)]
+    pub request_headers: Vec<(String, String)>,
+    /// The receiver's answer headers (bounded in number and length).
+    #[serde(skip)]
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// The result of one attempt, as the worker needs it.

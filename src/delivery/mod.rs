@@ -384,6 +384,7 @@ impl Deliveries {
         pick: impl Fn(&Endpoint) -> bool,
         batch: &mut Vec<(Arc<Endpoint>, Job)>,
     ) {
+        let flag_key: Arc<str> = set.flag_key.as_str().into();
         // Seed bodies are the same for every endpoint: build each at most once.
         let mut seed: Vec<Option<bytes::Bytes>> = vec![None; set.events.len()];
         for ep in self.list().iter() {
@@ -399,7 +400,13 @@ impl Deliveries {
                     .any(|ev| w.wants(ev.event, &set.flag_key, &set.tags))
                 {
                     let body = flagr_body(set, w.detailed_diff);
-                    let job = Job::change(set.id.clone(), set.flag_id, body, set.notice.operation);
+                    let job = Job::change(
+                        set.id.clone(),
+                        set.flag_id,
+                        Some(flag_key.clone()),
+                        body,
+                        set.notice.operation,
+                    );
                     batch.push((ep.clone(), job));
                 }
                 continue;
@@ -423,7 +430,13 @@ impl Deliveries {
                     }
                     (None, _) => seed[i].get_or_insert_with(|| seed_body(set, ev)).clone(),
                 };
-                let job = Job::change(ev.id.clone(), set.flag_id, body, ev.event);
+                let job = Job::change(
+                    ev.id.clone(),
+                    set.flag_id,
+                    Some(flag_key.clone()),
+                    body,
+                    ev.event,
+                );
                 batch.push((ep.clone(), job));
             }
         }

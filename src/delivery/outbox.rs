@@ -44,6 +44,8 @@ struct Header {
     attempts: usize,
     next_at_ms: Option<u64>,
     parked: bool,
+    #[serde(default)]
+    flag_key: Option<String>,
 }
 
 /// The pause state kept for an endpoint.
@@ -214,6 +216,7 @@ fn header(job: &Job, attempts: usize, next_at: Option<SystemTime>, parked: bool)
         attempts,
         next_at_ms: next_at.map(ms),
         parked,
+        flag_key: job.flag_key.as_deref().map(str::to_string),
     };
     // A struct of strings and numbers always serialises.
     serde_json::to_vec(&h).unwrap_or_default()
@@ -237,6 +240,7 @@ fn decode(seq: u64, head: &[u8], size: usize) -> Option<Stored> {
                 _ => "identity",
             }),
             records: h.records,
+            flag_key: h.flag_key.map(Into::into),
         },
         attempts: h.attempts,
         next_at: h.next_at_ms.map(|m| UNIX_EPOCH + Duration::from_millis(m)),
@@ -280,6 +284,7 @@ mod tests {
             label: "flag.updated",
             encoding: Some("gzip"),
             records: 3,
+            flag_key: Some("checkout".into()),
         };
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let row = encode(&job, 2, Some(at), true);
@@ -290,6 +295,7 @@ mod tests {
         assert_eq!(s.job.size, job.body.len());
         assert!(s.job.body.is_empty(), "bodies stay on disk");
         assert_eq!(s.job.label, "flag.updated");
+        assert_eq!(s.job.flag_key.as_deref(), Some("checkout"));
         assert_eq!(s.job.encoding, Some("gzip"));
         assert_eq!((s.attempts, s.parked, s.job.records), (2, true, 3));
         assert_eq!(s.next_at, Some(at));

@@ -245,6 +245,11 @@ impl Queue {
         }
     }
 
+    /// When the first retry delay ends; `None` while none waits.
+    pub fn next_due_at(&self) -> Option<tokio::time::Instant> {
+        self.delays.peek().map(|k| self.delays.deadline(&k))
+    }
+
     /// Resolves when a flag's retry delay is over, and lets it go; pends while none waits.
     pub async fn next_due(&mut self) -> i64 {
         loop {
@@ -290,6 +295,7 @@ mod tests {
             label: "flag.updated",
             encoding: None,
             records: 0,
+            flag_key: None,
         }
     }
 

@@ -325,8 +325,7 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
     while let Some(w) = rx.recv().await {
         match derive_one(&d, &w).await {
             Ok(Some(set)) => {
-                let names: Vec<&str> = set.events.iter().map(|e| e.event).collect();
-                d.metrics.changelog.derived(&names);
+                d.metrics.changelog.derived(&set);
                 d.deliveries.publish(&set);
             }
             Ok(None) => {}

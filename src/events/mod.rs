@@ -7,6 +7,7 @@
 
 pub mod names;
 pub mod payload;
+pub mod recent;
 pub mod summary;
 pub mod template;
 

@@ -9,6 +9,18 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+/// One commit as the admin API shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CommitInfo {
+    pub id: String,
+    pub short: String,
+    /// The subject line.
+    pub message: String,
+    pub author: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("git {args}: {message}")]
 pub struct GitError {
@@ -88,6 +100,36 @@ impl Repo {
             .git(&["rev-parse", "--verify", &format!("{name}^{{commit}}")])
             .await?;
         Ok(String::from_utf8_lossy(&out).trim().to_string())
+    }
+
+    /// A commit's id, subject, author and time, as the admin page shows them.
+    pub async fn commit_info(&self, commit: &str) -> Result<CommitInfo, GitError> {
+        let out = self
+            .git(&[
+                "log",
+                "-1",
+                "--format=%H%x00%h%x00%s%x00%an%x00%aI",
+                commit,
+                "--",
+            ])
+            .await?;
+        let text = String::from_utf8_lossy(&out);
+        let mut f = text.trim_end().split('\0');
+        let mut next = || f.next().unwrap_or("").to_string();
+        let (id, short, message, author, time) = (next(), next(), next(), next(), next());
+        let time = chrono::DateTime::parse_from_rfc3339(&time)
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+            .unwrap_or(time);
+        Ok(CommitInfo {
+            id,
+            short,
+            message,
+            author,
+            time,
+        })
     }
 
     /// True when the cache has this commit.

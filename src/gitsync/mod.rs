@@ -60,6 +60,22 @@ pub struct Status {
     /// The last sync that Flagr refused part of: how far it got (cleared by a full sync).
     pub last_stopped: Option<apply::Stopped>,
     pub syncs: u64,
+    /// The commit last synced: id, subject, author, time.
+    pub last_commit: Option<git::CommitInfo>,
+    /// What the last applied sync changed.
+    pub last_plan: Vec<plan::Op>,
+    /// The last commit refused as invalid, with its report (kept after later good syncs).
+    pub last_refused: Option<Refused>,
+}
+
+/// A commit refused as a whole, and why.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Refused {
+    pub commit: String,
+    pub short: String,
+    /// RFC 3339: when it was refused.
+    pub at: String,
+    pub problems: Vec<desired::Problem>,
 }
 
 enum Trigger {
@@ -410,6 +426,7 @@ impl Worker {
                 if let Ok(mut s) = self.status.lock() {
                     s.last_synced_commit = p.after.clone();
                 }
+                self.note_commit(&p.after).await;
                 return;
             }
             Ok(_) => {}
@@ -418,6 +435,15 @@ impl Worker {
             }
         }
         self.sync(&p.after, false, true).await;
+    }
+
+    /// Shows the synced commit's subject, author and time (a failure to read them only leaves
+    /// them out).
+    async fn note_commit(&self, commit: &str) {
+        let info = self.repo.commit_info(commit).await;
+        if let (Ok(info), Ok(mut s)) = (info, self.status.lock()) {
+            s.last_commit = Some(info);
+        }
     }
 
     /// An invalid commit: nothing of it is applied, and the poller does not try it again.
@@ -437,6 +463,12 @@ impl Worker {
                 problems.len()
             ));
             s.last_problems = problems.clone();
+            s.last_refused = Some(Refused {
+                commit: commit.to_string(),
+                short: commit.chars().take(7).collect(),
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                problems: problems.clone(),
+            });
         }
         report.problems = problems;
         report.error = Some("invalid flags".into());
@@ -564,8 +596,10 @@ impl Worker {
                     s.last_error = None;
                     s.last_problems.clear();
                     s.last_stopped = None;
+                    s.last_plan = report.plan.clone();
                     s.syncs += 1;
                 }
+                self.note_commit(commit).await;
             }
             Err(stopped) => {
                 self.metrics.run(&id, SyncOutcome::ApplyFailed);

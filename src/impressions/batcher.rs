@@ -225,6 +225,7 @@ impl Batchers {
             label: "impressions",
             encoding,
             records: batch.records,
+            flag_key: None,
         };
         if let Err(e) = self.deliveries.send_to(&ep.cfg.id, job) {
             self.deliveries.metrics().impressions_dropped_records(

@@ -676,6 +676,15 @@ pub fn hmac_b64(secret: &str, msg: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(hmac_sha256(secret, msg))
 }
 
+/// Base64 HMAC-SHA256 of `msg` under raw key bytes (a decoded `whsec_` secret).
+pub fn hmac_b64_bytes(key: &[u8], msg: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    m.update(msg);
+    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}
+
 fn hmac_sha256(secret: &str, msg: &[u8]) -> Vec<u8> {
     use hmac::{Hmac, Mac};
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");

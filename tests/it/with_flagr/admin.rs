@@ -393,3 +393,286 @@ async fn runtime_webhooks_are_validated_persisted_and_live() {
     fh.wait_settled(&f).await;
     assert_eq!(r2.hits().len(), 3);
 }
+
+/// The calls the page is built on: stats, filtered log, the inspector, replay, changelog,
+/// event types, field errors and secret rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_api_inspects_filters_rotates_and_reports() {
+    let f = flagr(&[]).await;
+    let live = Receiver::start(vec![]).await;
+    let dead = Receiver::start(vec![]).await;
+    dead.answer(500);
+    let cfg = format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n{FAST_DELIVERY}{}{}",
+        webhook(
+            "live",
+            &live,
+            "secret = \"s1\"\nheaders = { Authorization = \"Bearer receiver-credential\" }"
+        ),
+        webhook("dead", &dead, "")
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let api = fh.api();
+    calls(
+        &api,
+        &[
+            (
+                "POST",
+                "/flags",
+                json!({"description": "a", "key": "alpha"}),
+            ),
+            ("POST", "/flags", json!({"description": "b", "key": "beta"})),
+            ("PUT", "/flags/2", json!({"description": "b2"})),
+        ],
+    )
+    .await;
+    live.wait_for(3).await;
+    // Caught up with Flagr (the dead endpoint's queue never empties, so not `wait_settled`).
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            let c = admin(&fh, "GET", "/changelog", None).await.1;
+            c["lag"] == 0 && c["cursor"].as_i64().unwrap_or(0) >= 3
+        })
+        .await
+    );
+    // The dead endpoint used its retries on something: at least one failure is in its log.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            admin(&fh, "GET", "/webhooks/dead", None).await.1["stats"]["failed"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        })
+        .await
+    );
+
+    // Stats: 60 minutes, the live endpoint all successes with latencies.
+    let (s, w) = admin(&fh, "GET", "/webhooks/live", None).await;
+    assert_eq!(s, 200);
+    let st = &w["stats"];
+    assert_eq!(st["minutes"].as_array().unwrap().len(), 60);
+    assert_eq!(st["ok"], 3, "{st}");
+    assert_eq!(st["success_rate"], 1.0);
+    assert!(st["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(st["p99_ms"].as_f64().unwrap() >= st["p50_ms"].as_f64().unwrap());
+    let this_minute = &st["minutes"][59];
+    assert!(this_minute["ok"].as_u64().unwrap() + st["minutes"][58]["ok"].as_u64().unwrap() >= 3);
+    assert_eq!(w["kind"], "events");
+    let (_, d) = admin(&fh, "GET", "/webhooks/dead", None).await;
+    assert_eq!(d["stats"]["ok"], 0);
+    assert_eq!(d["stats"]["success_rate"], 0.0);
+    assert!(
+        d["next_attempt_at"].is_string() || d["queue_depth"] == 0,
+        "what waits says when it goes next: {d}"
+    );
+
+    // Filters.
+    let log = |q: &'static str| {
+        let fh = &fh;
+        async move {
+            let (s, v) = admin(fh, "GET", &format!("/webhooks/live/deliveries{q}"), None).await;
+            assert_eq!(s, 200, "{v}");
+            v["deliveries"].as_array().unwrap().clone()
+        }
+    };
+    assert_eq!(log("").await.len(), 3);
+    let beta = log("?flag=beta").await;
+    assert_eq!(beta.len(), 2);
+    assert!(beta.iter().all(|e| e["flag_key"] == "beta"));
+    assert_eq!(log("?event=flag.created&flag=beta").await.len(), 1);
+    assert_eq!(log("?event=segment.*").await.len(), 0);
+    assert_eq!(log("?status=2xx").await.len(), 3);
+    assert_eq!(log("?status=5xx").await.len(), 0);
+    assert_eq!(log("?since=2999-01-01T00:00:00Z").await.len(), 0);
+    assert_eq!(log("?limit=1").await.len(), 1);
+    let (s, v) = admin(&fh, "GET", "/webhooks/live/deliveries?status=7xx", None).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid")), "{v}");
+    let (_, v) = admin(&fh, "GET", "/webhooks/dead/deliveries?status=5xx", None).await;
+    assert!(!v["deliveries"].as_array().unwrap().is_empty());
+
+    // The inspector: what was sent, byte for byte as the receiver got it, and the answer.
+    let first = &beta[1];
+    let id = first["delivery_id"].as_str().unwrap();
+    let (s, one) = admin(&fh, "GET", &format!("/webhooks/live/deliveries/{id}"), None).await;
+    assert_eq!(s, 200, "{one}");
+    assert_eq!(one["event"], "flag.created");
+    let a = &one["attempts"][0];
+    assert_eq!(a["response"]["status"], 200);
+    let got = live
+        .hits()
+        .into_iter()
+        .find(|h| h.header("webhook-id") == id)
+        .unwrap();
+    assert_eq!(
+        a["request"]["body"].as_str().unwrap().as_bytes(),
+        &got.body[..]
+    );
+    let header = |name: &str| -> Option<String> {
+        a["request"]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        header("webhook-signature"),
+        Some(got.header("webhook-signature"))
+    );
+    assert_eq!(
+        header("x-flagr-signature"),
+        Some(got.header("x-flagr-signature"))
+    );
+    assert_eq!(header("webhook-id").as_deref(), Some(id));
+    // A configured header's value is a credential: never shown.
+    assert_eq!(header("authorization").as_deref(), Some("••••••"));
+    assert!(!one.to_string().contains("receiver-credential"));
+    assert!(a["response"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h[0] == "content-length"));
+    let (s, _) = admin(&fh, "GET", "/webhooks/live/deliveries/evt_nope", None).await;
+    assert_eq!(s, 404);
+
+    // A replay is a new attempt of the same id.
+    let (s, _) = admin(
+        &fh,
+        "POST",
+        &format!("/webhooks/live/deliveries/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            admin(&fh, "GET", &format!("/webhooks/live/deliveries/{id}"), None)
+                .await
+                .1["attempts"]
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        })
+        .await
+    );
+
+    // The changelog: position, per-minute counts, the last events with their changes.
+    let (s, c) = admin(&fh, "GET", "/changelog", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(c["legacy"], false);
+    assert_eq!(c["lag"], 0, "{c}");
+    assert!(c["cursor"].as_i64().unwrap() >= 3);
+    assert_eq!(c["minutes"].as_array().unwrap().len(), 60);
+    let total: u64 = c["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 3);
+    let newest = &c["recent"][0];
+    assert_eq!(
+        (newest["event"].as_str(), newest["flag_key"].as_str()),
+        (Some("flag.updated"), Some("beta"))
+    );
+    assert_eq!(
+        newest["changes"]["description"],
+        json!({"before": "b", "after": "b2"})
+    );
+    let (_, t) = admin(&fh, "GET", "/event-types", None).await;
+    assert_eq!(t["event_types"].as_array().unwrap().len(), 17);
+
+    // A bad field is named, so the page can show the message next to it.
+    let (s, v) = admin(
+        &fh,
+        "POST",
+        "/webhooks",
+        Some(json!({"id": "bad", "url": "not a url"})),
+    )
+    .await;
+    assert_eq!((s, v["field"].as_str()), (400, Some("url")), "{v}");
+    let (s, v) = admin(
+        &fh,
+        "POST",
+        "/webhooks",
+        Some(json!({"id": "bad", "url": live.url, "events": ["nope.*"]})),
+    )
+    .await;
+    assert_eq!((s, v["field"].as_str()), (400, Some("events")), "{v}");
+
+    // Rotation: the old secret signs alongside the new one for the grace period, then not.
+    let rot = Receiver::start(vec![]).await;
+    let (s, _) = admin(
+        &fh,
+        "POST",
+        "/webhooks",
+        Some(json!({"id": "rot", "url": rot.url, "secret": "old-secret"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, v) = admin(
+        &fh,
+        "POST",
+        "/webhooks/config-only/rotate-secret",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = admin(&fh, "POST", "/webhooks/live/rotate-secret", Some(json!({}))).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("read_only")));
+    let (s, v) = admin(
+        &fh,
+        "POST",
+        "/webhooks/rot/rotate-secret",
+        Some(json!({"keep_previous_for": "1h"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let new = v["secret"].as_str().unwrap().to_string();
+    assert!(new.starts_with("whsec_") && new.len() > 30, "{new}");
+    assert!(v["previous_secret_until"].is_string());
+    let (_, w) = admin(&fh, "GET", "/webhooks/rot", None).await;
+    assert_eq!(w["rotating"], true);
+    assert!(!w.to_string().contains(&new));
+    let signatures = |n: usize| {
+        let rot = &rot;
+        let fh = &fh;
+        async move {
+            admin(fh, "POST", "/webhooks/rot/test", None).await;
+            let h = rot.wait_for(n).await[n - 1].clone();
+            let msg = format!(
+                "{}.{}.{}",
+                h.header("webhook-id"),
+                h.header("webhook-timestamp"),
+                String::from_utf8_lossy(&h.body)
+            );
+            (h.header("webhook-signature"), msg)
+        }
+    };
+    let (sig, msg) = signatures(1).await;
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(new.trim_start_matches("whsec_"))
+        .unwrap();
+    let with_new = hmac_b64_bytes(&key, msg.as_bytes());
+    let with_old = hmac_b64("old-secret", msg.as_bytes());
+    assert_eq!(sig, format!("v1,{with_new} v1,{with_old}"));
+    // No grace: the previous secret stops signing at once.
+    let (s, v) = admin(
+        &fh,
+        "POST",
+        "/webhooks/rot/rotate-secret",
+        Some(json!({"secret": "third-secret", "keep_previous_for": "0s"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["previous_secret_until"].is_null()),
+        (200, true),
+        "{v}"
+    );
+    let (sig, msg) = signatures(2).await;
+    assert_eq!(
+        sig,
+        format!("v1,{}", hmac_b64("third-secret", msg.as_bytes()))
+    );
+}

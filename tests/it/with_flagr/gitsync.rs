@@ -371,6 +371,20 @@ async fn pushes_sync_flagr_refuse_bad_commits_and_check_signatures() {
         "{st}"
     );
     assert_eq!(st["last_synced_commit"], c2.as_str());
+    // For the page: the refused commit with its report, and the good one still shown as synced.
+    assert_eq!(st["last_refused"]["commit"], c4.as_str());
+    assert_eq!(st["last_refused"]["short"], &c4[..7]);
+    assert_eq!(st["last_refused"]["problems"], st["last_problems"]);
+    assert_eq!(st["last_commit"]["id"], c2.as_str());
+    assert_eq!(
+        (
+            st["last_commit"]["message"].as_str(),
+            st["last_commit"]["author"].as_str()
+        ),
+        (Some("change"), Some("t"))
+    );
+    assert!(st["last_commit"]["time"].as_str().unwrap().ends_with('Z'));
+    assert!(!st["last_plan"].as_array().unwrap().is_empty(), "{st}");
     let now = flag(&f, "checkout").await.unwrap();
     assert_eq!(
         (

@@ -475,7 +475,7 @@ async fn switch_setup(f: &Flagr) -> (Receiver, Flaghook) {
     seed(&f.api()).await;
     let r = Receiver::start(vec![]).await;
     let cfg = format!(
-        "[changelog]\npoll_interval = \"200ms\"\n{FAST_DELIVERY}{}",
+        "[admin]\ntoken = \"imp-token\"\n[changelog]\npoll_interval = \"200ms\"\n{FAST_DELIVERY}{}",
         imp_webhook(
             "imp",
             &r,
@@ -610,6 +610,25 @@ async fn impressions_follow_flagrs_recording_switch_and_entity_type() {
     .await;
     assert!(e2, "always-on still records: {:?}", splits(&r));
     assert!(!splits(&r).contains(&"e2:ca-only".to_string()));
+
+    // The page's view of the endpoint: what it was handed, what arrived.
+    fh.wait_settled(&f).await;
+    let (s, v) = admin_call(&fh, "GET", "/impressions", None, Some("imp-token")).await;
+    assert_eq!(s, 200);
+    let ep = &v["endpoints"][0];
+    assert_eq!(ep["id"], "imp");
+    let received = splits(&r).len() as u64;
+    assert_eq!(ep["records_delivered"].as_u64(), Some(received), "{v}");
+    assert_eq!(ep["records_batched"].as_u64(), Some(received), "{v}");
+    assert_eq!(ep["batches_sent"].as_u64(), Some(r.hits().len() as u64));
+    assert_eq!(ep["parked_bytes"], 0);
+    let per_minute: u64 = ep["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_minute, received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
