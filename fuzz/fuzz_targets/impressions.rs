@@ -1,9 +1,11 @@
 //! Impression mapping from arbitrary evaluation answers and exposure requests, and the gzip
-//! decoding of tapped bodies. Never panics; every record serialises.
+//! decoding of tapped bodies. Never panics; every record written is a whole, typed record.
 #![no_main]
 use flaghook::derive::json_of;
 use flaghook::flagr::KnownFlags;
-use flaghook::impressions::{from_evaluation, from_exposures, sdk_from_user_agent, Context, Gate};
+use flaghook::impressions::{
+    encode_evaluation, from_exposures, sdk_from_user_agent, Context, Encoded, Gate, Impression,
+};
 use flaghook::proxy::Captured;
 use libfuzzer_sys::fuzz_target;
 
@@ -15,16 +17,18 @@ fuzz_target!(|data: &[u8]| {
         1 << 16,
     );
     let _ = sdk_from_user_agent(std::str::from_utf8(data).ok());
+    let ctx = Context::default();
+    let known = KnownFlags::new();
+    let mut out = Encoded::default();
+    if encode_evaluation(data, &ctx, &Gate::recording(true, &known), &mut out).is_ok() {
+        for r in out.records() {
+            serde_json::from_slice::<Impression>(r).expect("a whole record");
+        }
+    }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
-    let ctx = Context::default();
-    let known = KnownFlags::new();
-    let gate = Gate::recording(false, &known);
-    for r in from_evaluation(&v, &ctx, &gate)
-        .iter()
-        .chain(from_exposures(&v, &v, &ctx, &Gate::all()).iter())
-    {
-        serde_json::to_vec(r).unwrap();
+    for r in from_exposures(&v, &v, &ctx, &Gate::all()) {
+        serde_json::to_vec(&r).unwrap();
     }
 });

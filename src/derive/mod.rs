@@ -25,7 +25,7 @@ use crate::flagr::client::FlagrError;
 use crate::flagr::{FlagState, FlagrClient, KnownFlags, Mutation, Route};
 use crate::impressions::batcher::Batchers;
 use crate::impressions::batcher::ImpressionMetrics;
-use crate::impressions::{self, Gate, Impression};
+use crate::impressions::{self, Encoded, Gate};
 use crate::metrics::{labels, status_class, Registry};
 use crate::proxy::tap::RequestMeta;
 use crate::proxy::{Captured, Exchange};
@@ -275,17 +275,18 @@ async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: Share
 }
 
 /// The impression records of one evaluation or exposure call (none unless Flagr said 200);
-/// `None` when a 200 answer could not be read (over the cap, cut short, not JSON).
+/// `None` when a 200 answer could not be read (over the cap, cut short, not Flagr's JSON).
 pub fn impressions_of(
     ex: &Exchange,
     cfg: &ImpressionsConfig,
     gate: &Gate<'_>,
     cap: usize,
-) -> Option<Vec<Impression>> {
+) -> Option<Encoded> {
+    let mut out = Encoded::default();
     if ex.status != http::StatusCode::OK {
-        return Some(Vec::new());
+        return Some(out);
     }
-    let response = json_of(&ex.response_body, ex.response_encoding.as_ref(), cap)?;
+    let response = raw_of(&ex.response_body, ex.response_encoding.as_ref(), cap)?;
     let header = |v: &Option<http::HeaderValue>| {
         v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string)
     };
@@ -310,14 +311,16 @@ pub fn impressions_of(
         sdk_version,
         time_ms,
     };
-    Some(match ex.route {
-        Route::Evaluation(_) => impressions::from_evaluation(&response, &ctx, gate),
+    let done = match ex.route {
+        Route::Evaluation(_) => impressions::encode_evaluation(&response, &ctx, gate, &mut out),
         Route::Exposure => {
             let request = json_of(&ex.request_body, ex.meta.content_encoding.as_ref(), cap)?;
-            impressions::from_exposures(&request, &response, &ctx, gate)
+            let response: Value = serde_json::from_slice(&response).ok()?;
+            impressions::encode_exposures(&request, &response, &ctx, gate, &mut out)
         }
-        _ => Vec::new(),
-    })
+        _ => Ok(()),
+    };
+    done.ok().map(|()| out)
 }
 
 /// A lane (legacy Flagr): handles its flags' mutations one at a time.
@@ -435,8 +438,13 @@ fn jwt_claim(token: &str, claim: &str) -> Option<String> {
     v.get(claim)?.as_str().map(str::to_string)
 }
 
-/// The body as JSON, gunzipped when it was sent gzipped (on the copy only), bounded by `cap`.
-pub fn json_of(c: &Captured, encoding: Option<&http::HeaderValue>, cap: usize) -> Option<Value> {
+/// A copied body's bytes, gunzipped when the message says gzip; `None` when the copy is
+/// incomplete, empty, or inflates past `cap`.
+pub fn raw_of<'c>(
+    c: &'c Captured,
+    encoding: Option<&http::HeaderValue>,
+    cap: usize,
+) -> Option<std::borrow::Cow<'c, [u8]>> {
     let raw: &Bytes = c.bytes()?;
     if raw.is_empty() {
         return None;
@@ -444,19 +452,20 @@ pub fn json_of(c: &Captured, encoding: Option<&http::HeaderValue>, cap: usize) -
     let gz = encoding
         .and_then(|e| e.to_str().ok())
         .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
-    if gz {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .take(cap as u64 + 1)
-            .read_to_end(&mut out)
-            .ok()?;
-        if out.len() > cap {
-            return None;
-        }
-        serde_json::from_slice(&out).ok()
-    } else {
-        serde_json::from_slice(raw).ok()
+    if !gz {
+        return Some(std::borrow::Cow::Borrowed(&raw[..]));
     }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..])
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() <= cap).then_some(std::borrow::Cow::Owned(out))
+}
+
+/// A copied body as JSON (see [`raw_of`]).
+pub fn json_of(c: &Captured, encoding: Option<&http::HeaderValue>, cap: usize) -> Option<Value> {
+    serde_json::from_slice(&raw_of(c, encoding, cap)?).ok()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::Impression;
+use super::Encoded;
 use crate::config::{Compression, ImpressionWebhookConfig};
 use crate::delivery::{Deliveries, Job};
 use crate::metrics::Registry;
@@ -139,16 +139,12 @@ impl Batchers {
     }
 
     /// Adds records to every endpoint that wants this environment; flushes full batches.
-    pub fn add(&self, records: &[Impression]) {
+    /// Every endpoint gets the same bytes, serialised once.
+    pub fn add(&self, records: &Encoded) {
         if records.is_empty() {
             return;
         }
         self.metrics.derived.inc_by(records.len() as u64);
-        // Serialise once; every endpoint gets the same bytes.
-        let encoded: Vec<Vec<u8>> = records
-            .iter()
-            .filter_map(|r| serde_json::to_vec(r).ok())
-            .collect();
         for ep in &self.endpoints {
             let c = &ep.cfg;
             if !ep.wanted {
@@ -156,7 +152,7 @@ impl Batchers {
             }
             let mut full = Vec::new();
             if let Ok(mut b) = ep.batch.lock() {
-                for rec in &encoded {
+                for rec in records.records() {
                     if b.records > 0 {
                         b.body.push(b',');
                     }
@@ -167,7 +163,7 @@ impl Batchers {
                     }
                 }
             }
-            self.metrics.batched.inc_by(encoded.len() as u64);
+            self.metrics.batched.inc_by(records.len() as u64);
             for batch in full {
                 self.send(ep, batch);
             }

@@ -1,18 +1,23 @@
 //! Impressions: evaluation and exposure traffic mapped to impression records (seed 002).
 //!
 //! In: an evaluation response (single or batch) or an exposure request with Flagr's answer,
-//! plus what the proxy knew of the client. Out: [`Impression`] records, field names exact.
+//! plus what the proxy knew of the client. Out: records as JSON ([`Encoded`]), field names
+//! exact; [`Impression`] is their typed form for tests and tools.
 //! Never: does I/O; a row it cannot read is skipped and counted by the caller, never guessed.
 
+mod answer;
 pub mod batcher;
+mod record;
 
-use serde::Serialize;
+pub use record::Encoded;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::flagr::KnownFlags;
 
 /// One impression, exactly the seed's fields.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Impression {
     pub key: String,
@@ -131,16 +136,34 @@ pub fn client_ip(forwarded_for: Option<&str>, peer: std::net::IpAddr) -> String 
         .unwrap_or_else(|| peer.to_string())
 }
 
-/// Records from `POST/GET /evaluation` (one result) or `/evaluation/batch` (`evaluationResults`).
-pub fn from_evaluation(response: &Value, ctx: &Context, gate: &Gate<'_>) -> Vec<Impression> {
-    match response.get("evaluationResults") {
-        Some(Value::Array(results)) => results
-            .iter()
-            .filter_map(|r| from_result(r, ctx, gate))
-            .collect(),
-        Some(_) => Vec::new(),
-        None => from_result(response, ctx, gate).into_iter().collect(),
+/// Records from `POST/GET /evaluation` (one result) or `/evaluation/batch` (`evaluationResults`),
+/// appended to `out`; an answer that is not Flagr's shape is an error and adds nothing.
+pub fn encode_evaluation(
+    raw: &[u8],
+    ctx: &Context,
+    gate: &Gate<'_>,
+    out: &mut Encoded,
+) -> Result<(), serde_json::Error> {
+    let results = answer::parse(raw)?;
+    let mut w = record::Writer::new(ctx, out);
+    for r in &results {
+        w.evaluation(r, gate)?;
     }
+    Ok(())
+}
+
+/// [`encode_evaluation`] as typed records (none when the answer is not readable).
+pub fn from_evaluation(raw: &[u8], ctx: &Context, gate: &Gate<'_>) -> Vec<Impression> {
+    let mut out = Encoded::default();
+    match encode_evaluation(raw, ctx, gate, &mut out) {
+        Ok(()) => typed(&out),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Encoded records read back (they are always valid JSON records).
+fn typed(e: &Encoded) -> Vec<Impression> {
+    serde_json::from_slice(&e.to_array()).unwrap_or_default()
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -164,72 +187,17 @@ fn user_context(ec: Option<&Value>) -> Value {
     }
 }
 
-fn from_result(r: &Value, ctx: &Context, gate: &Gate<'_>) -> Option<Impression> {
-    let ec = r.get("evalContext")?;
-    let entity = str_of(ec, "entityID").to_string();
-    let split = str_of(r, "flagKey").to_string();
-    if split.is_empty() && int_of(r, "flagID") == 0 {
-        return None;
-    }
-    // Flagr's answer already carries the flag's `entityType` override (it applies it before
-    // evaluating, and its recorder records the answer), so only the switch is asked here.
-    gate.pass(
-        int_of(r, "flagID"),
-        &split,
-        r.get("dataRecordsEnabled").and_then(Value::as_bool),
-    )?;
-    let segment = int_of(r, "segmentID");
-    let msg = r
-        .get("evalDebugLog")
-        .map(|d| str_of(d, "msg"))
-        .unwrap_or("");
-    let label = if !msg.is_empty() {
-        msg.to_string()
-    } else if segment > 0 {
-        format!("segment:{segment}")
-    } else {
-        "no rule matched".to_string()
-    };
-    let treatment = match str_of(r, "variantKey") {
-        "" => NO_TREATMENT.to_string(),
-        v => v.to_string(),
-    };
-    let properties = serde_json::json!({
-        "flagID": int_of(r, "flagID"),
-        "entityType": str_of(ec, "entityType"),
-        "entityContext": user_context(ec.get("entityContext")),
-        "segmentID": segment,
-        "variantID": int_of(r, "variantID"),
-        "flagTags": r.get("flagTags").cloned().unwrap_or(Value::Array(vec![])),
-    });
-    Some(Impression {
-        key: entity.clone(),
-        split,
-        environment_id: ctx.environment_id.clone(),
-        environment_name: ctx.environment_name.clone(),
-        treatment,
-        time: ctx.time_ms,
-        bucketing_key: entity,
-        label,
-        machine_name: ctx.machine_name.clone(),
-        machine_ip: ctx.machine_ip.clone(),
-        split_version_number: int_of(r, "flagSnapshotID"),
-        sdk: ctx.sdk.clone(),
-        sdk_version: ctx.sdk_version.clone(),
-        properties: properties.to_string(),
-    })
-}
-
 /// Records from `POST /exposures`: the request's rows that Flagr accepted (rows named in the
-/// response's `errors` are left out).
-pub fn from_exposures(
+/// response's `errors` are left out), appended to `out`.
+pub fn encode_exposures(
     request: &Value,
     response: &Value,
     ctx: &Context,
     gate: &Gate<'_>,
-) -> Vec<Impression> {
+    out: &mut Encoded,
+) -> Result<(), serde_json::Error> {
     let Some(rows) = request.get("exposures").and_then(Value::as_array) else {
-        return Vec::new();
+        return Ok(());
     };
     let rejected: std::collections::HashSet<i64> = response
         .get("errors")
@@ -240,63 +208,88 @@ pub fn from_exposures(
                 .collect()
         })
         .unwrap_or_default();
-    rows.iter()
-        .enumerate()
-        .filter(|(i, _)| !rejected.contains(&(*i as i64)))
-        .filter_map(|(_, row)| {
-            let entity = str_of(row, "entityID");
-            if entity.is_empty() {
-                return None;
+    let mut w = record::Writer::new(ctx, out);
+    for (i, row) in rows.iter().enumerate() {
+        if rejected.contains(&(i as i64)) {
+            continue;
+        }
+        let entity = str_of(row, "entityID");
+        if entity.is_empty() {
+            continue;
+        }
+        let flag_id = int_of(row, "flagID");
+        let by_id;
+        let split = match str_of(row, "flagKey") {
+            "" if flag_id == 0 => continue,
+            "" => {
+                by_id = flag_id.to_string();
+                by_id.as_str()
             }
-            let split = match str_of(row, "flagKey") {
-                "" => match int_of(row, "flagID") {
-                    0 => return None,
-                    id => id.to_string(),
-                },
-                k => k.to_string(),
-            };
-            let time = row
-                .get("timestamp")
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp_millis())
-                .unwrap_or(ctx.time_ms);
-            let treatment = match str_of(row, "variantKey") {
-                "" => NO_TREATMENT.to_string(),
-                v => v.to_string(),
-            };
-            // Flagr records a client's exposure under the flag's `entityType` when it has one.
-            let over = gate.pass(int_of(row, "flagID"), str_of(row, "flagKey"), None)?;
-            let properties = serde_json::json!({
-                "flagID": int_of(row, "flagID"),
-                "entityType": over.as_deref().unwrap_or(str_of(row, "entityType")),
-                "entityContext": user_context(row.get("entityContext")),
-                "variantID": int_of(row, "variantID"),
-            });
-            Some(Impression {
-                key: entity.to_string(),
-                split,
-                environment_id: ctx.environment_id.clone(),
-                environment_name: ctx.environment_name.clone(),
-                treatment,
-                time,
-                bucketing_key: entity.to_string(),
-                label: "exposure".into(),
-                machine_name: ctx.machine_name.clone(),
-                machine_ip: ctx.machine_ip.clone(),
-                split_version_number: int_of(row, "flagSnapshotID"),
-                sdk: ctx.sdk.clone(),
-                sdk_version: ctx.sdk_version.clone(),
-                properties: properties.to_string(),
-            })
+            k => k,
+        };
+        let time = row
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(ctx.time_ms);
+        let treatment = match str_of(row, "variantKey") {
+            "" => NO_TREATMENT,
+            v => v,
+        };
+        // Flagr records a client's exposure under the flag's `entityType` when it has one.
+        let Some(over) = gate.pass(flag_id, str_of(row, "flagKey"), None) else {
+            continue;
+        };
+        let properties = serde_json::json!({
+            "flagID": flag_id,
+            "entityType": over.as_deref().unwrap_or(str_of(row, "entityType")),
+            "entityContext": user_context(row.get("entityContext")),
+            "variantID": int_of(row, "variantID"),
         })
-        .collect()
+        .to_string();
+        w.push(record::Out {
+            key: entity,
+            split,
+            environment_id: &ctx.environment_id,
+            environment_name: &ctx.environment_name,
+            treatment,
+            time,
+            bucketing_key: entity,
+            label: "exposure",
+            machine_name: &ctx.machine_name,
+            machine_ip: &ctx.machine_ip,
+            split_version_number: int_of(row, "flagSnapshotID"),
+            sdk: &ctx.sdk,
+            sdk_version: &ctx.sdk_version,
+            properties: &properties,
+        })?;
+    }
+    Ok(())
+}
+
+/// [`encode_exposures`] as typed records.
+pub fn from_exposures(
+    request: &Value,
+    response: &Value,
+    ctx: &Context,
+    gate: &Gate<'_>,
+) -> Vec<Impression> {
+    let mut out = Encoded::default();
+    match encode_exposures(request, response, ctx, gate, &mut out) {
+        Ok(()) => typed(&out),
+        Err(_) => Vec::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn bytes(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
 
     fn ctx() -> Context {
         Context {
@@ -319,7 +312,7 @@ mod tests {
             "segmentID": 4, "timestamp": "2026-08-07T10:00:00Z",
             "variantAttachment": {"color": "green"}, "variantID": 2, "variantKey": "treatment"
         });
-        let v = from_evaluation(&r, &ctx(), &Gate::all());
+        let v = from_evaluation(&bytes(&r), &ctx(), &Gate::all());
         assert_eq!(v.len(), 1);
         let i = &v[0];
         assert_eq!(
@@ -369,13 +362,13 @@ mod tests {
     fn no_variant_is_control_with_flagrs_reason() {
         let r = json!({"evalContext": {"entityID": "u"}, "evalDebugLog": {"msg": "flagID 1 is not enabled"},
                        "flagID": 1, "flagKey": "k"});
-        let i = &from_evaluation(&r, &ctx(), &Gate::all())[0];
+        let i = &from_evaluation(&bytes(&r), &ctx(), &Gate::all())[0];
         assert_eq!(i.treatment, "control");
         assert_eq!(i.label, "flagID 1 is not enabled");
         assert_eq!(i.split_version_number, 0);
         let r = json!({"evalContext": {"entityID": "u"}, "flagID": 1, "flagKey": "k"});
         assert_eq!(
-            from_evaluation(&r, &ctx(), &Gate::all())[0].label,
+            from_evaluation(&bytes(&r), &ctx(), &Gate::all())[0].label,
             "no rule matched"
         );
     }
@@ -387,14 +380,19 @@ mod tests {
             {"evalContext": {"entityID": "b"}, "flagID": 1, "flagKey": "k"},
             {"no": "context"}
         ]});
-        let v = from_evaluation(&r, &ctx(), &Gate::all());
+        let v = from_evaluation(&bytes(&r), &ctx(), &Gate::all());
         assert_eq!(
             v.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        assert!(from_evaluation(&json!({"evaluationResults": 5}), &ctx(), &Gate::all()).is_empty());
-        assert!(from_evaluation(&json!([1, 2]), &ctx(), &Gate::all()).is_empty());
-        assert!(from_evaluation(&json!("x"), &ctx(), &Gate::all()).is_empty());
+        assert!(from_evaluation(
+            &bytes(&json!({"evaluationResults": 5})),
+            &ctx(),
+            &Gate::all()
+        )
+        .is_empty());
+        assert!(from_evaluation(&bytes(&json!([1, 2])), &ctx(), &Gate::all()).is_empty());
+        assert!(from_evaluation(&bytes(&json!("x")), &ctx(), &Gate::all()).is_empty());
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare "remote" and a working clone to commit from.
-struct Repos {
+pub(crate) struct Repos {
     _dir: tempfile::TempDir,
     bare: PathBuf,
     work: PathBuf,
@@ -40,7 +40,7 @@ struct Repos {
 }
 
 impl Repos {
-    fn new(served: bool) -> Repos {
+    pub(crate) fn new(served: bool) -> Repos {
         let dir = tempfile::tempdir().unwrap();
         let bare = dir.path().join("flags.git");
         let work = dir.path().join("work");
@@ -79,7 +79,7 @@ impl Repos {
     }
 
     /// Writes the files, commits, and (with `push`) pushes. Returns the new commit.
-    fn commit(&self, files: &[(&str, Value)], push: bool) -> String {
+    pub(crate) fn commit(&self, files: &[(&str, Value)], push: bool) -> String {
         for (name, content) in files {
             let p = self.work.join(name);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -125,7 +125,7 @@ impl Drop for Repos {
     }
 }
 
-fn flags(enabled: bool, rollout: i64) -> Value {
+pub(crate) fn flags(enabled: bool, rollout: i64) -> Value {
     json!({"Flags": [
         {"Key": "checkout", "Description": "checkout button", "Enabled": enabled,
          "Tags": [{"Value": "web"}],

@@ -88,8 +88,8 @@ impl Driver {
         self.cmd("POST", "/url", json!({"url": url})).await;
     }
 
-    /// The element's text, or None when there is no such element.
-    async fn text(&self, css: &str) -> Option<String> {
+    /// The WebDriver id of the first element matching `css`.
+    async fn find(&self, css: &str) -> Option<String> {
         let e = self
             .cmd(
                 "POST",
@@ -97,7 +97,12 @@ impl Driver {
                 json!({"using": "css selector", "value": css}),
             )
             .await;
-        let id = e[ELEMENT].as_str()?;
+        e[ELEMENT].as_str().map(str::to_string)
+    }
+
+    /// The element's text, or None when there is no such element.
+    async fn text(&self, css: &str) -> Option<String> {
+        let id = self.find(css).await?;
         self.cmd("GET", &format!("/element/{id}/text"), json!({}))
             .await
             .as_str()
@@ -105,19 +110,79 @@ impl Driver {
     }
 
     async fn click(&self, css: &str) -> bool {
-        let e = self
-            .cmd(
-                "POST",
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        let Some(id) = e[ELEMENT].as_str() else {
+        let Some(id) = self.find(css).await else {
             return false;
         };
         self.cmd("POST", &format!("/element/{id}/click"), json!({}))
             .await;
         true
+    }
+
+    /// Runs `script` in the page; its return value.
+    async fn exec(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// How many elements match.
+    async fn count(&self, css: &str) -> usize {
+        self.cmd(
+            "POST",
+            "/elements",
+            json!({"using": "css selector", "value": css}),
+        )
+        .await
+        .as_array()
+        .map_or(0, Vec::len)
+    }
+
+    async fn type_into(&self, css: &str, text: &str) -> bool {
+        let Some(id) = self.find(css).await else {
+            return false;
+        };
+        self.cmd("POST", &format!("/element/{id}/clear"), json!({}))
+            .await;
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+        true
+    }
+
+    async fn window(&self, width: u32, height: u32) {
+        self.cmd(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
+    /// Saves a screenshot as `<FLAGHOOK_SCREENSHOT_DIR>/<name>.png` when that is set.
+    async fn screenshot(&self, name: &str) {
+        let Ok(dir) = std::env::var("FLAGHOOK_SCREENSHOT_DIR") else {
+            return;
+        };
+        use base64::Engine;
+        let png = self.cmd("GET", "/screenshot", json!({})).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or(""))
+            .unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/{name}.png"), bytes).unwrap();
+    }
+
+    async fn wait_count(&self, css: &str, n: usize) -> bool {
+        wait_until(Duration::from_secs(20), || async {
+            self.count(css).await == n
+        })
+        .await
     }
 
     async fn wait_text(&self, css: &str, want: &str) -> bool {
@@ -213,5 +278,122 @@ async fn page_shows_deliveries_and_resume_button_works() {
         .find(|h| h.header("x-flaghook-event") == "ping")
         .expect("the ping");
     assert_eq!(ping.json()["event"], "ping", "{seen:?}");
+    d.quit().await;
+}
+
+/// An operator's afternoon: a live and a dead endpoint, a refused git commit; the inspector
+/// shows what was sent and what came back, a replay adds an attempt, a bad URL is refused at
+/// its field, and the page fits a phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspector_replay_git_report_and_field_errors_in_the_browser() {
+    use super::gitsync::{flags, Repos};
+    let f = flagr(&[]).await;
+    let live = Receiver::start(vec![]).await;
+    let dead = Receiver::start(vec![]).await;
+    dead.answer(503);
+    let chat = Receiver::start(vec![]).await;
+    let repos = Repos::new(false);
+    let mut bad = flags(true, 30);
+    bad["Flags"][0]["Segments"][0]["Distributions"][0]["Percent"] = json!(70);
+    repos.commit(&[("flagr/flags.json", bad)], true);
+    let cfg = format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n{FAST_DELIVERY}{}{}\
+         [[git_repositories]]\nid = \"flags\"\nurl = \"{}\"\nfolder = \"flagr\"\npoll_interval = \"1h\"\n",
+        webhook("live", &live, "description = \"audit trail\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\""),
+        [
+            webhook("dead", &dead, "description = \"old sink\""),
+            webhook("chat", &chat, "format = \"slack\""),
+        ]
+        .concat(),
+        repos.url
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    call(
+        "POST",
+        &format!("{}/flags", fh.api()),
+        Some(json!({"description": "d", "key": "inspected"})),
+    )
+    .await;
+    live.wait_for(1).await;
+    chat.wait_for(1).await;
+    // The bad commit is refused as a whole, with its report.
+    let (s, report) = admin_call(&fh, "POST", "/gitsync/flags/sync", None, Some(TOKEN)).await;
+    assert_eq!(s, 200, "{report}");
+    assert!(
+        !report["problems"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    let d = Driver::start().await;
+    d.window(1280, 800).await;
+    d.go(&format!("{}/#token={TOKEN}", fh.admin)).await;
+    assert!(d.wait_text("#webhook-live", "audit trail").await);
+    assert!(d.wait_text("#webhook-dead", "old sink").await);
+    // The dead endpoint shows its failure.
+    assert!(
+        d.wait_text("#webhook-dead", "503").await,
+        "{:?}",
+        d.text("#webhook-dead").await
+    );
+    assert!(d.count("#webhook-live svg.endpoint-chart").await == 1);
+
+    // The inspector: the body as sent and the receiver's answer, read from the DOM.
+    assert!(d.click("#log-live").await);
+    assert!(d.wait_text("#log-for", "live").await);
+    assert!(d.wait_text("#deliveries", "flag.created").await);
+    d.screenshot("overview").await;
+    assert!(d.click("#deliveries tr.delivery").await);
+    assert!(d.wait_text("#inspector-response-status", "200").await);
+    let body = d.text("#inspector-request-body").await.unwrap_or_default();
+    let sent: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let got = live.hits()[0].json();
+    assert_eq!(sent, got, "the page shows the body the receiver got");
+    let headers = d
+        .text("#inspector-request-headers")
+        .await
+        .unwrap_or_default();
+    assert!(headers.contains("webhook-signature"), "{headers}");
+    assert!(
+        headers.contains(&live.hits()[0].header("webhook-id")),
+        "{headers}"
+    );
+    assert!(d.wait_count("#inspector-attempts tr.attempt", 1).await);
+    d.screenshot("inspector").await;
+    // Replay: the same id goes again and the new attempt appears.
+    assert!(d.click("#inspector-replay").await);
+    assert!(
+        d.wait_count("#inspector-attempts tr.attempt", 2).await,
+        "no second attempt in the inspector"
+    );
+    assert!(live.wait_for(2).await[1].header("webhook-id") == live.hits()[0].header("webhook-id"));
+    assert!(d.click("#inspector-close").await);
+
+    // Git sync: the refused commit's report, file, flag and problem.
+    assert!(
+        d.wait_text("#repo-flags-problems", "flagr/flags.json")
+            .await
+    );
+    assert!(d.wait_text("#repo-flags-problems", "checkout").await);
+    assert!(d.wait_text("#repo-flags-problems", "sum to 120").await);
+
+    // A chat preset's preview: the message its last event made, unsent.
+    assert!(d.click("#preview-chat").await);
+    assert!(d.wait_text("#preview-body", "inspected").await);
+    assert_eq!(chat.hits().len(), 1);
+
+    // A bad URL: the API's message next to the URL field; nothing added.
+    assert!(d.type_into("#create input[name=url]", "not a url").await);
+    assert!(d.click("#create button[type=submit]").await);
+    assert!(d.wait_text("#create-error-url", "url").await);
+    let (_, list) = admin_call(&fh, "GET", "/webhooks", None, Some(TOKEN)).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 2);
+
+    // A phone: nothing wider than the screen.
+    d.window(390, 844).await;
+    let fits = d
+        .exec("return document.documentElement.scrollWidth <= window.innerWidth + 1;")
+        .await;
+    assert_eq!(fits, json!(true), "the page scrolls sideways on a phone");
+    d.screenshot("phone").await;
     d.quit().await;
 }
