@@ -109,10 +109,19 @@ impl Driver {
             .map(str::to_string)
     }
 
+    /// Clicks the element, scrolled to the middle of the window first (a sticky bar at the top
+    /// would otherwise take the click).
     async fn click(&self, css: &str) -> bool {
         let Some(id) = self.find(css).await else {
             return false;
         };
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            json!({"script": "arguments[0].scrollIntoView({block: 'center'});",
+                   "args": [{ELEMENT: id}]}),
+        )
+        .await;
         self.cmd("POST", &format!("/element/{id}/click"), json!({}))
             .await;
         true
@@ -336,12 +345,12 @@ async fn inspector_replay_git_report_and_field_errors_in_the_browser() {
         d.text("#webhook-dead").await
     );
     assert!(d.count("#webhook-live svg.endpoint-chart").await == 1);
+    d.screenshot("overview").await;
 
     // The inspector: the body as sent and the receiver's answer, read from the DOM.
     assert!(d.click("#log-live").await);
     assert!(d.wait_text("#log-for", "live").await);
     assert!(d.wait_text("#deliveries", "flag.created").await);
-    d.screenshot("overview").await;
     assert!(d.click("#deliveries tr.delivery").await);
     assert!(d.wait_text("#inspector-response-status", "200").await);
     let body = d.text("#inspector-request-body").await.unwrap_or_default();
@@ -380,13 +389,29 @@ async fn inspector_replay_git_report_and_field_errors_in_the_browser() {
     assert!(d.click("#preview-chat").await);
     assert!(d.wait_text("#preview-body", "inspected").await);
     assert_eq!(chat.hits().len(), 1);
+    assert!(d.click("#preview-dialog [data-close]").await);
 
     // A bad URL: the API's message next to the URL field; nothing added.
     assert!(d.type_into("#create input[name=url]", "not a url").await);
     assert!(d.click("#create button[type=submit]").await);
-    assert!(d.wait_text("#create-error-url", "url").await);
+    let (s, refused) = admin_call(
+        &fh,
+        "POST",
+        "/webhooks",
+        Some(json!({"url": "not a url"})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        d.wait_text("#create-error-url", message).await,
+        "field error {:?}, form result {:?}",
+        d.text("#create-error-url").await,
+        d.text("#create-result").await
+    );
     let (_, list) = admin_call(&fh, "GET", "/webhooks", None, Some(TOKEN)).await;
-    assert_eq!(list["webhooks"].as_array().unwrap().len(), 2);
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 3);
 
     // A phone: nothing wider than the screen.
     d.window(390, 844).await;
