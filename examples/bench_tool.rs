@@ -1,11 +1,15 @@
 //! Helpers for `scripts/bench`: seed Flagr, count what a webhook receives, time change events.
 //!
 //! ```text
-//! bench_tool seed <flagr-api> <flags>            create flags with segments, constraints, distributions
+//! bench_tool seed <flagr-api> <flags>            create flags with segments, constraints, distributions,
+//!                                                recording on (dataRecordsEnabled)
 //! bench_tool sink <addr>                         a receiver that answers 200 and counts; GET /count
 //! bench_tool events <api> <listen> <n> <mode>    n changes through <api>; a receiver on <listen>
 //!                                                timing each event (mode: flaghook | flagr)
 //! bench_tool micro <records>                     one core: map, serialise, batch and gzip records
+//! bench_tool rate <url> <per-sec> <seconds>       POST /evaluation at a fixed rate; latency from
+//!                                                each request's scheduled time (no coordinated
+//!                                                omission); prints p50/p99/max
 //! bench_tool changes <api> <flags> <n> <clients>  n description changes over flags 1..=flags,
 //!                                                from <clients> concurrent clients; prints how
 //!                                                many Flagr applied and how long it took
@@ -33,6 +37,14 @@ async fn main() {
         Some("sink") => sink(&args[1]).await,
         Some("events") => events(&args[1], &args[2], args[3].parse().expect("n"), &args[4]).await,
         Some("micro") => micro(args[1].parse().expect("records")),
+        Some("rate") => {
+            rate(
+                &args[1],
+                args[2].parse().expect("requests per second"),
+                args[3].parse().expect("seconds"),
+            )
+            .await
+        }
         Some("changes") => {
             changes(
                 &args[1],
@@ -136,6 +148,13 @@ async fn seed(api: &str, n: usize) {
             &c,
             format!("{api}/flags/{id}/enabled"),
             json!({"enabled": true}),
+        )
+        .await;
+        // Flagr's recording switch: impressions follow it.
+        put(
+            &c,
+            format!("{api}/flags/{id}"),
+            json!({"dataRecordsEnabled": true}),
         )
         .await;
     }
@@ -367,5 +386,58 @@ fn micro(n: usize) {
         records as f64 / secs,
         gzip_time.as_secs_f64() / secs,
         gz as f64 / raw.max(1) as f64
+    );
+}
+
+/// Evaluations at a fixed rate for `secs` seconds. Each request is timed from when it was due,
+/// so a stall counts against every request it delayed.
+async fn rate(base: &str, per_sec: u64, secs: u64) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let url = format!("{base}/api/v1/evaluation");
+    let n = per_sec * secs;
+    let every = Duration::from_secs_f64(1.0 / per_sec as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let due = start + every * i as u32;
+        tokio::time::sleep_until(due).await;
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = format!(
+                r#"{{"entityID":"user-{i}","entityType":"user","entityContext":{{"state":"CA"}},"flagKey":"flag-{}"}}"#,
+                i % 50
+            );
+            let ok = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            (ok, tokio::time::Instant::now().duration_since(due))
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for t in tasks {
+        let (ok, d) = t.await.unwrap();
+        if !ok {
+            failed += 1;
+        }
+        lat.push(d.as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "{{\"requests\":{},\"failed\":{failed},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        lat[lat.len() - 1]
     );
 }

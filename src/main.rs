@@ -80,10 +80,11 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cfg);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime.worker_threads > 0 {
+        builder.worker_threads(cfg.runtime.worker_threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -98,7 +99,11 @@ fn main() -> ExitCode {
                 let mut text = e.to_string();
                 let mut cause = std::error::Error::source(&e);
                 while let Some(c) = cause {
-                    text.push_str(&format!(": {c}"));
+                    // Some errors show their cause in their own text already.
+                    let c_text = c.to_string();
+                    if !text.contains(&c_text) {
+                        text.push_str(&format!(": {c_text}"));
+                    }
                     cause = c.source();
                 }
                 tracing::error!("{text}");

@@ -252,7 +252,8 @@ fn describe(ep: &Endpoint) -> Value {
         "tags": w.tags,
         "headers": w.headers.keys().collect::<Vec<_>>(),
         "signed": !w.secret.is_empty(),
-        "rotating": !w.previous_secret.is_empty(),
+        "rotating": !w.previous_secret.is_empty()
+            && w.previous_secret_valid(std::time::SystemTime::now()),
         "previous_secret_until": w.previous_secret_until,
         "has_template": ep.template.is_some(),
         "origin": ep.origin,
@@ -461,6 +462,10 @@ async fn update(
         }
         if input.previous_secret.is_none() {
             input.previous_secret = old.previous_secret;
+            // The rotation's end goes with the secret it ends.
+            if input.previous_secret_until.is_none() {
+                input.previous_secret_until = old.previous_secret_until;
+            }
         }
     }
     let cfg = validated(&s, &input)?;
@@ -526,10 +531,21 @@ async fn rotate_secret(
     };
     let keep = r.keep_previous_for.unwrap_or(std::time::Duration::ZERO);
     let old = input.secret.take().filter(|v| !v.is_empty());
-    let until = (old.is_some() && !keep.is_zero()).then(|| {
-        (chrono::Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default())
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    });
+    let until = match (old.is_some() && !keep.is_zero()).then(|| {
+        chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+    }) {
+        None => None,
+        Some(Some(t)) => Some(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        Some(None) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "keep_previous_for: too long".into(),
+            ))
+        }
+    };
     input.previous_secret = until.as_ref().and(old);
     input.previous_secret_until = until.clone();
     input.secret = Some(new.clone());

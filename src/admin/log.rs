@@ -125,10 +125,21 @@ pub(super) async fn delivery(
     let Some(first) = attempts.first() else {
         return Err(not_in_log(&id, &delivery));
     };
-    let url = crate::redact::url(&ep.webhook.url);
+    let current_url = crate::redact::url(&ep.webhook.url);
+    // Every attempt of one delivery carries the same body: decoded once.
+    let mut decoded: Option<(bytes::Bytes, String)> = None;
     let shown: Vec<Value> = attempts
         .iter()
         .map(|e| {
+            let body = e.body_kept.then(|| match &decoded {
+                Some((b, text)) if *b == e.body => text.clone(),
+                _ => {
+                    let text = shown_body(&e.body, e.encoding);
+                    decoded = Some((e.body.clone(), text.clone()));
+                    text
+                }
+            });
+            let url = e.url.as_deref().unwrap_or(&current_url);
             json!({
                 "at": e.at,
                 "attempt": e.attempt,
@@ -140,7 +151,7 @@ pub(super) async fn delivery(
                     "method": "POST",
                     "url": url,
                     "headers": e.request_headers,
-                    "body": e.body_kept.then(|| shown_body(&e.body, e.encoding)),
+                    "body": body,
                     "body_kept": e.body_kept,
                     "encoding": e.encoding,
                 },

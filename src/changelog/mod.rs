@@ -145,7 +145,6 @@ impl Follower {
                 Ok(Some(st)) => break st,
                 Ok(None) => {
                     // Legacy Flagr: derivation pre-fetches; hints have nothing to follow.
-                    self.ready.store(true, Ordering::Relaxed);
                     self.list_only(hints).await;
                     return;
                 }
@@ -272,10 +271,12 @@ impl Follower {
         }))
     }
 
-    /// Legacy Flagr has no changelog: a listing at each poll and after each proxied change
-    /// keeps what impressions need of flags. Returns when the hint channel closes.
+    /// Legacy Flagr has no changelog: a listing at each poll keeps what impressions need of
+    /// flags changed around the proxy (legacy derivation updates the flags it pre-fetches).
+    /// Ready once the first listing was tried. Returns when the hint channel closes.
     async fn list_only(&self, mut hints: mpsc::Receiver<Hint>) {
         let Some(known) = &self.known else {
+            self.ready.store(true, Ordering::Relaxed);
             while hints.recv().await.is_some() {}
             return;
         };
@@ -295,6 +296,7 @@ impl Follower {
                 Ok(live) => known.replace_all(&live),
                 Err(e) => self.failed(FailStage::Flagr, "flag list not readable", &e),
             }
+            self.ready.store(true, Ordering::Relaxed);
         }
     }
 

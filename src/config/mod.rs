@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
     pub webhooks: Vec<WebhookConfig>,
     pub impressions: ImpressionsConfig,
     pub impression_webhooks: Vec<ImpressionWebhookConfig>,
@@ -69,6 +70,16 @@ impl Default for LogConfig {
             format: "text".into(),
         }
     }
+}
+
+/// The async runtime.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads running the proxy and everything else; 0: one per CPU. A sidecar given one CPU
+    /// does best with 1 (no wake-ups across threads: about 12 % less CPU per proxied request
+    /// on the benchmark machine, see BENCHMARKS.md).
+    pub worker_threads: usize,
 }
 
 /// Overrides from the command line; they win over file and environment.

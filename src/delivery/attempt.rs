@@ -65,6 +65,7 @@ pub(super) async fn send(
             body_kept: true,
             request_headers,
             response_headers,
+            url: Some(ctx.shown_url.clone()),
             ..LogEntry::of(job, at, attempt, probe)
         },
     }
@@ -194,22 +195,27 @@ impl LogEntry {
             encoding: job.encoding,
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            url: None,
         }
     }
 }
 
-/// Headers kept of a receiver's answer: a receiver must not make the log grow.
-const MAX_RESPONSE_HEADERS: usize = 32;
-const MAX_HEADER_VALUE: usize = 256;
+/// Headers kept of a receiver's answer: a receiver must not make the log grow. Each name and
+/// value is cut at `MAX_HEADER_TEXT` characters, and at most `MAX_RESPONSE_HEADERS` are kept
+/// (4 KiB per attempt at most).
+const MAX_RESPONSE_HEADERS: usize = 16;
+const MAX_HEADER_TEXT: usize = 128;
 
 fn response_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let cut = |b: &[u8]| -> String {
+        String::from_utf8_lossy(b)
+            .chars()
+            .take(MAX_HEADER_TEXT)
+            .collect()
+    };
     h.iter()
         .take(MAX_RESPONSE_HEADERS)
-        .map(|(k, v)| {
-            let v = String::from_utf8_lossy(v.as_bytes());
-            let v: String = v.chars().take(MAX_HEADER_VALUE).collect();
-            (k.as_str().to_string(), v)
-        })
+        .map(|(k, v)| (cut(k.as_str().as_bytes()), cut(v.as_bytes())))
         .collect()
 }
 

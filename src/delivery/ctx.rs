@@ -31,6 +31,8 @@ pub struct EndpointCtx {
     pub rules: DeliveryPolicy,
     pub webhook: Arc<WebhookConfig>,
     pub url: reqwest::Url,
+    /// The URL with its credentials masked, as the delivery log shows it.
+    pub shown_url: Arc<str>,
     pub client: reqwest::Client,
     pub policy: Arc<DeliveryConfig>,
     pub metrics: Arc<DeliveryMetrics>,

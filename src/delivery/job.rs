@@ -93,6 +93,9 @@ pub struct LogEntry {
     /// The receiver's answer headers (bounded in number and length).
     #[serde(skip)]
     pub response_headers: Vec<(String, String)>,
+    /// Where it went, credentials masked (the webhook's URL may have changed since).
+    #[serde(skip)]
+    pub url: Option<Arc<str>>,
 }
 
 /// The result of one attempt, as the worker needs it.

@@ -190,6 +190,7 @@ impl Deliveries {
         };
         Ok(Arc::new(endpoint::EndpointCtx {
             rules,
+            shown_url: crate::redact::url(&w.url).into(),
             webhook: w,
             url,
             client: self.client.clone(),

@@ -22,7 +22,7 @@ use crate::delivery::Deliveries;
 use crate::events::payload::{ChangeEvent, ChangeSet};
 use crate::events::{self};
 use crate::flagr::client::FlagrError;
-use crate::flagr::{FlagState, FlagrClient, KnownFlags, Mutation, Route};
+use crate::flagr::{FlagState, FlagrClient, Known, KnownFlags, Mutation, Route};
 use crate::impressions::batcher::Batchers;
 use crate::impressions::batcher::ImpressionMetrics;
 use crate::impressions::{self, Encoded, Gate};
@@ -344,6 +344,14 @@ async fn lane(d: Arc<Deriver>, mut rx: mpsc::Receiver<Work>) {
 /// snapshot id to derive ids from, so they are random (a crash before delivery loses them).
 async fn derive_one(d: &Deriver, w: &Work) -> Result<Option<ChangeSet>, FlagrError> {
     let (before, after) = states_by_fetch(d, w).await?;
+    // Flagr 1.1.x has no changelog: what impressions know of the flag follows from here at
+    // once (the periodic listing covers changes made around the proxy).
+    if let Some(sink) = &d.impressions {
+        match w.mutation {
+            Mutation::DeleteFlag { .. } => sink.known.remove(after.flag.id),
+            _ => sink.known.set(after.flag.id, Known::from(&after.flag)),
+        }
+    }
     let drafts = events::derive(&w.mutation, before.as_ref().map(|b| &b.flag), &after.flag);
     if drafts.is_empty() {
         return Ok(None);

@@ -5,8 +5,6 @@
 //! (off the request path). Out: lookups by id or key for the impression workers.
 //! Never: calls Flagr; blocks a reader for longer than one map shard's lock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use dashmap::DashMap;
 
 use super::{Flag, ListedFlag};
@@ -44,8 +42,6 @@ impl From<&ListedFlag> for Known {
 pub struct KnownFlags {
     by_id: DashMap<i64, Known>,
     by_key: DashMap<String, i64>,
-    /// Set by the first full listing: before it, an unknown flag may simply not be read yet.
-    loaded: AtomicBool,
 }
 
 impl KnownFlags {
@@ -87,12 +83,6 @@ impl KnownFlags {
         for id in gone {
             self.remove(id);
         }
-        self.loaded.store(true, Ordering::Release);
-    }
-
-    /// True once a full listing was read.
-    pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
     }
 
     /// `f` of the flag with this id, else of the flag with this key; `None` when unknown.
@@ -134,9 +124,7 @@ mod tests {
     #[test]
     fn lookups_follow_renames_deletes_and_listings() {
         let k = KnownFlags::new();
-        assert!(!k.loaded());
         k.replace_all(&[listed(1, "a", true), listed(2, "b", false)]);
-        assert!(k.loaded());
         assert_eq!(k.with(1, "", |f| f.data_records_enabled), Some(true));
         assert_eq!(k.with(0, "b", |f| f.data_records_enabled), Some(false));
         // A rename: the old key no longer finds it.

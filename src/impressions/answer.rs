@@ -45,9 +45,10 @@ pub(super) struct EvalContext<'a> {
     pub(super) entity_id: Option<Text<'a>>,
     #[serde(rename = "entityType", borrow)]
     pub(super) entity_type: Option<Text<'a>>,
-    /// Sorted by key, as records have always shown it.
+    /// Raw: Flagr echoes whatever the client sent (`[]` from some clients), and one odd
+    /// context must not make the whole answer unreadable.
     #[serde(rename = "entityContext", borrow)]
-    pub(super) entity_context: Option<BTreeMap<Text<'a>, &'a RawValue>>,
+    pub(super) entity_context: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -55,6 +56,13 @@ pub(super) struct EvalContext<'a> {
 pub(super) struct DebugLog<'a> {
     #[serde(borrow)]
     pub(super) msg: Option<Text<'a>>,
+}
+
+/// An entity context's keys, sorted (as records have always shown them); empty when it is not
+/// a JSON object.
+pub(super) fn context_map<'a>(raw: Option<&'a RawValue>) -> BTreeMap<Text<'a>, &'a RawValue> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
 }
 
 /// The answer's results: the batch's, or the single one.
@@ -117,14 +125,13 @@ mod tests {
         ));
         let ctx = v[0].context.as_ref().unwrap();
         assert!(matches!(ctx.entity_id.as_ref().unwrap().0, Cow::Owned(ref s) if s == "a\"b"));
-        let keys: Vec<&str> = ctx
-            .entity_context
-            .as_ref()
-            .unwrap()
-            .keys()
-            .map(|k| &**k)
-            .collect();
+        let map = context_map(ctx.entity_context);
+        let keys: Vec<&str> = map.keys().map(|k| &**k).collect();
         assert_eq!(keys, ["a", "z"]);
+        // Whatever else a client sent as its context: no keys, and the answer still reads.
+        let odd = parse(br#"{"evalContext": {"entityID": "x", "entityContext": []}, "flagID": 1}"#)
+            .unwrap();
+        assert!(context_map(odd[0].context.as_ref().unwrap().entity_context).is_empty());
         assert!(v[1].tags.is_none() && v[1].debug.as_ref().unwrap().msg.is_none());
         let single = parse(br#"{"flagID": 3, "variantKey": "on"}"#).unwrap();
         assert_eq!((single.len(), single[0].flag_id), (1, Some(3)));

@@ -11,7 +11,7 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::answer::{EvalResult, Text};
+use super::answer::{context_map, EvalResult, Text};
 use super::{Context, Gate, NO_TREATMENT};
 
 /// Records as JSON objects, back to back; record `i` is `bytes[ends[i-1]..ends[i]]`.
@@ -91,12 +91,12 @@ struct EvalProps<'a> {
 }
 
 /// Flagr's `entityContext` without the keys Flagr injects (`@ts`, `@http_*`).
-struct UserContext<'a>(Option<&'a BTreeMap<Text<'a>, &'a RawValue>>);
+struct UserContext<'a>(BTreeMap<Text<'a>, &'a RawValue>);
 
 impl Serialize for UserContext<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
-        for (k, v) in self.0.into_iter().flatten() {
+        for (k, v) in &self.0 {
             if !k.starts_with('@') {
                 m.serialize_entry(&**k, v)?;
             }
@@ -182,7 +182,7 @@ impl<'c> Writer<'c> {
         serde_json::to_writer(
             &mut self.props,
             &EvalProps {
-                entity_context: UserContext(ec.entity_context.as_ref()),
+                entity_context: UserContext(context_map(ec.entity_context)),
                 entity_type: ec.entity_type.as_deref().unwrap_or(""),
                 flag_id,
                 flag_tags: Tags(r.tags),

@@ -634,6 +634,17 @@ async fn the_pages_api_inspects_filters_rotates_and_reports() {
     let (_, w) = admin(&fh, "GET", "/webhooks/rot", None).await;
     assert_eq!(w["rotating"], true);
     assert!(!w.to_string().contains(&new));
+    // An edit that does not mention secrets keeps the rotation, end included.
+    let (s, edited) = admin(
+        &fh,
+        "PUT",
+        "/webhooks/rot",
+        Some(json!({"url": rot.url, "description": "edited"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{edited}");
+    assert_eq!(edited["previous_secret_until"], v["previous_secret_until"]);
+    assert_eq!(edited["rotating"], true);
     let signatures = |n: usize| {
         let rot = &rot;
         let fh = &fh;

@@ -349,7 +349,7 @@ async fn inspector_replay_git_report_and_field_errors_in_the_browser() {
 
     // The inspector: the body as sent and the receiver's answer, read from the DOM.
     assert!(d.click("#log-live").await);
-    assert!(d.wait_text("#log-for", "live").await);
+    assert!(d.wait_text("#deliveries-for", "live").await);
     assert!(d.wait_text("#deliveries", "flag.created").await);
     assert!(d.click("#deliveries tr.delivery").await);
     assert!(d.wait_text("#inspector-response-status", "200").await);
@@ -387,9 +387,9 @@ async fn inspector_replay_git_report_and_field_errors_in_the_browser() {
 
     // A chat preset's preview: the message its last event made, unsent.
     assert!(d.click("#preview-chat").await);
-    assert!(d.wait_text("#preview-body", "inspected").await);
+    assert!(d.wait_text("#pv-body", "inspected").await);
     assert_eq!(chat.hits().len(), 1);
-    assert!(d.click("#preview-dialog [data-close]").await);
+    assert!(d.click("#pv-dialog [data-close]").await);
 
     // A bad URL: the API's message next to the URL field; nothing added.
     assert!(d.type_into("#create input[name=url]", "not a url").await);
