@@ -51,6 +51,7 @@ impl Template {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.add_filter("slack_escape", slack_escape);
+        env.add_filter("markdown_escape", markdown_escape);
         env.add_template_owned(NAME, source.to_string())?;
         Ok(Self { env })
     }
@@ -76,6 +77,20 @@ fn slack_escape(s: String) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Discord's markdown control characters, backslash-escaped as Discord documents, so a
+/// description like `[Open](https://evil.example)` shows as written instead of as a link
+/// (a broken `[…]` is enough to break a link; `(` and `-` stay as they are).
+fn markdown_escape(s: String) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(c, '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '[' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Chat services refuse long messages (Discord at 2,000 characters, Slack's sections at 3,000):
@@ -136,8 +151,8 @@ const TEAMS: &str = r#"{"type": "message",
    {%- endif %}}}]}"#;
 
 /// A Discord webhook: `content` and one embed.
-const DISCORD: &str = r#"{"content": {{ summary | tojson }}, "allowed_mentions": {"parse": []},
- "embeds": [{"title": {{ flag_key | tojson }}, "description": {{ event | tojson }}, "timestamp": {{ timestamp | tojson }}
+const DISCORD: &str = r#"{"content": {{ summary | markdown_escape | tojson }}, "allowed_mentions": {"parse": []},
+ "embeds": [{"title": {{ flag_key | tojson }}, "description": {{ event | markdown_escape | tojson }}, "timestamp": {{ timestamp | tojson }}
   {%- if flag_url %}, "url": {{ flag_url | tojson }}{% endif %}}]}"#;
 
 #[cfg(test)]
@@ -201,6 +216,16 @@ mod tests {
             serde_json::from_str(&Template::preset("discord").unwrap().render(&vars).unwrap())
                 .unwrap();
         assert_eq!(discord["allowed_mentions"]["parse"], json!([]));
+        p["data"]["segments"][0]["description"] = json!("[Open](https://evil.example) **now**");
+        let vars = variables(&p, "");
+        let discord: Value =
+            serde_json::from_str(&Template::preset("discord").unwrap().render(&vars).unwrap())
+                .unwrap();
+        let content = discord["content"].as_str().unwrap();
+        assert!(
+            content.contains(r"\[Open\](https://evil.example) \*\*now\*\*"),
+            "{content}"
+        );
         // Long sentences are cut before any service refuses them.
         p["data"]["segments"][0]["description"] = json!("x".repeat(5000));
         let long = variables(&p, "");
