@@ -1,9 +1,11 @@
-//! The admin API (JSON, bearer token): webhooks and their state, delivery logs, test events,
-//! replays, pause and resume, and webhooks created, changed and deleted at runtime.
+//! The admin API (JSON, bearer token): webhooks and their state and hour stats, secret rotation,
+//! test events, previews, pause and resume, and webhooks created, changed and deleted at runtime;
+//! the routes of the delivery log (`log`) and the page's read-only views (`views`).
 //!
 //! In: authenticated HTTP requests. Out: JSON answers; commands to the delivery workers; writes
 //! to the webhook store.
-//! Never: shows a secret or a header value; compares the token in anything but constant time.
+//! Never: shows a stored secret or a header value (a rotation's new secret is answered once, to
+//! the caller who asked for it); compares the token in anything but constant time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
