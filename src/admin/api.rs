@@ -102,10 +102,32 @@ impl WebhookInput {
 }
 
 /// An API error: status, a stable code, a message for people.
-pub(super) struct ApiError(pub StatusCode, pub &'static str, pub String);
+pub(super) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// The input field at fault, for the page to show the message next to it.
+    field: Option<&'static str>,
+}
 
-/// The input fields a validation message can name (`url: …`): the page shows the message next
-/// to that field.
+impl ApiError {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            field: None,
+        }
+    }
+
+    /// Names the input field at fault (one of the webhook input's keys).
+    fn at(mut self, field: &str) -> Self {
+        self.field = INPUT_FIELDS.iter().find(|f| **f == field).copied();
+        self
+    }
+}
+
+/// The input fields an error can name: the page shows the message next to that field.
 const INPUT_FIELDS: [&str; 13] = [
     "id",
     "url",
@@ -124,15 +146,11 @@ const INPUT_FIELDS: [&str; 13] = [
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let field = (self.1 == "invalid")
-            .then(|| self.2.split_once(": ").map(|(f, _)| f))
-            .flatten()
-            .filter(|f| INPUT_FIELDS.contains(f));
-        let body = match field {
-            Some(f) => json!({"error": self.1, "message": self.2, "field": f}),
-            None => json!({"error": self.1, "message": self.2}),
+        let body = match self.field {
+            Some(f) => json!({"error": self.code, "message": self.message, "field": f}),
+            None => json!({"error": self.code, "message": self.message}),
         };
-        (self.0, Json(body)).into_response()
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -150,27 +168,36 @@ impl From<DeliveryError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        ApiError(s, c, e.to_string())
+        let field = match &e {
+            DeliveryError::Url(_) => "url",
+            DeliveryError::Template(_) => "template",
+            _ => "",
+        };
+        ApiError::new(s, c, e.to_string()).at(field)
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
     }
 }
 
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
         // `webhooks[0].url: problem` → `url: problem`: the API has no index.
-        let msg = match e {
+        match e {
             ConfigError::Invalid { key, problem } => {
-                let field = key.rsplit('.').next().unwrap_or(&key).to_string();
-                format!("{field}: {problem}")
+                let field = key.rsplit('.').next().unwrap_or(&key);
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("{field}: {problem}"),
+                )
+                .at(field)
             }
-            other => other.to_string(),
-        };
-        ApiError(StatusCode::BAD_REQUEST, "invalid", msg)
+            other => ApiError::new(StatusCode::BAD_REQUEST, "invalid", other.to_string()),
+        }
     }
 }
 
@@ -198,7 +225,7 @@ pub fn router(state: AdminState) -> Router<AdminState> {
         .route("/gitsync", get(gitsync_status))
         .route("/gitsync/{id}/sync", post(gitsync_trigger))
         .fallback(|| async {
-            ApiError(
+            ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such API route".into(),
@@ -220,7 +247,7 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
     let digest = |t: &str| sha2::Sha256::digest(t.as_bytes());
     let ok = !expected.is_empty() && bool::from(digest(given).ct_eq(&digest(expected)));
     if !ok {
-        return ApiError(
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             if expected.is_empty() {
@@ -327,7 +354,7 @@ async fn one(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
 async fn preview(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let ep = endpoint(&s, &id)?;
     let Some(t) = ep.template.as_ref() else {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "no_template",
             format!("`{id}` has no template (formats template, slack, teams and discord do)"),
@@ -343,7 +370,7 @@ async fn preview(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResu
         None => (sample_vars(&s.delivery.ui_url), true),
     };
     let body = t.render(&vars).map_err(|e| {
-        ApiError(
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "render_failed",
             e.to_string(),
@@ -422,7 +449,7 @@ async fn create(
     }
     store
         .put(&input.id, &input)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.add(cfg, Origin::Runtime)?;
     let ep = endpoint(&s, &input.id)?;
     Ok((StatusCode::CREATED, Json(describe(&ep))).into_response())
@@ -440,17 +467,18 @@ async fn update(
     }
     let store = &s.store;
     if !input.id.is_empty() && input.id != id {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid",
             "id: cannot be changed".into(),
-        ));
+        )
+        .at("id"));
     }
     input.id = id.clone();
     // Secrets are never shown, so an edit that does not mention them keeps them.
     let stored = store
         .all::<WebhookInput>()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
         .into_iter()
         .find(|w| w.id == id);
     if let Some(old) = stored {
@@ -473,7 +501,7 @@ async fn update(
     let cfg = validated(&s, &input)?;
     store
         .put(&input.id, &input)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.update(cfg)?;
     let ep = endpoint(&s, &id)?;
     Ok(Json(describe(&ep)).into_response())
@@ -523,7 +551,7 @@ async fn rotate_secret(
     let store = &s.store;
     let mut input = store
         .all::<WebhookInput>()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?
         .into_iter()
         .find(|w| w.id == id)
         .ok_or_else(|| DeliveryError::NotFound(id.clone()))?;
@@ -541,7 +569,7 @@ async fn rotate_secret(
         None => None,
         Some(Some(t)) => Some(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         Some(None) => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid",
                 "keep_previous_for: too long".into(),
@@ -554,7 +582,7 @@ async fn rotate_secret(
     let cfg = validated(&s, &input)?;
     store
         .put(&input.id, &input)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.update(cfg)?;
     Ok(Json(json!({
         "webhook": id,
@@ -572,7 +600,7 @@ async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResul
     let store = &s.store;
     store
         .delete(&id)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.remove(&id)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -590,7 +618,7 @@ async fn backfill(
     Path(id): Path<String>,
     q: Result<axum::extract::Query<BackfillQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid", m);
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m);
     let axum::extract::Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let ep = endpoint(&s, &id)?;
     if ep.kind != crate::delivery::Kind::Events {
@@ -610,7 +638,7 @@ async fn backfill(
         }
     };
     if s.follower.legacy.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_changelog",
             "Flagr 1.1.x keeps no snapshot history to backfill from".into(),
@@ -620,7 +648,7 @@ async fn backfill(
         .follower
         .backfill(&id, &since)
         .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "flagr", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "flagr", e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"webhook": id, "queued": report})),
@@ -646,14 +674,14 @@ async fn gitsync_trigger(
     axum::extract::Query(q): axum::extract::Query<SyncQuery>,
 ) -> ApiResult {
     let g = s.gitsync.as_ref().ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "git sync is not configured".into(),
         )
     })?;
     let report = g.trigger(&id, q.dry_run).await.ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no repository `{id}`"),

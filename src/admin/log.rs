@@ -38,7 +38,7 @@ pub(super) struct Filter {
 
 impl Filter {
     fn check(&self) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>, ApiError> {
-        let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid", m);
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m);
         if let Some(s) = self.status.as_deref() {
             if !matches!(s, "2xx" | "3xx" | "4xx" | "5xx" | "error" | "") {
                 return Err(bad(format!(
@@ -85,7 +85,8 @@ pub(super) async fn deliveries(
     Path(id): Path<String>,
     q: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(f) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid", e.body_text()))?;
+    let Query(f) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text()))?;
     let since = f.check()?;
     let ep = endpoint(&s, &id)?;
     let limit = f.limit.unwrap_or(usize::MAX);
@@ -188,7 +189,7 @@ fn shown_body(body: &[u8], encoding: Option<&str>) -> String {
 }
 
 fn not_in_log(id: &str, delivery: &str) -> ApiError {
-    ApiError(
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no delivery `{delivery}` in the log of `{id}`"),
@@ -214,7 +215,7 @@ pub(super) async fn replay(
         })
         .ok_or_else(|| not_in_log(&id, &delivery))?;
     if !entry.body_kept {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "body_not_kept",
             format!(

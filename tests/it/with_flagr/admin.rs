@@ -402,14 +402,21 @@ async fn the_pages_api_inspects_filters_rotates_and_reports() {
     let live = Receiver::start(vec![]).await;
     let dead = Receiver::start(vec![]).await;
     dead.answer(500);
+    // Asks for an hour's wait: its one request waits with a known next attempt.
+    let later = Receiver::start(vec![Reply::RetryAfter(503, 3600); 4]).await;
     let cfg = format!(
-        "[admin]\ntoken = \"{TOKEN}\"\n{FAST_DELIVERY}{}{}",
+        "[admin]\ntoken = \"{TOKEN}\"\n{FAST_DELIVERY}{}{}{}",
         webhook(
             "live",
             &live,
             "secret = \"s1\"\nheaders = { Authorization = \"Bearer receiver-credential\" }"
         ),
-        webhook("dead", &dead, "")
+        webhook("dead", &dead, ""),
+        webhook(
+            "later",
+            &later,
+            "events = [\"flag.created\"]\nflag_keys = [\"alpha\"]"
+        )
     );
     let fh = Flaghook::start(&f.url(), &cfg).await;
     let api = fh.api();
@@ -461,10 +468,18 @@ async fn the_pages_api_inspects_filters_rotates_and_reports() {
     let (_, d) = admin(&fh, "GET", "/webhooks/dead", None).await;
     assert_eq!(d["stats"]["ok"], 0);
     assert_eq!(d["stats"]["success_rate"], 0.0);
-    assert!(
-        d["next_attempt_at"].is_string() || d["queue_depth"] == 0,
-        "what waits says when it goes next: {d}"
-    );
+    // What waits says when it goes next: the receiver's Retry-After, an hour away.
+    later.wait_for(1).await;
+    let next = wait_until(Duration::from_secs(10), || async {
+        admin(&fh, "GET", "/webhooks/later", None).await.1["next_attempt_at"].is_string()
+    })
+    .await;
+    let (_, l) = admin(&fh, "GET", "/webhooks/later", None).await;
+    assert!(next, "{l}");
+    let at = chrono::DateTime::parse_from_rfc3339(l["next_attempt_at"].as_str().unwrap()).unwrap();
+    let ahead = at.timestamp() - chrono::Utc::now().timestamp();
+    assert!((3000..=3700).contains(&ahead), "{ahead} s ahead: {l}");
+    assert_eq!(l["queue_depth"], 1);
 
     // Filters.
     let log = |q: &'static str| {
