@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod changelog;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod derive;
@@ -48,6 +49,9 @@ pub struct App {
     flusher_task: Option<tokio::task::JoinHandle<()>>,
     deliveries: Arc<delivery::Deliveries>,
     shutdown_deadline: Duration,
+    /// Cluster mode's background tasks (lease, relay, finisher, writer, subscription).
+    cluster_stop: CancellationToken,
+    cluster_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Every module's metrics, in the one registry `/metrics` exports.
@@ -107,6 +111,8 @@ pub enum StartError {
     Proxy(#[from] proxy::ProxyError),
     #[error("git sync")]
     GitSync(#[from] gitsync::GitSyncError),
+    #[error("cluster")]
+    Cluster(#[from] cluster::ClusterError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         key: &'static str,
@@ -120,7 +126,10 @@ impl StartError {
     /// A failure the operator must fix in the configuration or on disk (exit 64), as opposed
     /// to one that may pass (a port in use).
     pub fn is_setup(&self) -> bool {
-        matches!(self, StartError::Store { .. } | StartError::Delivery(_))
+        matches!(
+            self,
+            StartError::Store { .. } | StartError::Delivery(_) | StartError::Cluster(_)
+        )
     }
 }
 
@@ -166,13 +175,37 @@ impl App {
             );
         }
 
+        let cluster = match cfg.cluster.enabled() {
+            true => Some(cluster::Cluster::new(
+                &cfg.cluster,
+                cluster::ClusterMetrics::new(&metrics.registry),
+            )?),
+            false => None,
+        };
+        let link = cluster.clone().map(delivery::shared::Link::new);
+        let mut outbox = delivery::outbox::Outbox::new(store.clone(), metrics.delivery.clone());
+        if let Some(l) = &link {
+            // Shared pause state before the workers start (Redis away: none, as after a
+            // first start).
+            let _ = tokio::time::timeout(Duration::from_secs(3), l.load_pauses()).await;
+            outbox = outbox.with_link(l.clone());
+        }
         let policy = Arc::new(cfg.delivery.clone());
         let deliveries = Arc::new(delivery::Deliveries::start(
             &cfg.webhooks,
             policy.clone(),
             metrics.delivery.clone(),
-            delivery::outbox::Outbox::new(store.clone(), metrics.delivery.clone()),
+            outbox,
         )?);
+        if let Some(c) = &cluster {
+            // The shared runtime webhooks replace the local copies (Redis away: the local
+            // copies start, and the subscription brings them up to date).
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                sync_webhooks(&cfg, c, &store, &deliveries),
+            )
+            .await;
+        }
         start_stored_webhooks(&cfg, &store, &deliveries)?;
         for w in &cfg.impression_webhooks {
             deliveries.add_impressions(w)?;
@@ -191,9 +224,61 @@ impl App {
             legacy.clone(),
             impression_sink.as_ref().map(|s| s.known.clone()),
         );
-        // Before the proxy serves: on a first start, the baseline precedes every proxied change.
-        let early = follower.start_early(Duration::from_secs(3)).await;
-        let follower_task = tokio::spawn(follower.clone().run(hint_rx, early));
+        let cluster_stop = CancellationToken::new();
+        let mut cluster_tasks = Vec::new();
+        // Git sync starts after the proxy; messages for it wait for it here.
+        let git_pokes: Arc<std::sync::OnceLock<Arc<gitsync::GitSync>>> = Arc::default();
+        let follower_task = match (&cluster, &link) {
+            (Some(c), Some(l)) => {
+                // Ready at once: whichever replica leads follows from the shared cursors.
+                follower.ready.store(true, Ordering::Relaxed);
+                let (remote_tx, remote_rx) = mpsc::channel(cfg.derive.lane_capacity);
+                cluster_tasks.push(tokio::spawn(cluster::lease::run(
+                    c.clone(),
+                    cluster_stop.clone(),
+                )));
+                cluster_tasks.push(tokio::spawn(cluster::shared::run_writer(
+                    c.clone(),
+                    cluster_stop.clone(),
+                )));
+                cluster_tasks.push(tokio::spawn(delivery::shared::run_finisher(
+                    l.clone(),
+                    cluster_stop.clone(),
+                )));
+                cluster_tasks.push(tokio::spawn(delivery::shared::run_relay(
+                    l.clone(),
+                    deliveries.clone(),
+                    store.clone(),
+                    cluster_stop.clone(),
+                )));
+                let on_message = messages(
+                    cfg.clone(),
+                    c.clone(),
+                    store.clone(),
+                    deliveries.clone(),
+                    remote_tx,
+                    git_pokes.clone(),
+                );
+                cluster_tasks.push(tokio::spawn(cluster::shared::subscribe(
+                    c.clone(),
+                    on_message,
+                    cluster_stop.clone(),
+                )));
+                tokio::spawn(changelog::lead::run(
+                    follower.clone(),
+                    c.clone(),
+                    hint_rx,
+                    remote_rx,
+                    cfg.derive.lane_capacity,
+                ))
+            }
+            _ => {
+                // Before the proxy serves: on a first start, the baseline precedes every
+                // proxied change.
+                let early = follower.start_early(Duration::from_secs(3)).await;
+                tokio::spawn(follower.clone().run(hint_rx, early))
+            }
+        };
         let deriver = derive::Deriver::new(
             &cfg,
             impression_sink.clone(),
@@ -260,8 +345,12 @@ impl App {
             gitsync_token,
             flagr.clone(),
             metrics.gitsync.clone(),
+            cluster.clone(),
             shutdown.clone(),
         )?;
+        if let Some(g) = &gitsync {
+            let _ = git_pokes.set(g.clone());
+        }
         let admin = admin::router(admin::AdminState {
             metrics: metrics.registry.clone(),
             flagr,
@@ -273,6 +362,7 @@ impl App {
             delivery: policy,
             gitsync,
             max_body_bytes: cfg.admin.max_body_bytes,
+            cluster,
         });
         let admin_task = tokio::spawn(listener::serve(
             admin_listener,
@@ -295,6 +385,8 @@ impl App {
             flusher_task,
             deliveries,
             shutdown_deadline: cfg.delivery.shutdown_deadline,
+            cluster_stop,
+            cluster_tasks,
         })
     }
 
@@ -325,6 +417,12 @@ impl App {
             let _ = t.await;
         }
         report.undelivered = self.deliveries.shutdown(end).await;
+        // After delivery: the finisher tells Redis what the workers finished while draining,
+        // and the lease is let go so another replica takes over at once.
+        self.cluster_stop.cancel();
+        for t in self.cluster_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
         tracing::info!(
             undelivered = report.undelivered,
             drained = report.requests_drained,
@@ -363,4 +461,101 @@ fn start_stored_webhooks(
         }
     }
     Ok(())
+}
+
+/// Cluster mode: what to do with a message from another replica.
+fn messages(
+    cfg: Config,
+    c: Arc<cluster::Cluster>,
+    store: Arc<store::Store>,
+    deliveries: Arc<delivery::Deliveries>,
+    hints: mpsc::Sender<changelog::Hint>,
+    git: Arc<std::sync::OnceLock<Arc<gitsync::GitSync>>>,
+) -> impl Fn(cluster::shared::Message) + Send + Sync + 'static {
+    let cfg = Arc::new(cfg);
+    move |m| match m.op.as_str() {
+        "webhooks" | "resync" => {
+            let (cfg, c, store, deliveries) =
+                (cfg.clone(), c.clone(), store.clone(), deliveries.clone());
+            tokio::spawn(async move { sync_webhooks(&cfg, &c, &store, &deliveries).await });
+        }
+        "pause" | "resume" => {
+            let cmd = match m.op.as_str() {
+                "pause" => delivery::Control::Pause,
+                _ => delivery::Control::Resume,
+            };
+            let _ = deliveries.control(&m.id, cmd);
+        }
+        "hint" => match m.body.map(serde_json::from_value::<changelog::Hint>) {
+            Some(Ok(h)) => {
+                let _ = hints.try_send(h);
+            }
+            _ => tracing::warn!(from = %m.from, "unreadable hint from another replica"),
+        },
+        "git" => {
+            if c.is_leader() {
+                if let Some(g) = git.get() {
+                    g.poke(&m.id);
+                }
+            }
+        }
+        other => tracing::debug!(op = other, "message from a newer replica ignored"),
+    }
+}
+
+/// Cluster mode: makes this replica's runtime webhooks those kept in Redis (added, changed,
+/// removed), keeping the local store's copy the same.
+async fn sync_webhooks(
+    cfg: &Config,
+    c: &cluster::Cluster,
+    store: &store::Store,
+    deliveries: &delivery::Deliveries,
+) {
+    let Ok(shared) = c.webhooks().await else {
+        return;
+    };
+    let local: std::collections::HashMap<String, String> = store
+        .all::<admin::api::WebhookInput>()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|w| Some((w.id.clone(), serde_json::to_string(&w).ok()?)))
+        .collect();
+    for id in local.keys() {
+        if !shared.iter().any(|(k, _)| k == id) {
+            let _ = store.delete(id);
+            if deliveries
+                .get(id)
+                .is_some_and(|e| e.origin == delivery::Origin::Runtime)
+            {
+                let _ = deliveries.remove(id);
+            }
+        }
+    }
+    for (id, json) in &shared {
+        let Ok(w) = serde_json::from_str::<admin::api::WebhookInput>(json) else {
+            tracing::error!(webhook = %id, "shared webhook not readable; not started");
+            continue;
+        };
+        let running = deliveries.get(id);
+        if local.get(id) == Some(json) && running.is_some() {
+            continue;
+        }
+        let _ = store.put(id, &w);
+        let mut wc = w.to_config();
+        let r = wc
+            .validate(0, Some(&[]), &cfg.delivery)
+            .map_err(|e| e.to_string())
+            .and_then(|()| match &running {
+                Some(e) if e.origin == delivery::Origin::Runtime => {
+                    deliveries.update(wc).map_err(|e| e.to_string())
+                }
+                Some(_) => Err("the id is taken by the config file".into()),
+                None => deliveries
+                    .add(wc, delivery::Origin::Runtime)
+                    .map_err(|e| e.to_string()),
+            });
+        if let Err(e) = r {
+            tracing::error!(webhook = %id, error = %e, "shared webhook not started");
+        }
+    }
 }

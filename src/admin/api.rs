@@ -420,12 +420,42 @@ async fn test_event(State(s): State<AdminState>, Path(id): Path<String>) -> ApiR
 
 async fn pause(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     s.deliveries.control(&id, Control::Pause)?;
+    tell_replicas(&s, "pause", &id).await?;
     Ok(Json(json!({"webhook": id, "requested": "pause"})).into_response())
 }
 
 async fn resume(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     s.deliveries.control(&id, Control::Resume)?;
+    tell_replicas(&s, "resume", &id).await?;
     Ok(Json(json!({"webhook": id, "requested": "resume"})).into_response())
+}
+
+/// Cluster mode: an operator command goes to every replica's worker.
+async fn tell_replicas(s: &AdminState, op: &str, id: &str) -> Result<(), ApiError> {
+    let Some(c) = &s.cluster else { return Ok(()) };
+    c.broadcast(op, id).await.map_err(unshared)
+}
+
+fn unshared(e: redis::RedisError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster",
+        format!("redis: {e}: not applied on the other replicas"),
+    )
+}
+
+/// Saves a runtime webhook: in Redis first in cluster mode (every replica then takes it),
+/// and in the local store.
+async fn save(s: &AdminState, input: &WebhookInput) -> Result<(), ApiError> {
+    if let Some(c) = &s.cluster {
+        let json = serde_json::to_string(input).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+        })?;
+        c.put_webhook(&input.id, &json).await.map_err(unshared)?;
+    }
+    s.store
+        .put(&input.id, input)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))
 }
 
 fn validated(s: &AdminState, input: &WebhookInput) -> Result<WebhookConfig, ApiError> {
@@ -439,7 +469,6 @@ async fn create(
     body: Result<Json<WebhookInput>, JsonRejection>,
 ) -> ApiResult {
     let Json(mut input) = body?;
-    let store = &s.store;
     if input.id.is_empty() {
         input.id = format!("wh_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     }
@@ -447,9 +476,7 @@ async fn create(
     if s.deliveries.get(&input.id).is_some() {
         return Err(DeliveryError::Exists(input.id).into());
     }
-    store
-        .put(&input.id, &input)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    save(&s, &input).await?;
     s.deliveries.add(cfg, Origin::Runtime)?;
     let ep = endpoint(&s, &input.id)?;
     Ok((StatusCode::CREATED, Json(describe(&ep))).into_response())
@@ -499,9 +526,7 @@ async fn update(
         }
     }
     let cfg = validated(&s, &input)?;
-    store
-        .put(&input.id, &input)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    save(&s, &input).await?;
     s.deliveries.update(cfg)?;
     let ep = endpoint(&s, &id)?;
     Ok(Json(describe(&ep)).into_response())
@@ -580,9 +605,7 @@ async fn rotate_secret(
     input.previous_secret_until = until.clone();
     input.secret = Some(new.clone());
     let cfg = validated(&s, &input)?;
-    store
-        .put(&input.id, &input)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    save(&s, &input).await?;
     s.deliveries.update(cfg)?;
     Ok(Json(json!({
         "webhook": id,
@@ -597,8 +620,10 @@ async fn remove(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResul
     if ep.origin == Origin::Config {
         return Err(DeliveryError::ReadOnly(id).into());
     }
-    let store = &s.store;
-    store
+    if let Some(c) = &s.cluster {
+        c.delete_webhook(&id).await.map_err(unshared)?;
+    }
+    s.store
         .delete(&id)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     s.deliveries.remove(&id)?;

@@ -79,6 +79,18 @@ impl Filter {
     }
 }
 
+/// An endpoint's log, oldest first: in cluster mode every replica's attempts (from Redis;
+/// this replica's own while Redis is away), else this replica's.
+async fn entries(s: &AdminState, ep: &crate::delivery::Endpoint) -> Vec<LogEntry> {
+    if let Some(Ok(shared)) = s.deliveries.shared_log(&ep.webhook.id).await {
+        return shared;
+    }
+    ep.status
+        .lock()
+        .map(|st| st.log.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// The log of one endpoint, newest first, filtered.
 pub(super) async fn deliveries(
     State(s): State<AdminState>,
@@ -90,19 +102,14 @@ pub(super) async fn deliveries(
     let since = f.check()?;
     let ep = endpoint(&s, &id)?;
     let limit = f.limit.unwrap_or(usize::MAX);
-    let log: Vec<Value> = ep
-        .status
-        .lock()
-        .map(|st| {
-            st.log
-                .iter()
-                .rev()
-                .filter(|e| f.wants(e, since.as_ref()))
-                .take(limit)
-                .map(|e| serde_json::to_value(e).unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default();
+    let log: Vec<Value> = entries(&s, &ep)
+        .await
+        .iter()
+        .rev()
+        .filter(|e| f.wants(e, since.as_ref()))
+        .take(limit)
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
     Ok(Json(json!({"webhook": id, "deliveries": log})).into_response())
 }
 
@@ -112,17 +119,11 @@ pub(super) async fn delivery(
     Path((id, delivery)): Path<(String, String)>,
 ) -> ApiResult {
     let ep = endpoint(&s, &id)?;
-    let attempts: Vec<LogEntry> = ep
-        .status
-        .lock()
-        .map(|st| {
-            st.log
-                .iter()
-                .filter(|e| e.delivery_id == delivery)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let attempts: Vec<LogEntry> = entries(&s, &ep)
+        .await
+        .into_iter()
+        .filter(|e| e.delivery_id == delivery)
+        .collect();
     let Some(first) = attempts.first() else {
         return Err(not_in_log(&id, &delivery));
     };
@@ -202,17 +203,11 @@ pub(super) async fn replay(
     Path((id, delivery)): Path<(String, String)>,
 ) -> ApiResult {
     let ep = endpoint(&s, &id)?;
-    let entry = ep
-        .status
-        .lock()
-        .ok()
-        .and_then(|st| {
-            st.log
-                .iter()
-                .rev()
-                .find(|e| e.delivery_id == delivery)
-                .cloned()
-        })
+    let entry = entries(&s, &ep)
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.delivery_id == delivery)
         .ok_or_else(|| not_in_log(&id, &delivery))?;
     if !entry.body_kept {
         return Err(ApiError::new(

@@ -40,6 +40,8 @@ pub struct AdminState {
     pub gitsync: Option<Arc<GitSync>>,
     /// Largest request body the admin listener takes (forge pushes can list many commits).
     pub max_body_bytes: usize,
+    /// Cluster mode: runtime webhooks and operator commands go to every replica.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -138,6 +140,28 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         .store
         .last_error()
         .map_or_else(|| "ok".to_string(), |e| format!("failing: {e}"));
+    if let Some(c) = &s.cluster {
+        // Redis away is degraded, not unready: the proxy stays in the Service and events wait
+        // in the local store.
+        let up = c.up();
+        let redis = match (up, c.last_error()) {
+            (true, _) => "ok".to_string(),
+            (false, Some(e)) => format!("unreachable: {e}"),
+            (false, None) => "connecting".to_string(),
+        };
+        return Json(json!({
+            "status": if up { "ready" } else { "degraded" },
+            "upstream": "ok",
+            "store": store,
+            "cluster": {
+                "redis": redis,
+                "replica": c.replica,
+                "leader": c.is_leader(),
+                "spill_bytes": c.metrics.spill_bytes.get(),
+            },
+        }))
+        .into_response();
+    }
     if s.changelog_ready.load(std::sync::atomic::Ordering::Relaxed) {
         Json(json!({"status": "ready", "upstream": "ok", "store": store})).into_response()
     } else {

@@ -8,6 +8,7 @@
 //! by without counting why (no change, too old, not proxied, unreadable).
 
 mod backfill;
+pub mod lead;
 pub mod metrics;
 mod walk;
 
@@ -32,7 +33,7 @@ use crate::flagr::{FlagrClient, KnownFlags, ListedFlag, Mutation};
 use crate::store::{Cursor, Store, StoreError};
 
 /// What the proxy saw of one successful mutation: which flag, which call, who, and from where.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Hint {
     pub flag: i64,
     pub mutation: Mutation,
@@ -315,6 +316,10 @@ impl Follower {
 
     /// Walks every flag a hint points at.
     async fn walk_hinted(&self, st: &mut State) {
+        if self.deliveries.held_back() {
+            // Cluster mode with Redis away and the spill full: Flagr keeps the changes.
+            return;
+        }
         let flags: Vec<i64> = st
             .hints
             .iter()
@@ -330,6 +335,9 @@ impl Follower {
     /// the periodic rescan is due), the flag lists, and a walk of each flag that moved.
     async fn poll(&self, st: &mut State) {
         st.expire_hints(&self.metrics);
+        if self.deliveries.held_back() {
+            return;
+        }
         let max = match self.flagr.max_snapshot_id().await {
             Ok(Some(m)) => m,
             Ok(None) => return,

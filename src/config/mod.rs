@@ -5,6 +5,7 @@
 //! Out: a validated [`Config`] with secrets resolved, or one [`ConfigError`] naming the key.
 //! Never: logs or prints a secret; never reads the environment after start-up.
 
+mod cluster;
 mod delivery;
 mod flagr;
 pub mod flagr_env;
@@ -21,6 +22,7 @@ use figment::providers::{Format, Json, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::ClusterConfig;
 pub use delivery::{DeliveryConfig, Protection};
 pub use flagr::{ChangelogConfig, DeriveConfig, FlagrConfig, Follow, SnapshotMode, StoreConfig};
 pub use gitsync::{GitRepoConfig, GitSyncConfig};
@@ -52,6 +54,7 @@ pub struct Config {
     pub impression_webhooks: Vec<ImpressionWebhookConfig>,
     pub gitsync: GitSyncConfig,
     pub git_repositories: Vec<GitRepoConfig>,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -178,6 +181,14 @@ impl Config {
         self.log.validate()?;
         self.impressions.validate()?;
         self.gitsync.validate()?;
+        self.cluster.validate(env)?;
+        if self.cluster.enabled() && self.store.path.is_empty() {
+            // Events wait there while Redis is unreachable: an in-memory store would lose them.
+            return Err(ConfigError::invalid(
+                "store.path",
+                "cluster mode needs a store on disk",
+            ));
+        }
         // Webhook ids share one namespace (metric labels, store keys, URLs).
         let mut ids = HashSet::new();
         for (i, w) in self.webhooks.iter_mut().enumerate() {

@@ -378,6 +378,7 @@ impl Worker {
     }
 
     fn log(&mut self, e: LogEntry) {
+        self.ctx.outbox.log(self.id(), &e, &self.ctx.policy);
         let max = self.ctx.policy.log_size;
         if let Ok(mut s) = self.status.lock() {
             s.stats.now().record(e.error.is_none(), e.latency_ms);

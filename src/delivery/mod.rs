@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod policy;
 pub mod queue;
 pub mod retry;
+pub mod shared;
 pub mod sign;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -101,6 +102,8 @@ pub struct Deliveries {
     shutdown: Stop,
     tasks: Mutex<JoinSet<usize>>,
     pub outbox: outbox::Outbox,
+    /// Cluster mode: each change-event endpoint's consumer of its stream.
+    consumers: Mutex<std::collections::HashMap<String, CancellationToken>>,
 }
 
 /// When delivery stops, and by when it must be done: one deadline for every worker, so the
@@ -167,6 +170,7 @@ impl Deliveries {
             metrics,
             shutdown: Stop::default(),
             tasks: Mutex::new(JoinSet::new()),
+            consumers: Mutex::default(),
         };
         for w in webhooks {
             d.add(w.clone(), Origin::Config)?;
@@ -260,6 +264,24 @@ impl Deliveries {
                 ctl_rx,
                 self.shutdown.clone(),
             ));
+        if let (Some(link), Kind::Events) = (self.outbox.link(), kind) {
+            let stop = CancellationToken::new();
+            tokio::spawn(shared::run_consumer(
+                link.clone(),
+                webhook.id.clone(),
+                tx.clone(),
+                self.outbox.clone(),
+                stop.clone(),
+            ));
+            if let Some(old) = self
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(webhook.id.clone(), stop)
+            {
+                old.cancel();
+            }
+        }
         let ep = Arc::new(Endpoint {
             template: template_of(&webhook)?,
             webhook,
@@ -272,6 +294,19 @@ impl Deliveries {
         });
         self.swap(|v| v.push(ep));
         Ok(())
+    }
+
+    /// Cluster mode: whether the local spill reached its bound (the follower then waits; the
+    /// changes stay in Flagr's changelog).
+    pub fn held_back(&self) -> bool {
+        self.outbox.link().is_some_and(|l| l.full())
+    }
+
+    /// Cluster mode: the endpoint's log as every replica sees it (oldest first); `None` when
+    /// not in cluster mode.
+    pub async fn shared_log(&self, id: &str) -> Option<Result<Vec<LogEntry>, String>> {
+        let link = self.outbox.link()?;
+        Some(link.shared_log(id).await)
     }
 
     /// Adds an impression webhook's endpoint (from the config file) and starts its worker.
@@ -326,6 +361,14 @@ impl Deliveries {
         if old.origin == Origin::Config {
             return Err(DeliveryError::ReadOnly(id.into()));
         }
+        if let Some(c) = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+        {
+            c.cancel();
+        }
         let _ = old.ctl.try_send(Control::Stop);
         self.swap(|v| v.retain(|e| e.webhook.id != id));
         Ok(())
@@ -347,7 +390,7 @@ impl Deliveries {
             .get(id)
             .ok_or_else(|| DeliveryError::NotFound(id.into()))?;
         let mut batch = vec![(ep, job)];
-        match self.enqueue_with(&mut batch, false, None).0 {
+        match self.enqueue_with(&mut batch, false, false, None).0 {
             0 => Ok(()),
             _ => Err(DeliveryError::Full(id.into())),
         }
@@ -368,14 +411,15 @@ impl Deliveries {
         for set in sets {
             self.jobs_for(set, |_| true, &mut batch);
         }
-        self.enqueue_with(&mut batch, true, cursor).1
+        self.enqueue_with(&mut batch, true, true, cursor).1
     }
 
     /// Queues the change set for one endpoint only (a backfill), within its filters.
     pub fn publish_to(&self, id: &str, set: &ChangeSet) {
         let mut batch = Vec::new();
         self.jobs_for(set, |ep| ep.webhook.id == id, &mut batch);
-        self.enqueue_with(&mut batch, true, None);
+        // A backfill sends history again on purpose: never through the claims of cluster mode.
+        self.enqueue_with(&mut batch, true, false, None);
     }
 
     /// The requests a change set makes for the endpoints `pick` chooses and whose filters want it.
@@ -468,11 +512,13 @@ impl Deliveries {
 
     /// Writes the jobs (and `cursor`) to the outbox, then queues each; returns how many could
     /// not be queued (their rows are removed again; counted here when `count` is set, else by
-    /// the caller) and whether the write went to disk.
+    /// the caller) and whether the write went to disk. In cluster mode, `shared` jobs go to the
+    /// spill instead, for the relay to move into the streams.
     fn enqueue_with(
         &self,
         batch: &mut [(Arc<Endpoint>, Job)],
         count: bool,
+        shared: bool,
         cursor: Option<(i64, &Cursor)>,
     ) -> (usize, bool) {
         if batch.is_empty() && cursor.is_none() {
@@ -481,6 +527,24 @@ impl Deliveries {
         for (_, job) in batch.iter_mut() {
             job.seq = self.outbox.next_seq();
             job.size = job.body.len();
+        }
+        if let (Some(link), true) = (self.outbox.link(), shared) {
+            let keys: Vec<String> = batch
+                .iter()
+                .map(|(ep, _)| shared::spill_key(&ep.webhook.id))
+                .collect();
+            let rows: Vec<(&str, &Job)> = keys
+                .iter()
+                .zip(batch.iter())
+                .map(|(k, (_, job))| (k.as_str(), job))
+                .collect();
+            // A store that refuses them (counted as an outbox error) saved no cursor either:
+            // the changes are derived again after a restart or by the next leader.
+            let written = self.outbox.insert(&rows, cursor);
+            if written {
+                link.spilled(batch.iter().map(|(_, j)| j.size as u64).sum());
+            }
+            return (if written { 0 } else { batch.len() }, written);
         }
         let rows: Vec<(&str, &Job)> = batch
             .iter()
@@ -519,6 +583,14 @@ impl Deliveries {
     /// Stops every worker (they deliver within the shutdown deadline) and returns how many
     /// requests were left undelivered.
     pub async fn shutdown(&self, by: tokio::time::Instant) -> usize {
+        for c in self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            c.cancel();
+        }
         self.shutdown.at(by);
         let mut tasks =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));

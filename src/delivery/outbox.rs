@@ -23,6 +23,8 @@ use crate::store::{Cursor, Store};
 pub struct Outbox {
     store: Option<Arc<Store>>,
     metrics: Arc<DeliveryMetrics>,
+    /// Cluster mode: change events live in Redis streams, pause state and log there too.
+    link: Option<Arc<super::shared::Link>>,
 }
 
 /// A queued request read back from the store.
@@ -65,7 +67,21 @@ impl Outbox {
         Self {
             store: store.durable().then_some(store),
             metrics,
+            link: None,
         }
+    }
+
+    /// The same outbox in cluster mode.
+    pub fn with_link(self, link: Arc<super::shared::Link>) -> Self {
+        Self {
+            link: Some(link),
+            ..self
+        }
+    }
+
+    /// Cluster mode's part, when on.
+    pub fn link(&self) -> Option<&Arc<super::shared::Link>> {
+        self.link.as_ref()
     }
 
     pub fn durable(&self) -> bool {
@@ -133,6 +149,14 @@ impl Outbox {
         parked: bool,
     ) {
         let Some(store) = &self.store else { return };
+        if self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.holds(endpoint, job.seq))
+        {
+            // A stream's request: Redis keeps it pending for this replica while it is renewed.
+            return;
+        }
         let next_at = delay.map(|d| SystemTime::now() + d);
         // The body in memory may be empty (it is on disk): only the header is rewritten.
         let head = header(job, attempts, next_at, parked);
@@ -145,13 +169,24 @@ impl Outbox {
     /// Forgets finished jobs.
     pub fn remove(&self, endpoint: &str, seqs: &[u64]) {
         let Some(store) = &self.store else { return };
-        self.result(OutboxOp::Remove, store.outbox_remove(endpoint, seqs));
+        let local = match &self.link {
+            Some(l) => l.finish(endpoint, seqs),
+            None => seqs.to_vec(),
+        };
+        if !local.is_empty() {
+            self.result(OutboxOp::Remove, store.outbox_remove(endpoint, &local));
+        }
     }
 
     /// Forgets an endpoint altogether (its webhook was deleted).
     pub fn clear(&self, endpoint: &str) {
         let Some(store) = &self.store else { return };
         self.result(OutboxOp::Remove, store.outbox_clear(endpoint));
+        if let Some(l) = &self.link {
+            l.forget(endpoint);
+            let spill = super::shared::spill_key(endpoint);
+            self.result(OutboxOp::Remove, store.outbox_clear(&spill));
+        }
     }
 
     /// Every job kept for the endpoint, oldest first, handed to `each`; unreadable rows are
@@ -180,14 +215,28 @@ impl Outbox {
 
     pub fn pause_state(&self, endpoint: &str) -> Option<PauseState> {
         let store = self.store.as_ref()?;
-        let raw = store.endpoint_state(endpoint).ok()??;
+        let raw = match &self.link {
+            Some(l) => l.pause_state(endpoint)?,
+            None => store.endpoint_state(endpoint).ok()??,
+        };
         serde_json::from_str(&raw).ok()
     }
 
     pub fn save_pause_state(&self, endpoint: &str, state: &PauseState) {
         let Some(store) = &self.store else { return };
         let raw = serde_json::to_string(state).unwrap_or_default();
+        if let Some(l) = &self.link {
+            l.save_pause_state(endpoint, raw);
+            return;
+        }
         self.result(OutboxOp::State, store.put_endpoint_state(endpoint, &raw));
+    }
+
+    /// Cluster mode: adds an attempt to the endpoint's shared log.
+    pub fn log(&self, endpoint: &str, e: &super::LogEntry, policy: &crate::config::DeliveryConfig) {
+        if let Some(l) = &self.link {
+            l.log(endpoint, e, policy.log_size, policy.log_body_bytes);
+        }
     }
 }
 
@@ -250,7 +299,7 @@ fn decode(seq: u64, head: &[u8], size: usize) -> Option<Stored> {
 
 /// Labels are a closed set (event names, Flagr operations, a few kinds): read back as the same
 /// static strings, so a label never allocates on the hot path.
-fn static_label(s: &str) -> &'static str {
+pub(crate) fn static_label(s: &str) -> &'static str {
     const OTHERS: [&str; 7] = [
         "create",
         "update",

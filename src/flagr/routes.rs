@@ -7,7 +7,7 @@
 use http::Method;
 
 /// One of Flagr's 19 mutating endpoints (reference §1), numbered as there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Mutation {
     /// 1. `POST /flags`
     CreateFlag,

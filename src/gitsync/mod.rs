@@ -194,6 +194,8 @@ struct Worker {
     refused: String,
     /// After a failure that may pass (Flagr or the remote not up yet), try again this soon.
     retry_at: Option<tokio::time::Instant>,
+    /// Cluster mode: only the lease holder syncs; the others pass pushes on to it.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// How soon a sync that failed (not refused) is tried again, at most.
@@ -208,6 +210,7 @@ impl GitSync {
         token: String,
         flagr: FlagrClient,
         metrics: Arc<GitSyncMetrics>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
         shutdown: CancellationToken,
     ) -> Result<Option<Arc<Self>>, GitSyncError> {
         if cfg.git_repositories.is_empty() {
@@ -253,6 +256,7 @@ impl GitSync {
                 status: status.clone(),
                 refused: String::new(),
                 retry_at: None,
+                cluster: cluster.clone(),
             };
             tokio::spawn(w.run(rx, shutdown.clone()));
             handles.push(RepoHandle {
@@ -265,6 +269,13 @@ impl GitSync {
             repos: handles,
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
         })))
+    }
+
+    /// Cluster mode: another replica was pushed to; the lease holder fetches now.
+    pub fn poke(&self, id: &str) {
+        if let Some(r) = self.repos.iter().find(|r| r.cfg.id == id) {
+            let _ = r.tx.try_send(Trigger::Poll);
+        }
     }
 
     pub fn statuses(&self) -> Vec<Status> {
@@ -342,15 +353,49 @@ impl Worker {
         // The first tick is immediate: sync on start.
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading = self.cluster.as_ref().map(|c| c.watch_leader());
         loop {
             let retry = self.retry_at;
             let t = tokio::select! {
                 t = rx.recv() => match t { Some(t) => t, None => return },
                 _ = tick.tick() => Trigger::Poll,
                 () = async { if let Some(r) = retry { tokio::time::sleep_until(r).await } }, if retry.is_some() => Trigger::Poll,
+                // A new lease holder syncs at once (the last one may have left a push behind).
+                Some(true) = async {
+                    match leading.as_mut() {
+                        Some(l) => l.changed().await.ok().map(|()| *l.borrow_and_update()),
+                        None => std::future::pending().await,
+                    }
+                } => Trigger::Poll,
                 () = shutdown.cancelled() => return,
             };
             self.retry_at = None;
+            if let Some(c) = self.cluster.clone().filter(|c| !c.confirmed_leader()) {
+                match t {
+                    // The lease holder fetches and syncs: told here, it does so now.
+                    Trigger::Push(_) => {
+                        let _ = c.broadcast("git", &self.cfg.id).await;
+                    }
+                    Trigger::Manual { dry_run, reply } if !dry_run => {
+                        let r = self.failed_report(
+                            String::new(),
+                            false,
+                            "cluster mode: another replica holds the lease and runs git sync"
+                                .into(),
+                        );
+                        let _ = reply.send(r);
+                    }
+                    Trigger::Manual { reply, .. } => {
+                        let report = match self.repo.fetch().await {
+                            Ok(head) => self.sync(&head, true, true).await,
+                            Err(e) => self.failed_report(String::new(), true, e.to_string()),
+                        };
+                        let _ = reply.send(report);
+                    }
+                    Trigger::Poll => {}
+                }
+                continue;
+            }
             match t {
                 Trigger::Poll => self.poll().await,
                 Trigger::Push(p) => self.on_push(p).await,

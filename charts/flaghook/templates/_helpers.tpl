@@ -44,9 +44,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $gitsync := get $cfg "gitsync" | default dict -}}
 {{- if not (get $gitsync "workdir") -}}{{- $_ := set $gitsync "workdir" "/var/cache/flaghook/git" -}}{{- end -}}
 {{- $_ := set $cfg "gitsync" $gitsync -}}
+{{/* Cluster mode: the Redis URL and password come from a Secret through the environment
+     (FLAGHOOK_REDIS_URL, FLAGHOOK_REDIS_PASSWORD: see flaghook.container). */}}
+{{- $cl := .Values.cluster | default dict -}}
+{{- if and $cl.redisUrl $cl.existingSecret -}}
+{{- fail "cluster: set redisUrl or existingSecret, not both" -}}
+{{- end -}}
+{{- if and $cl.password $cl.passwordExistingSecret -}}
+{{- fail "cluster: set password or passwordExistingSecret, not both" -}}
+{{- end -}}
+{{- $secrets := .Values.secrets | default dict -}}
+{{- if and (not .Values.existingSecret) (or (and $cl.redisUrl (hasKey $secrets "redis-url")) (and $cl.password (hasKey $secrets "redis-password"))) -}}
+{{- fail "secrets: the keys redis-url and redis-password are the chart's own in cluster mode (cluster.redisUrl, cluster.password)" -}}
+{{- end -}}
+{{- $cluster := get $cfg "cluster" | default dict -}}
+{{- if or $cl.redisUrl $cl.existingSecret -}}{{- $_ := set $cluster "redis_url" "env:FLAGHOOK_REDIS_URL" -}}{{- end -}}
+{{- if or $cl.password $cl.passwordExistingSecret -}}
+{{- if not (get $cluster "redis_url") -}}
+{{- fail "cluster.password needs cluster.redisUrl or cluster.existingSecret" -}}
+{{- end -}}
+{{- $_ := set $cluster "password" "env:FLAGHOOK_REDIS_PASSWORD" -}}
+{{- end -}}
+{{- if $cluster -}}{{- $_ := set $cfg "cluster" $cluster -}}{{- end -}}
 {{- $changelog := get $cfg "changelog" | default dict -}}
-{{- if and (gt (int .Values.replicaCount) 1) (ne (get $changelog "follow" | default "all") "proxied") -}}
-{{- fail "replicaCount > 1: every replica would follow the same Flagr changelog and send each change once per replica. Set config.changelog.follow=proxied (each replica sends only the changes it proxied), or run one replica." -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not (get $cluster "redis_url")) (ne (get $changelog "follow" | default "all") "proxied") -}}
+{{- fail "replicaCount > 1: every replica would follow the same Flagr changelog and send each change once per replica. Set cluster.redisUrl or cluster.existingSecret (cluster mode: the replicas share one Redis and send each change once), or config.changelog.follow=proxied (no Redis: each replica sends only the changes it proxied), or run one replica." -}}
 {{- end -}}
 {{- if not $cfg.webhooks -}}{{- $_ := unset $cfg "webhooks" -}}{{- end -}}
 {{- if not $cfg.impression_webhooks -}}{{- $_ := unset $cfg "impression_webhooks" -}}{{- end -}}
@@ -101,6 +123,33 @@ It expects this chart's values (as a subchart: pass the subchart's context).
     - name: {{ $k }}
       value: {{ $v | quote }}
     {{- end }}
+    {{- $cl := .Values.cluster | default dict }}
+    {{- if or $cl.redisUrl $cl.existingSecret }}
+    # cluster.redis_url = "env:FLAGHOOK_REDIS_URL"
+    - name: FLAGHOOK_REDIS_URL
+      valueFrom:
+        secretKeyRef:
+          {{- if $cl.redisUrl }}
+          name: {{ include "flaghook.fullname" . }}
+          key: redis-url
+          {{- else }}
+          name: {{ $cl.existingSecret }}
+          key: {{ $cl.existingSecretKey | default "redis-url" }}
+          {{- end }}
+    {{- end }}
+    {{- if or $cl.password $cl.passwordExistingSecret }}
+    # cluster.password = "env:FLAGHOOK_REDIS_PASSWORD"
+    - name: FLAGHOOK_REDIS_PASSWORD
+      valueFrom:
+        secretKeyRef:
+          {{- if $cl.password }}
+          name: {{ include "flaghook.fullname" . }}
+          key: redis-password
+          {{- else }}
+          name: {{ $cl.passwordExistingSecret }}
+          key: {{ $cl.passwordExistingSecretKey | default "redis-password" }}
+          {{- end }}
+    {{- end }}
 {{- end -}}
 
 {{/* The volumes the container needs. */}}
@@ -151,7 +200,8 @@ It expects this chart's values (as a subchart: pass the subchart's context).
 {{/* Pod annotations: config checksum (rolls the pod on change) and Prometheus scraping. */}}
 {{- define "flaghook.podAnnotations" -}}
 checksum/config: {{ include "flaghook.config" . | sha256sum }}
-checksum/secret: {{ printf "%v%v" .Values.secrets .Values.adminToken | sha256sum }}
+{{- $cl := .Values.cluster | default dict }}
+checksum/secret: {{ printf "%v%v%v%v" .Values.secrets .Values.adminToken ($cl.redisUrl | default "") ($cl.password | default "") | sha256sum }}
 {{- if .Values.metrics.annotations }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .Values.ports.admin | quote }}

@@ -1,0 +1,129 @@
+//! Cluster mode: the follower runs on one replica at a time, the lease holder; the others
+//! send it their proxied changes' hints through Redis.
+//!
+//! In: leadership changes; hints from this replica's proxy and from the other replicas. Out:
+//! a follower run per term, started from the cursors the last leader saved in Redis; hints
+//! published for the leader.
+//! Never: runs two followers at once on one replica; starts a term from cursors older than
+//! the shared ones (the local store is replaced with them first).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Follower, Hint};
+use crate::cluster::Cluster;
+use crate::store::Cursor;
+
+/// Follows while leading, until the local hint channel closes (the proxy stopped); then lets
+/// the current run walk its last hints and returns.
+pub async fn run(
+    follower: Arc<Follower>,
+    cluster: Arc<Cluster>,
+    mut local: mpsc::Receiver<Hint>,
+    mut remote: mpsc::Receiver<Hint>,
+    capacity: usize,
+) {
+    let mut leading = cluster.watch_leader();
+    loop {
+        // A follower forwards its local hints to the leader and waits for the lease.
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                h = local.recv() => match h {
+                    Some(h) => publish(&cluster, &h),
+                    None => return,
+                },
+                Some(_) = remote.recv() => {}
+                r = leading.changed() => if r.is_err() { return },
+            }
+        }
+        if !take_over(&follower, &cluster, &mut leading).await {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        let task = tokio::spawn(follower.clone().run(rx, None));
+        let abort = task.abort_handle();
+        loop {
+            tokio::select! {
+                h = local.recv() => match h {
+                    Some(h) => { let _ = tx.try_send(h); }
+                    None => {
+                        drop(tx);
+                        let _ = task.await;
+                        return;
+                    }
+                },
+                Some(h) = remote.recv() => {
+                    cluster.metrics.hints.with_label_values(&["received"]).inc();
+                    let _ = tx.try_send(h);
+                }
+                r = leading.changed() => {
+                    if r.is_err() || !*leading.borrow_and_update() {
+                        // The store keeps what the run derived; the next leader's cursors
+                        // come from Redis, and claims keep anything derived twice from
+                        // being queued twice.
+                        abort.abort();
+                        tracing::info!("lease lost: changelog follower stopped");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn publish(cluster: &Cluster, h: &Hint) {
+    if let Ok(v) = serde_json::to_value(h) {
+        cluster.publish_hint(v);
+    }
+}
+
+/// Replaces the local cursors with the shared ones (when a leader saved any); false when the
+/// lease was lost meanwhile.
+async fn take_over(
+    follower: &Follower,
+    cluster: &Cluster,
+    leading: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    loop {
+        match cluster.cursors().await {
+            Ok(None) => return true,
+            Ok(Some(shared)) => {
+                let cursors: Vec<(i64, Cursor)> = shared
+                    .cursors
+                    .iter()
+                    .filter_map(|(f, j)| Some((*f, serde_json::from_str(j).ok()?)))
+                    .collect();
+                let rows: Vec<(i64, &Cursor)> = cursors.iter().map(|(f, c)| (*f, c)).collect();
+                let saved = follower.store.reset_changelog().and_then(|()| {
+                    follower.store.save_changelog(
+                        &rows,
+                        Some(shared.baseline),
+                        Some(shared.seen_max),
+                    )
+                });
+                match saved {
+                    Ok(()) => {
+                        tracing::info!(
+                            seen_max = shared.seen_max,
+                            flags = rows.len(),
+                            "changelog: following from the cursors the last leader saved"
+                        );
+                        return true;
+                    }
+                    Err(e) => {
+                        follower.failed(super::FailStage::Store, "shared cursors not stored", &e)
+                    }
+                }
+            }
+            // Redis away at the moment of taking over: try again (the lease says this replica
+            // leads; it must not start from cursors older than the shared ones).
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            r = leading.changed() => if r.is_err() || !*leading.borrow_and_update() { return false },
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Cluster mode's metrics: whether Redis answers, leadership, what moved through Redis and
+//! what the claims kept from being queued twice.
+//!
+//! In: counts from the cluster pieces. Out: series in the one registry. Never: labels anything
+//! with an event id or a flag.
+
+use crate::metrics::Registry;
+
+pub struct ClusterMetrics {
+    pub up: prometheus::IntGauge,
+    pub leader: prometheus::IntGauge,
+    pub leader_changes: prometheus::IntCounter,
+    pub errors: prometheus::IntCounterVec,
+    pub queued: prometheus::IntCounter,
+    pub duplicates: prometheus::IntCounter,
+    pub spill_events: prometheus::IntGauge,
+    pub spill_bytes: prometheus::IntGauge,
+    pub reclaimed: prometheus::IntCounter,
+    pub order_waits: prometheus::IntCounter,
+    pub hints: prometheus::IntCounterVec,
+    pub dropped: prometheus::IntCounterVec,
+}
+
+impl ClusterMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let m = Self {
+            up: r.gauge(
+                "flaghook_cluster_redis_up",
+                "1 while the shared Redis answers (cluster mode).",
+            ),
+            leader: r.gauge(
+                "flaghook_cluster_leader",
+                "1 while this replica holds the lease: it follows the changelog and runs git sync.",
+            ),
+            leader_changes: r.counter(
+                "flaghook_cluster_leader_changes_total",
+                "Times this replica took or lost the lease.",
+            ),
+            errors: r.counter_vec(
+                "flaghook_cluster_redis_errors_total",
+                "Redis calls that failed, by operation (each is tried again).",
+                &["op"],
+            ),
+            queued: r.counter(
+                "flaghook_cluster_events_queued_total",
+                "Requests moved from the local store into the shared streams.",
+            ),
+            duplicates: r.counter(
+                "flaghook_cluster_duplicates_total",
+                "Requests not queued because their event id was claimed already (a re-derivation after a takeover or a restart).",
+            ),
+            spill_events: r.gauge(
+                "flaghook_cluster_spill_events",
+                "Requests waiting in the local store for Redis.",
+            ),
+            spill_bytes: r.gauge(
+                "flaghook_cluster_spill_bytes",
+                "Bytes of requests waiting in the local store for Redis (bounded by cluster.spill_max_bytes).",
+            ),
+            reclaimed: r.counter(
+                "flaghook_cluster_reclaimed_total",
+                "Requests taken over from a replica that stopped renewing them.",
+            ),
+            order_waits: r.counter(
+                "flaghook_cluster_order_waits_total",
+                "Requests that waited for an earlier request of their flag held by another replica.",
+            ),
+            hints: r.counter_vec(
+                "flaghook_cluster_hints_total",
+                "Proxied changes' hints published to the leader (sent) or received from another replica (received).",
+                &["direction"],
+            ),
+            dropped: r.counter_vec(
+                "flaghook_cluster_writes_dropped_total",
+                "Best-effort writes to Redis given up (log entries, pause state, hints), by kind.",
+                &["kind"],
+            ),
+        };
+        for d in ["sent", "received"] {
+            m.hints.with_label_values(&[d]);
+        }
+        m
+    }
+}

@@ -1,0 +1,320 @@
+//! What every replica reads the same: runtime webhooks, pause state, the delivery log, the
+//! changelog's cursors, and the messages between replicas (operator commands, hints).
+//!
+//! In: raw JSON from delivery, the admin API and the changelog's supervisor (this module does
+//! not know their types). Out: the same JSON back, from any replica; messages to subscribers.
+//! Never: blocks a caller on a best-effort write (log entries, pause state and hints go
+//! through a bounded queue; what does not fit is counted); lets a cursor go backwards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::RedisError;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+
+/// A message between replicas.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Message {
+    /// The replica that sent it (it ignores its own).
+    pub from: String,
+    /// `webhooks` (reload them), `pause`, `resume`, `hint`.
+    pub op: String,
+    #[serde(default)]
+    pub id: String,
+    /// A hint's JSON.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+/// Saves cursors only forward (a replica with an older view never moves them back), the
+/// baseline once, and `seen_max` only up.
+const SAVE_CURSORS: &str = r"
+if ARGV[1] ~= '' and redis.call('HSETNX', KEYS[2], 'baseline', ARGV[1]) == 0 then end
+local s = tonumber(redis.call('HGET', KEYS[2], 'seen_max') or '-1')
+if tonumber(ARGV[2]) > s then redis.call('HSET', KEYS[2], 'seen_max', ARGV[2]) end
+for i = 3, #ARGV, 3 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not old) or tonumber(cjson.decode(old)['snapshot']) <= tonumber(ARGV[i + 2]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+";
+
+/// The changelog's shared state: baseline, seen_max and each flag's cursor as JSON.
+pub struct SharedCursors {
+    pub baseline: i64,
+    pub seen_max: i64,
+    pub cursors: Vec<(i64, String)>,
+}
+
+impl Cluster {
+    /// Runtime webhooks (id, JSON).
+    pub async fn webhooks(&self) -> Result<Vec<(String, String)>, RedisError> {
+        let m: HashMap<String, String> = self
+            .call("webhooks", redis::cmd("HGETALL").arg(self.key("webhooks")))
+            .await?;
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Saves a runtime webhook and tells the other replicas.
+    pub async fn put_webhook(&self, id: &str, json: &str) -> Result<(), RedisError> {
+        let mut p = redis::pipe();
+        p.atomic()
+            .hset(self.key("webhooks"), id, json)
+            .ignore()
+            .publish(self.key("ctl"), self.message("webhooks", id, None))
+            .ignore();
+        self.pipe("webhooks", &p).await
+    }
+
+    /// Deletes a runtime webhook with its stream, counters and log, and tells the others.
+    pub async fn delete_webhook(&self, id: &str) -> Result<(), RedisError> {
+        let mut p = redis::pipe();
+        p.atomic()
+            .hdel(self.key("webhooks"), id)
+            .ignore()
+            .del(&[
+                self.key(&format!("s:{id}")),
+                self.key(&format!("q:{id}")),
+                self.key(&format!("d:{id}")),
+                self.key(&format!("log:{id}")),
+            ])
+            .ignore()
+            .hdel(self.key("pause"), id)
+            .ignore()
+            .publish(self.key("ctl"), self.message("webhooks", id, None))
+            .ignore();
+        self.pipe("webhooks", &p).await
+    }
+
+    /// Tells the other replicas about an operator command (`pause`, `resume`).
+    pub async fn broadcast(&self, op: &str, id: &str) -> Result<(), RedisError> {
+        let mut p = redis::pipe();
+        p.publish(self.key("ctl"), self.message(op, id, None))
+            .ignore();
+        self.pipe("control", &p).await
+    }
+
+    /// Sends a proxied change's hint to the leader (best effort: its poll finds the change).
+    pub fn publish_hint(&self, hint: serde_json::Value) {
+        let mut p = redis::pipe();
+        p.publish(self.key("ctl"), self.message("hint", "", Some(hint)))
+            .ignore();
+        self.metrics.hints.with_label_values(&["sent"]).inc();
+        self.write("hint", p);
+    }
+
+    fn message(&self, op: &str, id: &str, body: Option<serde_json::Value>) -> String {
+        serde_json::to_string(&Message {
+            from: self.replica.clone(),
+            op: op.into(),
+            id: id.into(),
+            body,
+        })
+        .unwrap_or_default()
+    }
+
+    async fn pipe(&self, op: &'static str, p: &redis::Pipeline) -> Result<(), RedisError> {
+        let r = match self.conn().await {
+            Ok(mut c) => p.query_async::<()>(&mut c).await,
+            Err(e) => Err(e),
+        };
+        self.note(op, r)
+    }
+
+    /// Every endpoint's pause state (id, JSON).
+    pub async fn pause_states(&self) -> Result<HashMap<String, String>, RedisError> {
+        self.call("pause", redis::cmd("HGETALL").arg(self.key("pause")))
+            .await
+    }
+
+    /// Saves an endpoint's pause state (best effort; saved again at its next change).
+    pub fn save_pause(&self, id: &str, json: &str) {
+        let mut p = redis::pipe();
+        p.hset(self.key("pause"), id, json).ignore();
+        self.write("pause", p);
+    }
+
+    /// Adds a delivery attempt to an endpoint's shared log, keeping the newest `max`.
+    pub fn push_log(&self, id: &str, json: String, max: usize) {
+        let key = self.key(&format!("log:{id}"));
+        let mut p = redis::pipe();
+        p.lpush(&key, json)
+            .ignore()
+            .ltrim(&key, 0, max.saturating_sub(1) as isize)
+            .ignore();
+        self.write("log", p);
+    }
+
+    /// An endpoint's shared log, newest first.
+    pub async fn log(&self, id: &str) -> Result<Vec<String>, RedisError> {
+        self.call(
+            "log",
+            redis::cmd("LRANGE")
+                .arg(self.key(&format!("log:{id}")))
+                .arg(0)
+                .arg(-1),
+        )
+        .await
+    }
+
+    /// Requests waiting in an endpoint's stream (queued or in flight), cluster-wide.
+    pub async fn backlog(&self, id: &str) -> Result<u64, RedisError> {
+        self.call(
+            "backlog",
+            redis::cmd("XLEN").arg(self.key(&format!("s:{id}"))),
+        )
+        .await
+    }
+
+    /// The changelog's shared state; `None` before any leader saved one.
+    pub async fn cursors(&self) -> Result<Option<SharedCursors>, RedisError> {
+        let meta: HashMap<String, i64> = self
+            .call("cursors", redis::cmd("HGETALL").arg(self.key("changelog")))
+            .await?;
+        let Some(baseline) = meta.get("baseline").copied() else {
+            return Ok(None);
+        };
+        let cursors: HashMap<i64, String> = self
+            .call("cursors", redis::cmd("HGETALL").arg(self.key("cursors")))
+            .await?;
+        Ok(Some(SharedCursors {
+            baseline,
+            seen_max: meta.get("seen_max").copied().unwrap_or(baseline),
+            cursors: cursors.into_iter().collect(),
+        }))
+    }
+
+    /// Saves the changelog's state, only forward: (flag, JSON, snapshot) per cursor.
+    pub async fn save_cursors(
+        &self,
+        baseline: Option<i64>,
+        seen_max: i64,
+        cursors: &[(i64, String, i64)],
+    ) -> Result<(), RedisError> {
+        let script = redis::Script::new(SAVE_CURSORS);
+        let mut args: Vec<Vec<u8>> = vec![
+            baseline
+                .map(|b| b.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+            seen_max.to_string().into_bytes(),
+        ];
+        for (flag, json, snapshot) in cursors {
+            args.push(flag.to_string().into_bytes());
+            args.push(json.clone().into_bytes());
+            args.push(snapshot.to_string().into_bytes());
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let _: i64 = self
+            .script(
+                "cursors",
+                &script,
+                &[self.key("cursors"), self.key("changelog")],
+                &refs,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Carries out the best-effort writes until `stop`; a write that fails is tried once more a
+/// second later, then counted and dropped.
+pub async fn run_writer(c: Arc<Cluster>, stop: CancellationToken) {
+    let Some(mut rx) = c
+        .writes_rx
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
+    loop {
+        let (kind, p) = tokio::select! {
+            w = rx.recv() => match w { Some(w) => w, None => return },
+            () = stop.cancelled() => return,
+        };
+        let mut tries = 0;
+        loop {
+            if c.pipe(kind, &p).await.is_ok() {
+                break;
+            }
+            tries += 1;
+            if tries >= 2 {
+                c.metrics.dropped.with_label_values(&[kind]).inc();
+                break;
+            }
+            if !super::pause(Duration::from_secs(1), &stop).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Hands every message from the other replicas to `each` until `stop`, resubscribing after a
+/// lost connection; `each` also gets a `resync` message after every (re)subscription, since
+/// messages sent meanwhile were missed.
+pub async fn subscribe(
+    c: Arc<Cluster>,
+    each: impl Fn(Message) + Send + Sync + 'static,
+    stop: CancellationToken,
+) {
+    let channel = c.key("ctl");
+    loop {
+        let sub = async {
+            let mut ps = c.pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, RedisError>(ps)
+        };
+        let mut ps = match tokio::time::timeout(Duration::from_secs(3), sub).await {
+            Ok(Ok(ps)) => ps,
+            Ok(Err(e)) => {
+                c.failed("subscribe", &e);
+                if !super::pause(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                if !super::pause(Duration::from_secs(1), &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        each(Message {
+            from: String::new(),
+            op: "resync".into(),
+            id: String::new(),
+            body: None,
+        });
+        let mut msgs = ps.on_message();
+        loop {
+            let m = tokio::select! {
+                m = msgs.next() => m,
+                () = stop.cancelled() => return,
+            };
+            let Some(m) = m else { break };
+            let Ok(payload) = m.get_payload::<String>() else {
+                continue;
+            };
+            match serde_json::from_str::<Message>(&payload) {
+                Ok(msg) if msg.from != c.replica => each(msg),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "unreadable message from another replica"),
+            }
+        }
+        tracing::warn!("redis subscription lost: subscribing again");
+        if !super::pause(Duration::from_millis(500), &stop).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! One stream per endpoint, and the consumer group the replicas share: queued once per event
+//! id (a claim), numbered per flag, delivered by whichever replica reads it, finished once.
+//!
+//! In: requests from the local store's spill (the leader's derivations); reads, renewals and
+//! acknowledgements from every replica's consumers. Out: stream entries; which flags' earlier
+//! requests are finished (for per-flag order across replicas).
+//! Never: queues an event id twice for one endpoint within `claim_ttl`; moves a flag's
+//! finished mark backwards.
+
+use std::collections::HashMap;
+
+use redis::RedisError;
+
+use super::{Cluster, Entry, GROUP};
+
+/// Claims each request's id; queues the new ones with the next number of their flag.
+/// KEYS: stream, per-flag counters. ARGV: claim prefix, claim ttl (s), then 7 per request.
+const QUEUE: &str = r"
+local added, skipped = 0, 0
+for i = 3, #ARGV, 7 do
+  if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
+    local n = redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    redis.call('XADD', KEYS[1], '*', 'i', ARGV[i], 'f', ARGV[i + 1], 'n', n, 'k', ARGV[i + 2],
+      'l', ARGV[i + 3], 'r', ARGV[i + 4], 'e', ARGV[i + 5], 'b', ARGV[i + 6])
+    added = added + 1
+  else
+    skipped = skipped + 1
+  end
+end
+return {added, skipped}
+";
+
+/// Finishes requests: acknowledged, deleted, and their flag's finished mark moved forward.
+/// KEYS: stream, finished marks. ARGV: group, then 3 per request (entry id, flag, number).
+const FINISH: &str = r"
+for i = 2, #ARGV, 3 do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  local done = tonumber(redis.call('HGET', KEYS[2], ARGV[i + 1]) or '0')
+  if done < tonumber(ARGV[i + 2]) then redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2]) end
+end
+return 1
+";
+
+/// One request to queue.
+pub struct Queued<'a> {
+    pub id: &'a str,
+    pub flag: i64,
+    pub flag_key: &'a str,
+    pub label: &'a str,
+    pub records: usize,
+    pub encoding: &'a str,
+    pub body: &'a [u8],
+}
+
+/// A request read from a stream.
+#[derive(Clone, Debug)]
+pub struct Read {
+    pub entry: String,
+    pub id: String,
+    pub flag: i64,
+    /// Its place among its flag's requests to this endpoint (1, 2, ...).
+    pub n: u64,
+    pub flag_key: String,
+    pub label: String,
+    pub records: usize,
+    pub encoding: String,
+    pub body: Vec<u8>,
+}
+
+impl Read {
+    /// `None` for an entry deleted meanwhile or not written by [`Cluster::queue`].
+    fn from(e: Entry) -> Result<Self, String> {
+        let (entry, fields) = e;
+        let Some(mut f) = fields else {
+            return Err(entry);
+        };
+        let text = |f: &mut HashMap<String, Vec<u8>>, k: &str| {
+            String::from_utf8(f.remove(k).unwrap_or_default()).unwrap_or_default()
+        };
+        let flag = text(&mut f, "f").parse().ok();
+        let n = text(&mut f, "n").parse().ok();
+        let (Some(flag), Some(n)) = (flag, n) else {
+            return Err(entry);
+        };
+        Ok(Self {
+            id: text(&mut f, "i"),
+            flag,
+            n,
+            flag_key: text(&mut f, "k"),
+            label: text(&mut f, "l"),
+            records: text(&mut f, "r").parse().unwrap_or(0),
+            encoding: text(&mut f, "e"),
+            body: f.remove("b").unwrap_or_default(),
+            entry,
+        })
+    }
+}
+
+/// What a read gave: requests, and entries to finish unread (deleted meanwhile, unreadable).
+pub struct Batch {
+    pub reads: Vec<Read>,
+    pub gone: Vec<String>,
+}
+
+fn batch(entries: Vec<Entry>) -> Batch {
+    let mut b = Batch {
+        reads: Vec::new(),
+        gone: Vec::new(),
+    };
+    for e in entries {
+        match Read::from(e) {
+            Ok(r) => b.reads.push(r),
+            Err(id) => b.gone.push(id),
+        }
+    }
+    b
+}
+
+impl Cluster {
+    fn stream(&self, endpoint: &str) -> String {
+        self.key(&format!("s:{endpoint}"))
+    }
+
+    /// Queues requests for an endpoint, each at most once per id; returns (queued, skipped as
+    /// already claimed).
+    pub async fn queue(
+        &self,
+        endpoint: &str,
+        reqs: &[Queued<'_>],
+    ) -> Result<(u64, u64), RedisError> {
+        let script = redis::Script::new(QUEUE);
+        let claim = self.key(&format!("c:{endpoint}:"));
+        let ttl = self.cfg.claim_ttl.as_secs().max(1).to_string();
+        let nums: Vec<(String, String)> = reqs
+            .iter()
+            .map(|r| (r.flag.to_string(), r.records.to_string()))
+            .collect();
+        let mut args: Vec<&[u8]> = vec![claim.as_bytes(), ttl.as_bytes()];
+        for (r, (flag, records)) in reqs.iter().zip(&nums) {
+            args.extend_from_slice(&[
+                r.id.as_bytes(),
+                flag.as_bytes(),
+                r.flag_key.as_bytes(),
+                r.label.as_bytes(),
+                records.as_bytes(),
+                r.encoding.as_bytes(),
+                r.body,
+            ]);
+        }
+        let (added, skipped): (u64, u64) = self
+            .script(
+                "queue",
+                &script,
+                &[self.stream(endpoint), self.key(&format!("q:{endpoint}"))],
+                &args,
+            )
+            .await?;
+        self.metrics.queued.inc_by(added);
+        self.metrics.duplicates.inc_by(skipped);
+        Ok((added, skipped))
+    }
+
+    /// Creates the endpoint's group when missing (from the stream's start: nothing queued
+    /// before the first replica came is skipped).
+    pub async fn ensure_group(
+        &self,
+        c: &mut impl redis::aio::ConnectionLike,
+        endpoint: &str,
+    ) -> Result<(), RedisError> {
+        let r: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.stream(endpoint))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(c)
+            .await;
+        match r {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            r => self.note("group", r),
+        }
+    }
+
+    /// Reads up to `count` requests: this replica's own unfinished ones when `own` (after a
+    /// restart), else new ones, waiting up to `block` for them.
+    pub async fn read(
+        &self,
+        c: &mut impl redis::aio::ConnectionLike,
+        endpoint: &str,
+        count: usize,
+        own: bool,
+        block: std::time::Duration,
+    ) -> Result<Batch, RedisError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.replica)
+            .arg("COUNT")
+            .arg(count);
+        if !own {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS")
+            .arg(self.stream(endpoint))
+            .arg(if own { "0" } else { ">" });
+        let v: redis::Value = self.note("read", cmd.query_async(c).await)?;
+        Ok(batch(super::entries(&v)))
+    }
+
+    /// Takes over requests another replica has held for `reclaim_idle` without renewing them.
+    pub async fn reclaim(&self, endpoint: &str, count: usize) -> Result<Batch, RedisError> {
+        let v: redis::Value = self
+            .call(
+                "reclaim",
+                redis::cmd("XAUTOCLAIM")
+                    .arg(self.stream(endpoint))
+                    .arg(GROUP)
+                    .arg(&self.replica)
+                    .arg(self.cfg.reclaim_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count),
+            )
+            .await?;
+        let b = batch(super::entries(&v));
+        self.metrics.reclaimed.inc_by(b.reads.len() as u64);
+        Ok(b)
+    }
+
+    /// Renews this replica's hold on requests it still works on (a retry waits, a receiver is
+    /// slow), unless another replica took one over very recently.
+    pub async fn renew(&self, endpoint: &str, entries: &[String]) -> Result<(), RedisError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let min_idle = (self.cfg.reclaim_idle / 8).as_millis() as u64;
+        let _: redis::Value = self
+            .call(
+                "renew",
+                redis::cmd("XCLAIM")
+                    .arg(self.stream(endpoint))
+                    .arg(GROUP)
+                    .arg(&self.replica)
+                    .arg(min_idle)
+                    .arg(entries)
+                    .arg("JUSTID"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Finishes requests (delivered, or given up on and counted): (entry, flag, number).
+    pub async fn finish(
+        &self,
+        endpoint: &str,
+        done: &[(String, i64, u64)],
+    ) -> Result<(), RedisError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let script = redis::Script::new(FINISH);
+        let nums: Vec<(String, String)> = done
+            .iter()
+            .map(|(_, f, n)| (f.to_string(), n.to_string()))
+            .collect();
+        let mut args: Vec<&[u8]> = vec![GROUP.as_bytes()];
+        for ((entry, _, _), (flag, n)) in done.iter().zip(&nums) {
+            args.extend_from_slice(&[entry.as_bytes(), flag.as_bytes(), n.as_bytes()]);
+        }
+        let _: i64 = self
+            .script(
+                "finish",
+                &script,
+                &[self.stream(endpoint), self.key(&format!("d:{endpoint}"))],
+                &args,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The number of the last finished request of each flag (0: none yet).
+    pub async fn finished(&self, endpoint: &str, flags: &[i64]) -> Result<Vec<u64>, RedisError> {
+        if flags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let v: Vec<Option<u64>> = self
+            .call(
+                "finished",
+                redis::cmd("HMGET")
+                    .arg(self.key(&format!("d:{endpoint}")))
+                    .arg(flags),
+            )
+            .await?;
+        Ok(v.into_iter().map(|n| n.unwrap_or(0)).collect())
+    }
+}

@@ -1,0 +1,618 @@
+//! Delivery in cluster mode: change events go from the local store's spill into one Redis
+//! stream per endpoint (the relay), every replica's consumer takes its share from the group
+//! and hands it to its endpoint worker, and what the worker finishes is finished in Redis.
+//!
+//! In: spilled requests (the leader's derivations, on disk first); stream entries; the
+//! worker's finished requests; its log entries and pause state. Out: queued entries, jobs for
+//! the local workers, acknowledgements, the shared log and pause state.
+//! Never: hands a worker a request before the earlier requests of its flag to that endpoint
+//! are finished or already handed to the same worker (order per flag holds cluster-wide);
+//! removes a spilled request before Redis has it; holds more than `hand_max_events` per
+//! endpoint (the rest stays for the other replicas).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::job::{Job, LogEntry};
+use super::outbox::{static_label, Outbox};
+use crate::cluster::stream::{Queued, Read};
+use crate::cluster::Cluster;
+use crate::store::{Cursor, Store};
+
+/// Requests moved to Redis per call.
+const MOVE_BATCH: usize = 256;
+/// Bytes of bodies moved to Redis per call.
+const MOVE_BYTES: usize = 4 << 20;
+
+/// The spill rows of an endpoint: a name no webhook id can have.
+pub fn spill_key(endpoint: &str) -> String {
+    format!("~{endpoint}")
+}
+
+/// A request this replica holds from a stream.
+#[derive(Clone, Debug)]
+struct Held {
+    entry: String,
+    flag: i64,
+    n: u64,
+}
+
+/// What this replica holds of one endpoint's stream.
+#[derive(Default)]
+struct Hand {
+    /// By the worker's job sequence number.
+    by_seq: HashMap<u64, Held>,
+    /// Handed to the worker: (flag, number).
+    released: HashSet<(i64, u64)>,
+    /// Every entry held, handed over or not.
+    entries: HashSet<String>,
+}
+
+/// Cluster mode as delivery sees it.
+pub struct Link {
+    pub cluster: Arc<Cluster>,
+    hands: DashMap<String, Arc<Mutex<Hand>>>,
+    finished: mpsc::UnboundedSender<(String, Held)>,
+    finished_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Held)>>>,
+    spilled: Notify,
+    spill_bytes: AtomicU64,
+    pauses: DashMap<String, String>,
+}
+
+/// A delivery log entry as Redis keeps it (every replica's page reads the same).
+#[derive(Serialize, Deserialize)]
+struct SharedEntry {
+    at: String,
+    delivery_id: String,
+    event: String,
+    flag_key: Option<String>,
+    attempt: usize,
+    probe: bool,
+    status: Option<u16>,
+    latency_ms: f64,
+    error: Option<String>,
+    response: String,
+    records: usize,
+    body_kept: bool,
+    /// Base64 of the body, when kept.
+    body: String,
+    order_key: i64,
+    encoding: Option<String>,
+    request_headers: Vec<(String, String)>,
+    response_headers: Vec<(String, String)>,
+    url: Option<String>,
+    /// The replica that sent it.
+    replica: String,
+}
+
+impl Link {
+    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
+        let (finished, rx) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            cluster,
+            hands: DashMap::new(),
+            finished,
+            finished_rx: Mutex::new(Some(rx)),
+            spilled: Notify::new(),
+            spill_bytes: AtomicU64::new(0),
+            pauses: DashMap::new(),
+        })
+    }
+
+    fn hand(&self, endpoint: &str) -> Arc<Mutex<Hand>> {
+        self.hands.entry(endpoint.to_string()).or_default().clone()
+    }
+
+    /// Requests were written to the spill: the relay moves them now.
+    pub fn spilled(&self, bytes: u64) {
+        self.spill_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.cluster.metrics.spill_bytes.add(bytes as i64);
+        self.spilled.notify_one();
+    }
+
+    /// Whether the spill reached its bound: the follower waits (Flagr keeps the changes).
+    pub fn full(&self) -> bool {
+        self.spill_bytes.load(Ordering::Relaxed) >= self.cluster.cfg.spill_max_bytes
+    }
+
+    /// Finishes the held requests among `seqs` in Redis; returns the others (local rows).
+    pub fn finish(&self, endpoint: &str, seqs: &[u64]) -> Vec<u64> {
+        let Some(hand) = self.hands.get(endpoint).map(|h| h.clone()) else {
+            return seqs.to_vec();
+        };
+        let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut local = Vec::new();
+        for seq in seqs {
+            match h.by_seq.remove(seq) {
+                // Forgotten from the hand only once Redis has it finished (see `run_finisher`).
+                Some(held) => {
+                    let _ = self.finished.send((endpoint.to_string(), held));
+                }
+                None => local.push(*seq),
+            }
+        }
+        local
+    }
+
+    /// Whether a job came from a stream (its state lives in Redis, not in the local store).
+    pub fn holds(&self, endpoint: &str, seq: u64) -> bool {
+        self.hands.get(endpoint).is_some_and(|h| {
+            h.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .by_seq
+                .contains_key(&seq)
+        })
+    }
+
+    /// The endpoint is gone from this replica: what it held stays pending in Redis (another
+    /// replica, or this one later, takes it over).
+    pub fn forget(&self, endpoint: &str) {
+        self.hands.remove(endpoint);
+    }
+
+    /// Loads every endpoint's shared pause state (at start, before the workers).
+    pub async fn load_pauses(&self) {
+        if let Ok(all) = self.cluster.pause_states().await {
+            for (k, v) in all {
+                self.pauses.insert(k, v);
+            }
+        }
+    }
+
+    pub fn pause_state(&self, endpoint: &str) -> Option<String> {
+        self.pauses.get(endpoint).map(|v| v.clone())
+    }
+
+    pub fn save_pause_state(&self, endpoint: &str, json: String) {
+        self.cluster.save_pause(endpoint, &json);
+        self.pauses.insert(endpoint.to_string(), json);
+    }
+
+    /// Adds an attempt to the endpoint's shared log; a body beyond its share of
+    /// `log_body_bytes` is left out (the entry then cannot be replayed).
+    pub fn log(&self, endpoint: &str, e: &LogEntry, log_size: usize, log_body_bytes: usize) {
+        use base64::Engine;
+        let keep = e.body_kept && e.body.len() <= log_body_bytes / log_size.max(1);
+        let s = SharedEntry {
+            at: e.at.clone(),
+            delivery_id: e.delivery_id.clone(),
+            event: e.event.to_string(),
+            flag_key: e.flag_key.as_deref().map(str::to_string),
+            attempt: e.attempt,
+            probe: e.probe,
+            status: e.status,
+            latency_ms: e.latency_ms,
+            error: e.error.clone(),
+            response: e.response.clone(),
+            records: e.records,
+            body_kept: keep,
+            body: if keep {
+                base64::engine::general_purpose::STANDARD.encode(&e.body)
+            } else {
+                String::new()
+            },
+            order_key: e.order_key,
+            encoding: e.encoding.map(str::to_string),
+            request_headers: e.request_headers.clone(),
+            response_headers: e.response_headers.clone(),
+            url: e.url.as_deref().map(str::to_string),
+            replica: self.cluster.replica.clone(),
+        };
+        if let Ok(json) = serde_json::to_string(&s) {
+            self.cluster.push_log(endpoint, json, log_size);
+        }
+    }
+
+    /// The endpoint's shared log, oldest first (as a worker's own log is kept).
+    pub async fn shared_log(&self, endpoint: &str) -> Result<Vec<LogEntry>, String> {
+        use base64::Engine;
+        let raw = self
+            .cluster
+            .log(endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out: Vec<LogEntry> = raw
+            .iter()
+            .filter_map(|j| serde_json::from_str::<SharedEntry>(j).ok())
+            .map(|s| LogEntry {
+                at: s.at,
+                delivery_id: s.delivery_id,
+                event: static_label(&s.event),
+                flag_key: s.flag_key.map(Into::into),
+                attempt: s.attempt,
+                probe: s.probe,
+                status: s.status,
+                latency_ms: s.latency_ms,
+                error: s.error,
+                response: s.response,
+                records: s.records,
+                body_kept: s.body_kept,
+                body: base64::engine::general_purpose::STANDARD
+                    .decode(s.body)
+                    .map(Bytes::from)
+                    .unwrap_or_default(),
+                order_key: s.order_key,
+                encoding: s
+                    .encoding
+                    .map(|e| if e == "gzip" { "gzip" } else { "identity" }),
+                request_headers: s.request_headers,
+                response_headers: s.response_headers,
+                url: s.url.map(Into::into),
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// Finishes in Redis what the workers finished, in batches; a failed call is tried again
+/// (the requests stay held meanwhile, and renewed, so nobody takes them over).
+pub async fn run_finisher(link: Arc<Link>, stop: CancellationToken) {
+    let Some(mut rx) = link
+        .finished_rx
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
+    let mut waiting: HashMap<String, Vec<Held>> = HashMap::new();
+    let mut last = false;
+    loop {
+        if waiting.is_empty() && !last {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some((ep, h)) => waiting.entry(ep).or_default().push(h),
+                    None => return,
+                },
+                // What the workers finished while draining is finished once more, then done.
+                () = stop.cancelled() => last = true,
+            }
+        }
+        while let Ok((ep, h)) = rx.try_recv() {
+            waiting.entry(ep).or_default().push(h);
+        }
+        let mut failed = false;
+        for (ep, held) in std::mem::take(&mut waiting) {
+            let done: Vec<(String, i64, u64)> = held
+                .iter()
+                .map(|h| (h.entry.clone(), h.flag, h.n))
+                .collect();
+            if link.cluster.finish(&ep, &done).await.is_ok() {
+                if let Some(hand) = link.hands.get(&ep).map(|h| h.clone()) {
+                    let mut g = hand.lock().unwrap_or_else(PoisonError::into_inner);
+                    for h in &held {
+                        g.entries.remove(&h.entry);
+                        g.released.remove(&(h.flag, h.n));
+                    }
+                }
+            } else {
+                failed = true;
+                waiting.insert(ep, held);
+            }
+        }
+        if last {
+            return;
+        }
+        if failed {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = stop.cancelled(), if !last => {}
+            }
+        }
+    }
+}
+
+/// Moves spilled requests into the streams, and the changelog's cursors after them, whenever
+/// something is spilled (and every second, for what waited while Redis was away).
+pub async fn run_relay(
+    link: Arc<Link>,
+    deliveries: Arc<super::Deliveries>,
+    store: Arc<Store>,
+    stop: CancellationToken,
+) {
+    let mut saved: HashMap<i64, Cursor> = HashMap::new();
+    let mut saved_meta: (Option<i64>, i64) = (None, i64::MIN);
+    loop {
+        tokio::select! {
+            () = link.spilled.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        // Read before the spill: every cursor in it stands for requests already spilled.
+        let state = if link.cluster.is_leader() {
+            store.changelog().ok()
+        } else {
+            None
+        };
+        let all_moved = relay_pass(&link, &deliveries).await;
+        let Some(state) = state.filter(|s| all_moved && s.baseline.is_some()) else {
+            continue;
+        };
+        let changed: Vec<(i64, String, i64)> = state
+            .cursors
+            .iter()
+            .filter(|(f, c)| saved.get(f) != Some(c))
+            .filter_map(|(f, c)| Some((*f, serde_json::to_string(c).ok()?, c.snapshot)))
+            .collect();
+        if changed.is_empty() && saved_meta == (state.baseline, state.seen_max) {
+            continue;
+        }
+        if link
+            .cluster
+            .save_cursors(state.baseline, state.seen_max, &changed)
+            .await
+            .is_ok()
+        {
+            saved_meta = (state.baseline, state.seen_max);
+            for (f, _, _) in &changed {
+                if let Some(c) = state.cursors.get(f) {
+                    saved.insert(*f, c.clone());
+                }
+            }
+        }
+    }
+}
+
+/// One pass over every endpoint's spill; true when everything in it reached Redis.
+async fn relay_pass(link: &Link, deliveries: &super::Deliveries) -> bool {
+    let outbox = &deliveries.outbox;
+    let mut all = true;
+    let mut left_rows = 0u64;
+    let mut left_bytes = 0u64;
+    for ep in deliveries.list().iter() {
+        if ep.kind != super::Kind::Events {
+            continue;
+        }
+        let id = ep.webhook.id.as_str();
+        let key = spill_key(id);
+        let mut jobs = Vec::new();
+        outbox.load(&key, |s| jobs.push(s.job));
+        let mut rest = jobs.as_slice();
+        while !rest.is_empty() && all {
+            let mut take = 0;
+            let mut bytes = 0;
+            while take < rest.len()
+                && take < MOVE_BATCH
+                && (take == 0 || bytes + rest[take].size <= MOVE_BYTES)
+            {
+                bytes += rest[take].size;
+                take += 1;
+            }
+            let (chunk, tail) = rest.split_at(take);
+            let bodies: Vec<Bytes> = chunk
+                .iter()
+                .map(|j| outbox.body(&key, j.seq).ok().flatten().unwrap_or_default())
+                .collect();
+            let reqs: Vec<Queued<'_>> = chunk
+                .iter()
+                .zip(&bodies)
+                .map(|(j, b)| Queued {
+                    id: &j.id,
+                    flag: j.order_key,
+                    flag_key: j.flag_key.as_deref().unwrap_or(""),
+                    label: j.label,
+                    records: j.records,
+                    encoding: j.encoding.unwrap_or(""),
+                    body: b,
+                })
+                .collect();
+            if link.cluster.queue(id, &reqs).await.is_ok() {
+                let seqs: Vec<u64> = chunk.iter().map(|j| j.seq).collect();
+                outbox.remove(&key, &seqs);
+                rest = tail;
+            } else {
+                all = false;
+            }
+        }
+        left_rows += rest.len() as u64;
+        left_bytes += rest.iter().map(|j| j.size as u64).sum::<u64>();
+    }
+    link.spill_bytes.store(left_bytes, Ordering::Relaxed);
+    link.cluster.metrics.spill_bytes.set(left_bytes as i64);
+    link.cluster.metrics.spill_events.set(left_rows as i64);
+    all
+}
+
+/// Takes this replica's share of an endpoint's stream and hands it to the endpoint's worker,
+/// keeping each flag's order cluster-wide, until `stop` or the worker stops taking jobs.
+pub async fn run_consumer(
+    link: Arc<Link>,
+    endpoint: String,
+    tx: mpsc::Sender<Job>,
+    outbox: Outbox,
+    stop: CancellationToken,
+) {
+    let c = link.cluster.clone();
+    let hand = link.hand(&endpoint);
+    let max = c.cfg.hand_max_events;
+    let renew_every = c.cfg.reclaim_idle / 4;
+    // An earlier request that never finishes (lost with a Redis that had no AOF) must not stop
+    // its flag forever: after this, the next goes anyway (logged).
+    let order_limit = c.cfg.reclaim_idle * 4 + c.cfg.lease_ttl;
+    let mut conn = None;
+    let mut own_read = false;
+    let mut gated: VecDeque<(Read, Instant)> = VecDeque::new();
+    let mut last_renew = Instant::now();
+    loop {
+        if stop.is_cancelled() || tx.is_closed() {
+            return;
+        }
+        let held = hand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .len();
+        let block = if gated.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        let mut fresh = Vec::new();
+        let mut gone = Vec::new();
+        if held < max || !own_read {
+            if conn.is_none() {
+                match c.dedicated(block.max(Duration::from_secs(1))).await {
+                    Ok(mut k) => {
+                        if c.ensure_group(&mut k, &endpoint).await.is_ok() {
+                            conn = Some(k);
+                        }
+                    }
+                    Err(e) => c.failed("connect", &e),
+                }
+                if conn.is_none() {
+                    if !crate::cluster::pause(Duration::from_secs(1), &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let Some(k) = conn.as_mut() else { continue };
+            let read = tokio::select! {
+                r = c.read(k, &endpoint, if own_read { max - held } else { max }, !own_read, block) => r,
+                () = stop.cancelled() => return,
+            };
+            match read {
+                Ok(b) => {
+                    own_read = true;
+                    fresh = b.reads;
+                    gone = b.gone;
+                }
+                Err(e) => {
+                    if e.code() == Some("NOGROUP") {
+                        // The stream was deleted (the webhook too): made again on the next read.
+                        own_read = false;
+                    }
+                    conn = None;
+                    if !crate::cluster::pause(Duration::from_millis(500), &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        } else if !crate::cluster::pause(block, &stop).await {
+            return;
+        }
+        if last_renew.elapsed() >= renew_every {
+            last_renew = Instant::now();
+            let mine: Vec<String> = hand
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entries
+                .iter()
+                .cloned()
+                .collect();
+            let _ = c.renew(&endpoint, &mine).await;
+            if let Ok(b) = c.reclaim(&endpoint, 16).await {
+                fresh.extend(b.reads);
+                gone.extend(b.gone);
+            }
+        }
+        if !gone.is_empty() {
+            let done: Vec<(String, i64, u64)> = gone.into_iter().map(|e| (e, 0, 0)).collect();
+            let _ = c.finish(&endpoint, &done).await;
+        }
+        {
+            let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+            for r in fresh {
+                if h.entries.insert(r.entry.clone()) {
+                    gated.push_back((r, Instant::now()));
+                }
+            }
+        }
+        if !release(&c, &endpoint, &hand, &mut gated, &tx, &outbox, order_limit).await {
+            return;
+        }
+    }
+}
+
+/// Hands over the held requests whose flag's earlier request is finished or already with the
+/// worker, in stream order; false when the worker stopped taking jobs.
+async fn release(
+    c: &Cluster,
+    endpoint: &str,
+    hand: &Mutex<Hand>,
+    gated: &mut VecDeque<(Read, Instant)>,
+    tx: &mpsc::Sender<Job>,
+    outbox: &Outbox,
+    order_limit: Duration,
+) -> bool {
+    if gated.is_empty() {
+        return true;
+    }
+    // Flags whose earlier request is neither the first nor with this worker: ask Redis.
+    let ask: Vec<i64> = {
+        let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<i64> = gated
+            .iter()
+            .filter(|(r, _)| r.n > 1 && !h.released.contains(&(r.flag, r.n - 1)))
+            .map(|(r, _)| r.flag)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let finished: HashMap<i64, u64> = match c.finished(endpoint, &ask).await {
+        Ok(n) => ask.into_iter().zip(n).collect(),
+        Err(_) => HashMap::new(),
+    };
+    let mut keep = VecDeque::new();
+    while let Some((r, since)) = gated.pop_front() {
+        let go = {
+            let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+            r.n <= 1
+                || h.released.contains(&(r.flag, r.n - 1))
+                || finished.get(&r.flag).is_some_and(|d| *d + 1 >= r.n)
+        };
+        let overdue = !go && since.elapsed() > order_limit;
+        if overdue {
+            tracing::warn!(endpoint, delivery_id = %r.id, flag = r.flag, "an earlier request of this flag never finished: sending this one anyway");
+        }
+        if !(go || overdue) {
+            if since.elapsed() < Duration::from_millis(150) {
+                c.metrics.order_waits.inc();
+            }
+            keep.push_back((r, since));
+            continue;
+        }
+        let seq = outbox.next_seq();
+        let job = Job {
+            seq,
+            size: r.body.len(),
+            on_disk: false,
+            id: r.id,
+            order_key: r.flag,
+            body: Bytes::from(r.body),
+            label: static_label(&r.label),
+            encoding: (r.encoding == "gzip").then_some("gzip"),
+            records: r.records,
+            flag_key: (!r.flag_key.is_empty()).then(|| r.flag_key.as_str().into()),
+        };
+        {
+            let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+            h.released.insert((r.flag, r.n));
+            h.by_seq.insert(
+                seq,
+                Held {
+                    entry: r.entry,
+                    flag: r.flag,
+                    n: r.n,
+                },
+            );
+        }
+        if tx.send(job).await.is_err() {
+            return false;
+        }
+    }
+    *gated = keep;
+    true
+}
