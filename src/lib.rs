@@ -200,11 +200,11 @@ impl App {
         if let Some(c) = &cluster {
             // The shared runtime webhooks replace the local copies (Redis away: the local
             // copies start, and the subscription brings them up to date).
-            let _ = tokio::time::timeout(
-                Duration::from_secs(3),
-                sync_webhooks(&cfg, c, &store, &deliveries),
-            )
-            .await;
+            let first = async {
+                seed_webhooks(c, &store).await;
+                sync_webhooks(&cfg, c, &store, &deliveries).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), first).await;
         }
         start_stored_webhooks(&cfg, &store, &deliveries)?;
         for w in &cfg.impression_webhooks {
@@ -444,6 +444,10 @@ fn start_stored_webhooks(
             source,
         })?;
     for w in stored {
+        if deliveries.get(&w.id).is_some() {
+            // Cluster mode started it already from the shared copy.
+            continue;
+        }
         let id = w.id.clone();
         let mut wc = w.to_config();
         let started = wc
@@ -500,6 +504,25 @@ fn messages(
             }
         }
         other => tracing::debug!(op = other, "message from a newer replica ignored"),
+    }
+}
+
+/// Cluster mode's first start on a Redis that never held webhooks: the runtime webhooks of
+/// this replica's store become the shared ones (an upgrade from one replica loses none).
+async fn seed_webhooks(c: &cluster::Cluster, store: &store::Store) {
+    let local: Vec<(String, String)> = store
+        .all::<admin::api::WebhookInput>()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|w| Some((w.id.clone(), serde_json::to_string(&w).ok()?)))
+        .collect();
+    if let Ok(true) = c.seed_webhooks(&local).await {
+        if !local.is_empty() {
+            tracing::info!(
+                webhooks = local.len(),
+                "cluster: this replica's runtime webhooks are now shared"
+            );
+        }
     }
 }
 

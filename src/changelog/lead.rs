@@ -26,8 +26,11 @@ pub async fn run(
     capacity: usize,
 ) {
     let mut leading = cluster.watch_leader();
+    let mut listing = tokio::time::interval(follower.cfg.poll_interval);
+    listing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // A follower forwards its local hints to the leader and waits for the lease.
+        // A replica that does not lead forwards its local hints to the leader, keeps its
+        // impression workers' view of flags current, and waits for the lease.
         while !*leading.borrow_and_update() {
             tokio::select! {
                 h = local.recv() => match h {
@@ -35,6 +38,7 @@ pub async fn run(
                     None => return,
                 },
                 Some(_) = remote.recv() => {}
+                _ = listing.tick(), if follower.known.is_some() => follower.refresh_known().await,
                 r = leading.changed() => if r.is_err() { return },
             }
         }

@@ -301,6 +301,16 @@ impl Follower {
         }
     }
 
+    /// Cluster mode, on a replica that does not lead: a listing keeps what this replica's
+    /// impression workers need to know of flags (the leader's follower keeps its own).
+    pub async fn refresh_known(&self) {
+        let Some(known) = &self.known else { return };
+        match self.flagr.listed_flags(false).await {
+            Ok(live) => known.replace_all(&live),
+            Err(e) => self.failed(FailStage::Flagr, "flag list not readable", &e),
+        }
+    }
+
     /// A full listing (live and deleted flags) tells the impression workers what is live.
     fn know(&self, listed: &[ListedFlag]) {
         if let Some(known) = &self.known {

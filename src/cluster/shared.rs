@@ -46,6 +46,15 @@ end
 return 1
 ";
 
+/// Seeds the shared webhooks once in the cluster's life: 1 when this call did.
+const SEED_WEBHOOKS: &str = r"
+if redis.call('SET', KEYS[2], '1', 'NX') then
+  for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  return 1
+end
+return 0
+";
+
 /// The changelog's shared state: baseline, seen_max and each flag's cursor as JSON.
 pub struct SharedCursors {
     pub baseline: i64,
@@ -62,6 +71,25 @@ impl Cluster {
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort();
         Ok(v)
+    }
+
+    /// The first replica's runtime webhooks become the shared ones, once (a cluster whose
+    /// webhooks were all deleted since does not get them back); true when this call did it.
+    pub async fn seed_webhooks(&self, local: &[(String, String)]) -> Result<bool, RedisError> {
+        let script = redis::Script::new(SEED_WEBHOOKS);
+        let args: Vec<&[u8]> = local
+            .iter()
+            .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
+            .collect();
+        let n: i64 = self
+            .script(
+                "webhooks",
+                &script,
+                &[self.key("webhooks"), self.key("webhooks-seeded")],
+                &args,
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// Saves a runtime webhook and tells the other replicas.

@@ -69,7 +69,8 @@ pub struct Read {
 }
 
 impl Read {
-    /// `None` for an entry deleted meanwhile or not written by [`Cluster::queue`].
+    /// The entry's id as the error for an entry deleted meanwhile or not written by
+    /// [`Cluster::queue`].
     fn from(e: Entry) -> Result<Self, String> {
         let (entry, fields) = e;
         let Some(mut f) = fields else {

@@ -443,6 +443,7 @@ pub async fn run_consumer(
     let mut own_read = false;
     let mut gated: VecDeque<(Read, Instant)> = VecDeque::new();
     let mut last_renew = Instant::now();
+    let mut renewed = Instant::now();
     loop {
         if stop.is_cancelled() || tx.is_closed() {
             return;
@@ -511,7 +512,9 @@ pub async fn run_consumer(
                 .iter()
                 .cloned()
                 .collect();
-            let _ = c.renew(&endpoint, &mine).await;
+            if c.renew(&endpoint, &mine).await.is_ok() {
+                renewed = Instant::now();
+            }
             if let Ok(b) = c.reclaim(&endpoint, 16).await {
                 fresh.extend(b.reads);
                 gone.extend(b.gone);
@@ -529,7 +532,11 @@ pub async fn run_consumer(
                 }
             }
         }
-        if !release(&c, &endpoint, &hand, &mut gated, &tx, &outbox, order_limit).await {
+        // Renewals failing for half the reclaim time: another replica may take what is held
+        // over soon, so nothing more is handed to the worker until one succeeds.
+        if renewed.elapsed() < c.cfg.reclaim_idle / 2
+            && !release(&c, &endpoint, &hand, &mut gated, &tx, &outbox, order_limit).await
+        {
             return;
         }
     }
@@ -549,24 +556,29 @@ async fn release(
     if gated.is_empty() {
         return true;
     }
-    // Flags whose earlier request is neither the first nor with this worker: ask Redis.
-    let ask: Vec<i64> = {
-        let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<i64> = gated
-            .iter()
-            .filter(|(r, _)| r.n > 1 && !h.released.contains(&(r.flag, r.n - 1)))
-            .map(|(r, _)| r.flag)
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+    // Where each flag stands in Redis: what is finished is not sent again (a request taken
+    // over from a replica that was only slow, and finished it meanwhile), and what comes
+    // next may go.
+    let mut ask: Vec<i64> = gated.iter().map(|(r, _)| r.flag).collect();
+    ask.sort_unstable();
+    ask.dedup();
+    let Ok(n) = c.finished(endpoint, &ask).await else {
+        // Redis away: nothing is handed over until it answers.
+        return true;
     };
-    let finished: HashMap<i64, u64> = match c.finished(endpoint, &ask).await {
-        Ok(n) => ask.into_iter().zip(n).collect(),
-        Err(_) => HashMap::new(),
-    };
+    let finished: HashMap<i64, u64> = ask.into_iter().zip(n).collect();
+    let mut done_elsewhere = Vec::new();
     let mut keep = VecDeque::new();
     while let Some((r, since)) = gated.pop_front() {
+        if finished.get(&r.flag).is_some_and(|d| *d >= r.n) {
+            c.metrics.duplicates.inc();
+            hand.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entries
+                .remove(&r.entry);
+            done_elsewhere.push((r.entry, r.flag, r.n));
+            continue;
+        }
         let go = {
             let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
             r.n <= 1
@@ -614,5 +626,6 @@ async fn release(
         }
     }
     *gated = keep;
+    let _ = c.finish(endpoint, &done_elsewhere).await;
     true
 }

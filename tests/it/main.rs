@@ -4,10 +4,12 @@
 // Tests talk to real processes on the wall clock, and a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::disallowed_types, unreachable_pub)]
 
+mod parts;
 mod support;
 
 mod with_flagr {
     mod admin;
+    mod cluster;
     mod durability;
     mod events;
     mod faults;

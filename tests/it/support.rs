@@ -558,6 +558,8 @@ struct RecvState {
     hits: Vec<Hit>,
     script: VecDeque<Reply>,
     otherwise: u16,
+    /// How long each answer takes (a slow receiver).
+    delay: Duration,
 }
 
 /// A real HTTP receiver on loopback that records every request and answers from a script
@@ -575,13 +577,14 @@ impl Receiver {
             hits: vec![],
             script: script.into(),
             otherwise: 200,
+            delay: Duration::ZERO,
         }));
         let st = state.clone();
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
                 let st = st.clone();
                 async move {
-                    let reply = {
+                    let (reply, delay) = {
                         let mut s = st.lock().expect("lock");
                         s.hits.push(Hit {
                             headers,
@@ -591,8 +594,11 @@ impl Receiver {
                                 .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
                         });
                         let otherwise = Reply::Status(s.otherwise);
-                        s.script.pop_front().unwrap_or(otherwise)
+                        (s.script.pop_front().unwrap_or(otherwise), s.delay)
                     };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     match reply {
                         Reply::Status(c) => {
                             (StatusCode::from_u16(c).expect("status"), "ok").into_response()
@@ -626,6 +632,11 @@ impl Receiver {
             addr,
             state,
         }
+    }
+
+    /// Each answer takes this long from now on.
+    pub fn slow(&self, d: Duration) {
+        self.state.lock().expect("lock").delay = d;
     }
 
     /// The status answered once the script is used up (200 unless set).

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 /// Retries for as long as these tests run, a short pause, and a quick poll.
-const PATIENT: &str = "[delivery]\nallow_loopback = true\ntimeout = \"2s\"\n\
+pub(crate) const PATIENT: &str = "[delivery]\nallow_loopback = true\ntimeout = \"2s\"\n\
     retry_schedule = [\"0s\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]\n\
     [delivery.protection]\ncooldown = \"300ms\"\nmax_cooldown = \"600ms\"\n\
     [changelog]\npoll_interval = \"200ms\"\nhint_wait = \"300ms\"\n";
@@ -18,7 +18,7 @@ const LEAN: &str = "[delivery]\nqueue_memory_bytes = 1\n";
 
 /// Waits until every `(flag, description)` change has arrived with a 2xx answer; returns, per
 /// change, the set of `webhook-id`s it was sent under.
-async fn wait_for_changes(
+pub(crate) async fn wait_for_changes(
     r: &Receiver,
     want: &BTreeSet<(i64, String)>,
 ) -> BTreeMap<(i64, String), BTreeSet<String>> {

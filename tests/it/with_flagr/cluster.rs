@@ -1,0 +1,358 @@
+//! Cluster mode against its real parts: Flagr replicas on one PostgreSQL 15, a flaghook beside
+//! each, one Redis 7 between them, receivers on loopback. Every change is delivered once per
+//! endpoint, under one id, in its flag's order, whichever replica proxied it, whichever
+//! replica dies, and across a Redis restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::durability::{wait_for_changes, PATIENT};
+use crate::parts::{Postgres, Redis};
+use crate::support::*;
+
+/// The admin API's token on every replica.
+const TOKEN: &str = "cluster-admin";
+
+/// Cluster settings for tests: a short lease, so a takeover takes about a second.
+fn cluster_cfg(redis: &Redis, replica: usize) -> String {
+    format!(
+        "[cluster]\nredis_url = \"{}\"\nreplica_id = \"r{replica}\"\nlease_ttl = \"1s\"\nreclaim_idle = \"4s\"\n[admin]\ntoken = \"{TOKEN}\"\n",
+        redis.url()
+    )
+}
+
+/// Flagr replicas on one PostgreSQL, each with a flaghook in front, sharing `redis`.
+struct Replicas {
+    flagrs: Vec<Flagr>,
+    hooks: Vec<Flaghook>,
+    _pg: Postgres,
+}
+
+async fn replicas(n: usize, redis: &Redis, extra: &str) -> Replicas {
+    let pg = Postgres::start();
+    let env = pg.flagr_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut flagrs = Vec::new();
+    // One at a time: the first migrates the schema.
+    for _ in 0..n {
+        flagrs.push(flagr(&env).await);
+    }
+    let mut hooks = Vec::new();
+    for (i, f) in flagrs.iter().enumerate() {
+        hooks.push(Flaghook::start(&f.url(), &format!("{extra}{}", cluster_cfg(redis, i))).await);
+    }
+    Replicas {
+        flagrs,
+        hooks,
+        _pg: pg,
+    }
+}
+
+/// `/readyz` of a replica.
+async fn ready(fh: &Flaghook) -> (u16, Value) {
+    call("GET", &format!("{}/readyz", fh.admin), None).await
+}
+
+/// The replica holding the lease (waits for one).
+async fn leader(hooks: &[&Flaghook]) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, h) in hooks.iter().enumerate() {
+            if ready(h).await.1["cluster"]["leader"] == true {
+                return i;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates flags `k0..k{n}` through the given proxies in turn; their ids.
+async fn create_flags(apis: &[String], n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (s, v) = call(
+            "POST",
+            &format!("{}/flags", apis[i % apis.len()]),
+            Some(json!({"description": "start", "key": format!("k{i}")})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    ids
+}
+
+/// Changes each flag `per_flag` times (descriptions `p{from}`, `p{from + 1}`, ... in order),
+/// flags in parallel, the calls spread over `apis` in turn; the changes made.
+async fn change_flags(
+    apis: &[String],
+    flags: &[i64],
+    from: usize,
+    per_flag: usize,
+) -> BTreeSet<(i64, String)> {
+    let mut tasks = Vec::new();
+    for (fi, flag) in flags.iter().enumerate() {
+        let (apis, flag) = (apis.to_vec(), *flag);
+        tasks.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for i in 0..per_flag {
+                let api = &apis[(fi + i) % apis.len()];
+                let d = format!("p{}", from + i);
+                let (s, v) = call(
+                    "PUT",
+                    &format!("{api}/flags/{flag}"),
+                    Some(json!({"description": d})),
+                )
+                .await;
+                assert_eq!(s, 200, "{v}");
+                made.push((flag, d));
+            }
+            made
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Each change under one id, no id for two changes, and each flag's changes in the order
+/// they were made (`p{n}` rising) among the receiver's successful deliveries.
+fn assert_once_each_in_order(r: &Receiver, got: &BTreeMap<(i64, String), BTreeSet<String>>) {
+    for (change, ids) in got {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{change:?} arrived under several ids: {ids:?}"
+        );
+    }
+    let all_ids: BTreeSet<&String> = got.values().flatten().collect();
+    assert_eq!(all_ids.len(), got.len(), "two changes shared an id");
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for h in r.hits() {
+        let v = h.json();
+        if v["event"] != "flag.updated" {
+            continue;
+        }
+        let Some(n) = v["changes"]["description"]["after"]
+            .as_str()
+            .and_then(|d| d.strip_prefix('p'))
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let flag = v["flag_id"].as_i64().unwrap();
+        if let Some(prev) = last.get(&flag) {
+            assert!(
+                n >= *prev,
+                "flag {flag}: p{n} arrived after p{prev}: {:?}",
+                arrivals(r, flag)
+            );
+        }
+        last.insert(flag, n);
+    }
+}
+
+/// A flag's changes as they arrived: (description, webhook-id).
+fn arrivals(r: &Receiver, flag: i64) -> Vec<(String, String)> {
+    r.hits()
+        .iter()
+        .filter(|h| h.json()["flag_id"] == flag && h.json()["event"] == "flag.updated")
+        .map(|h| {
+            let d = h.json()["changes"]["description"]["after"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            (d, h.header("webhook-id"))
+        })
+        .collect()
+}
+
+/// The delivery ids an endpoint's log shows on a replica's admin API.
+async fn logged_ids(fh: &Flaghook, endpoint: &str) -> BTreeSet<String> {
+    let (s, v) = admin_call(
+        fh,
+        "GET",
+        &format!("/webhooks/{endpoint}/deliveries"),
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["delivery_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_changes_across_three_replicas_arrive_once_each_in_flag_order() {
+    let redis = Redis::start().await;
+    let fast = Receiver::start(vec![]).await;
+    let slow = Receiver::start(vec![]).await;
+    slow.slow(Duration::from_millis(25));
+    let hooks = format!(
+        "{PATIENT}{}{}",
+        webhook("fast", &fast, ""),
+        webhook("slow", &slow, "")
+    );
+    let site = replicas(3, &redis, &hooks).await;
+    let apis: Vec<String> = site.hooks.iter().map(|h| h.api()).collect();
+    leader(&site.hooks.iter().collect::<Vec<_>>()).await;
+
+    let flags = create_flags(&apis, 10).await;
+    let want = change_flags(&apis, &flags, 0, 100).await;
+    assert_eq!(want.len(), 1000);
+    for r in [&fast, &slow] {
+        let got = wait_for_changes(r, &want).await;
+        assert_once_each_in_order(r, &got);
+        let updates = r
+            .hits()
+            .iter()
+            .filter(|h| h.json()["event"] == "flag.updated")
+            .count();
+        assert_eq!(updates, 1000, "every change once, no request twice");
+    }
+    // The slow receiver's work was shared: more than one replica sent to it.
+    let mut senders = 0;
+    for h in &site.hooks {
+        let sent = metric_value(
+            &h.metrics().await,
+            "flaghook_deliveries_total{endpoint=\"slow\",outcome=\"success\"}",
+        )
+        .unwrap_or(0.0);
+        if sent > 0.0 {
+            senders += 1;
+        }
+    }
+    assert!(
+        senders >= 2,
+        "only {senders} replica sent to the slow receiver"
+    );
+
+    // Every replica's page shows the same deliveries (once the last log writes landed).
+    let same = wait_until(Duration::from_secs(10), || async {
+        let first = logged_ids(&site.hooks[0], "fast").await;
+        let mut all_same = !first.is_empty();
+        for h in &site.hooks[1..] {
+            all_same &= logged_ids(h, "fast").await == first;
+        }
+        all_same
+    })
+    .await;
+    assert!(same, "the replicas' logs differ");
+
+    // A webhook made on one replica's page runs on every replica.
+    let extra = Receiver::start(vec![]).await;
+    let (s, v) = admin_call(
+        &site.hooks[0],
+        "POST",
+        "/webhooks",
+        Some(json!({"id": "added", "url": extra.url, "events": ["flag.updated"]})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let everywhere = wait_until(Duration::from_secs(10), || async {
+        let mut all = true;
+        for h in &site.hooks {
+            all &= admin_call(h, "GET", "/webhooks/added", None, Some(TOKEN))
+                .await
+                .0
+                == 200;
+        }
+        all
+    })
+    .await;
+    assert!(everywhere, "the new webhook did not reach every replica");
+    let more = change_flags(&apis[2..], &flags[..1], 1000, 1).await;
+    let got = wait_for_changes(&extra, &more).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(extra.hits().len(), 1, "sent once, by one replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_burst_another_takes_over_without_loss_or_second_ids() {
+    let redis = Redis::start().await;
+    let r = Receiver::start(vec![]).await;
+    let mut site = replicas(2, &redis, &format!("{PATIENT}{}", webhook("w", &r, ""))).await;
+    let lead = leader(&site.hooks.iter().collect::<Vec<_>>()).await;
+    let other = 1 - lead;
+    // Changes through the surviving replica's proxy and straight into a Flagr (its UI, a
+    // script): the follower finds both.
+    let apis = vec![site.hooks[other].api(), site.flagrs[lead].api()];
+    let flags = create_flags(&apis, 4).await;
+    // Deliveries take a little while, so some are in flight when the leader dies.
+    r.slow(Duration::from_millis(10));
+    let burst = tokio::spawn({
+        let (apis, flags) = (apis.clone(), flags.clone());
+        async move { change_flags(&apis, &flags, 0, 50).await }
+    });
+    let started = wait_until(Duration::from_secs(30), || async { r.hits().len() >= 20 }).await;
+    assert!(started, "the burst is not being delivered");
+    let mid_burst = !burst.is_finished();
+    site.hooks[lead].kill();
+    assert!(mid_burst, "the burst was over before the leader was killed");
+    let first = burst.await.unwrap();
+    let second = change_flags(&apis, &flags, 100, 20).await;
+    let took_over = leader(&[&site.hooks[other]]).await;
+    assert_eq!(took_over, 0);
+    let mut want = first;
+    want.extend(second);
+    let got = wait_for_changes(&r, &want).await;
+    assert_once_each_in_order(&r, &got);
+    let log = site.hooks[other].log();
+    assert!(log.contains("took the lease"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_for_thirty_seconds_and_started_again_loses_nothing() {
+    let mut redis = Redis::start().await;
+    let r = Receiver::start(vec![]).await;
+    let site = replicas(2, &redis, &format!("{PATIENT}{}", webhook("w", &r, ""))).await;
+    let (a, b) = (&site.hooks[0], &site.hooks[1]);
+    leader(&[a, b]).await;
+    let apis = vec![a.api(), b.api()];
+    let flags = create_flags(&apis, 3).await;
+    let mut want = change_flags(&apis, &flags, 0, 10).await;
+    wait_for_changes(&r, &want).await;
+
+    redis.stop();
+    // The proxy keeps serving, and says it is degraded (still ready: it stays in the Service).
+    let degraded = wait_until(Duration::from_secs(15), || async {
+        let (s, v) = ready(a).await;
+        s == 200 && v["status"] == "degraded"
+    })
+    .await;
+    assert!(degraded, "{:?}", ready(a).await);
+    let down_since = std::time::Instant::now();
+    let during = change_flags(&apis, &flags, 100, 20).await;
+    // The changes made meanwhile wait in the leader's local store.
+    let waiting = wait_until(Duration::from_secs(15), || async {
+        metric_in(&a.metrics().await, "flaghook_cluster_spill_events")
+            + metric_in(&b.metrics().await, "flaghook_cluster_spill_events")
+            > 0.0
+    })
+    .await;
+    assert!(waiting, "nothing waits in a local store");
+    let away = Duration::from_secs(30).saturating_sub(down_since.elapsed());
+    tokio::time::sleep(away).await;
+    redis.start_again().await;
+    want.extend(during);
+    let got = wait_for_changes(&r, &want).await;
+    assert_once_each_in_order(&r, &got);
+    let back = wait_until(Duration::from_secs(15), || async {
+        ready(a).await.1["status"] == "ready"
+    })
+    .await;
+    assert!(back, "{:?}", ready(a).await);
+}
