@@ -58,6 +58,12 @@ pub struct Cluster {
 pub enum ClusterError {
     #[error("cluster.redis_url: {0}")]
     Url(#[source] RedisError),
+    #[error("cluster.tls_ca_file ({path}): {source}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Cluster {
@@ -69,7 +75,22 @@ impl Cluster {
         if let Some(p) = cfg.password.expose().filter(|p| !p.is_empty()) {
             info.redis.password = Some(p.to_string());
         }
-        let client = redis::Client::open(info).map_err(ClusterError::Url)?;
+        let client = if cfg.tls_ca_file.is_empty() {
+            redis::Client::open(info)
+        } else {
+            let ca = std::fs::read(&cfg.tls_ca_file).map_err(|e| ClusterError::CaFile {
+                path: cfg.tls_ca_file.clone(),
+                source: e,
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            )
+        }
+        .map_err(ClusterError::Url)?;
         let replica = if !cfg.replica_id.is_empty() {
             cfg.replica_id.clone()
         } else {

@@ -19,6 +19,9 @@ pub struct ClusterConfig {
     pub redis_url: Secret,
     /// Wins over a password in the URL.
     pub password: Secret,
+    /// `rediss://` only: a PEM file of the CA that signed Redis's certificate (a private CA);
+    /// empty: the public roots.
+    pub tls_ca_file: String,
     /// Every key is `{<prefix>}:...`: one hash slot, so the scripts also run on Redis Cluster.
     pub key_prefix: String,
     /// Names this replica's consumer; empty: `HOSTNAME` (the pod name), else a random id.
@@ -47,6 +50,7 @@ impl Default for ClusterConfig {
         Self {
             redis_url: Secret::default(),
             password: Secret::default(),
+            tls_ca_file: String::new(),
             key_prefix: "flaghook".into(),
             replica_id: String::new(),
             lease_ttl: Duration::from_secs(5),
@@ -76,6 +80,24 @@ impl ClusterConfig {
                 return Err(ConfigError::invalid(
                     "cluster.redis_url",
                     "must start with redis:// or rediss:// (TLS)",
+                ));
+            }
+        }
+        if !self.tls_ca_file.is_empty() {
+            if !self
+                .redis_url
+                .expose()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                return Err(ConfigError::invalid(
+                    "cluster.tls_ca_file",
+                    "only with a rediss:// (TLS) redis_url",
+                ));
+            }
+            if env.is_some() && std::fs::metadata(&self.tls_ca_file).is_err() {
+                return Err(ConfigError::invalid(
+                    "cluster.tls_ca_file",
+                    format!("{}: not readable", self.tls_ca_file),
                 ));
             }
         }

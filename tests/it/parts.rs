@@ -15,27 +15,68 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Set: clients must send it (`requirepass`).
+    pub password: Option<String>,
+    /// Set: TLS only, with a certificate for 127.0.0.1 signed by this CA (a PEM file).
+    pub ca: Option<PathBuf>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Self::start_with(None, false).await
+    }
+
+    /// With a password, and with TLS (a CA and a server certificate made with `openssl`).
+    pub async fn start_with(password: Option<&str>, tls: bool) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls.then(|| make_certificates(dir.path()));
         let mut r = Redis {
             child: None,
             port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
+            password: password.map(str::to_string),
+            ca,
         };
         r.spawn().await;
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     async fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        match &self.ca {
+            Some(ca) => {
+                let d = self.dir.path();
+                cmd.args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(d.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(d.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca);
+            }
+            None => {
+                cmd.args(["--port", &port]);
+            }
+        }
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--dir", &self.dir.path().display().to_string()])
             .args([
                 "--save",
@@ -50,6 +91,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts (scripts/install-test-deps installs it)");
+
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         let up = wait_until(Duration::from_secs(20), || async {
@@ -83,6 +125,69 @@ impl Drop for Redis {
             let _ = c.wait();
         }
     }
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, in `dir`; the CA's PEM file.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subject = |cn: &str| format!("/CN={cn}");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        &subject("flaghook test CA"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &subject("127.0.0.1"),
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    dir.join("ca.pem")
 }
 
 /// PostgreSQL 15's programs: Debian keeps them outside `PATH`.
@@ -159,23 +264,27 @@ impl Postgres {
         pg
     }
 
-    /// Runs a PostgreSQL program, as the `postgres` user when needed.
-    fn run(&self, cmd: &mut Command, what: &str) {
-        let program = cmd.get_program().to_owned();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    /// `cmd` as the `postgres` user when needed.
+    fn as_owner(&self, cmd: &Command) -> Command {
         let mut real = match &self.as_user {
             Some(u) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(program).args(args);
+                c.args(["-u", u, "--"]).arg(cmd.get_program());
                 c
             }
-            None => {
-                let mut c = Command::new(program);
-                c.args(args);
-                c
-            }
+            None => Command::new(cmd.get_program()),
         };
-        let out = real.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        real.args(cmd.get_args());
+        real
+    }
+
+    /// Runs a PostgreSQL program, as the `postgres` user when needed.
+    fn run(&self, cmd: &mut Command, what: &str) {
+        let out = self
+            .as_owner(cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+
         assert!(
             out.status.success(),
             "{what} failed: {}{}",
@@ -204,15 +313,6 @@ impl Drop for Postgres {
         let data = self.dir.path().join("data");
         let mut cmd = Command::new(pg_bin("pg_ctl"));
         cmd.arg("-D").arg(&data).args(["-m", "immediate", "stop"]);
-        let program = cmd.get_program().to_owned();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let _ = match &self.as_user {
-            Some(u) => Command::new("runuser")
-                .args(["-u", u, "--"])
-                .arg(program)
-                .args(args)
-                .output(),
-            None => Command::new(program).args(args).output(),
-        };
+        let _ = self.as_owner(&cmd).output();
     }
 }

@@ -17,10 +17,19 @@ const TOKEN: &str = "cluster-admin";
 
 /// Cluster settings for tests: a short lease, so a takeover takes about a second.
 fn cluster_cfg(redis: &Redis, replica: usize) -> String {
-    format!(
-        "[cluster]\nredis_url = \"{}\"\nreplica_id = \"r{replica}\"\nlease_ttl = \"1s\"\nreclaim_idle = \"4s\"\n[admin]\ntoken = \"{TOKEN}\"\n",
+    // The password, when Redis has one, comes from the environment (as a Kubernetes Secret
+    // would give it); a TLS Redis's CA from a file.
+    let mut cfg = format!(
+        "[cluster]\nredis_url = \"{}\"\nreplica_id = \"r{replica}\"\nlease_ttl = \"1s\"\nreclaim_idle = \"4s\"\n",
         redis.url()
-    )
+    );
+    if redis.password.is_some() {
+        cfg.push_str("password = \"env:REDIS_PASSWORD\"\n");
+    }
+    if let Some(ca) = &redis.ca {
+        cfg.push_str(&format!("tls_ca_file = \"{}\"\n", ca.display()));
+    }
+    cfg + &format!("[admin]\ntoken = \"{TOKEN}\"\n")
 }
 
 /// Flagr replicas on one PostgreSQL, each with a flaghook in front, sharing `redis`.
@@ -40,8 +49,14 @@ async fn replicas(n: usize, redis: &Redis, extra: &str) -> Replicas {
         flagrs.push(flagr(&env).await);
     }
     let mut hooks = Vec::new();
+    let env: Vec<(&str, &str)> = redis
+        .password
+        .iter()
+        .map(|p| ("REDIS_PASSWORD", p.as_str()))
+        .collect();
     for (i, f) in flagrs.iter().enumerate() {
-        hooks.push(Flaghook::start(&f.url(), &format!("{extra}{}", cluster_cfg(redis, i))).await);
+        let cfg = format!("{extra}{}", cluster_cfg(redis, i));
+        hooks.push(Flaghook::start_with_env(&f.url(), &cfg, &env).await);
     }
     Replicas {
         flagrs,
@@ -222,6 +237,13 @@ async fn a_thousand_changes_across_three_replicas_arrive_once_each_in_flag_order
             .count();
         assert_eq!(updates, 1000, "every change once, no request twice");
     }
+    // Changes proxied by the other replicas reached the leader as hints through Redis.
+    let lead = leader(&site.hooks.iter().collect::<Vec<_>>()).await;
+    let hints = metric_in(
+        &site.hooks[lead].metrics().await,
+        "flaghook_cluster_hints_total{direction=\"received\"}",
+    );
+    assert!(hints > 0.0, "no hint reached the leader");
     // The slow receiver's work was shared: more than one replica sent to it.
     let mut senders = 0;
     for h in &site.hooks {
@@ -282,7 +304,8 @@ async fn a_thousand_changes_across_three_replicas_arrive_once_each_in_flag_order
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_mid_burst_another_takes_over_without_loss_or_second_ids() {
-    let redis = Redis::start().await;
+    // Redis as production runs it: TLS with a private CA, and a password.
+    let redis = Redis::start_with(Some("s3cret-redis"), true).await;
     let r = Receiver::start(vec![]).await;
     let mut site = replicas(2, &redis, &format!("{PATIENT}{}", webhook("w", &r, ""))).await;
     let lead = leader(&site.hooks.iter().collect::<Vec<_>>()).await;
