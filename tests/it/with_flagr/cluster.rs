@@ -9,11 +9,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::durability::{wait_for_changes, PATIENT};
+use super::gitsync::{flag, flags, github_push, send_push, status, Repos, TOKEN};
 use crate::parts::{Postgres, Redis};
 use crate::support::*;
-
-/// The admin API's token on every replica.
-const TOKEN: &str = "cluster-admin";
 
 /// Cluster settings for tests: a short lease, so a takeover takes about a second.
 fn cluster_cfg(redis: &Redis, replica: usize) -> String {
@@ -378,4 +376,78 @@ async fn redis_stopped_for_thirty_seconds_and_started_again_loses_nothing() {
     })
     .await;
     assert!(back, "{:?}", ready(a).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_sync_runs_on_the_lease_holder_and_pushes_to_any_replica_reach_it() {
+    let redis = Redis::start().await;
+    let repos = Repos::new(true);
+    let c1 = repos.commit(&[("flagr/flags.json", flags(false, 50))], true);
+    let r = Receiver::start(vec![]).await;
+    let git = format!(
+        "[[git_repositories]]\nid = \"flags\"\nurl = \"{}\"\nfolder = \"flagr\"\npoll_interval = \"1h\"\nfetch_interval = \"300ms\"\nsecrets = {{ github = \"gh-secret\" }}\n",
+        repos.url
+    );
+    let mut site = replicas(
+        2,
+        &redis,
+        &format!("{PATIENT}{}{git}", webhook("w", &r, "")),
+    )
+    .await;
+    let lead = leader(&site.hooks.iter().collect::<Vec<_>>()).await;
+    let other = 1 - lead;
+    // The lease holder syncs as it takes the lease; the other replica applies nothing.
+    let synced = wait_until(Duration::from_secs(30), || async {
+        status(&site.hooks[lead]).await["last_synced_commit"] == c1
+    })
+    .await;
+    assert!(synced, "{}", status(&site.hooks[lead]).await);
+    assert!(
+        flag(&site.flagrs[other], "checkout").await.is_some(),
+        "one database"
+    );
+    assert_eq!(status(&site.hooks[other]).await["last_synced_commit"], "");
+
+    // A push to the replica that does not hold the lease is synced by the one that does.
+    let c2 = repos.commit(&[("flagr/flags.json", flags(true, 50))], true);
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        &c1,
+        &c2,
+        &["flagr/flags.json"],
+        "d-2",
+    );
+    assert_eq!(send_push(&site.hooks[other], "github", h, b).await.0, 202);
+    let applied = wait_until(Duration::from_secs(30), || async {
+        status(&site.hooks[lead]).await["last_synced_commit"] == c2
+    })
+    .await;
+    assert!(applied, "{}", status(&site.hooks[lead]).await);
+    assert_eq!(
+        flag(&site.flagrs[0], "checkout").await.unwrap()["enabled"],
+        true
+    );
+    assert_eq!(status(&site.hooks[other]).await["last_synced_commit"], "");
+
+    // The holder dies: the other takes the lease and syncs what was pushed since.
+    site.hooks[lead].kill();
+    let c3 = repos.commit(&[("flagr/flags.json", flags(true, 80))], true);
+    leader(&[&site.hooks[other]]).await;
+    let (h, b) = github_push(
+        "gh-secret",
+        &repos.url,
+        &c2,
+        &c3,
+        &["flagr/flags.json"],
+        "d-3",
+    );
+    assert_eq!(send_push(&site.hooks[other], "github", h, b).await.0, 202);
+    let taken_over = wait_until(Duration::from_secs(30), || async {
+        status(&site.hooks[other]).await["last_synced_commit"] == c3
+    })
+    .await;
+    assert!(taken_over, "{}", status(&site.hooks[other]).await);
+    let checkout = flag(&site.flagrs[other], "checkout").await.unwrap();
+    assert_eq!(checkout["segments"][0]["rolloutPercent"], 80);
 }

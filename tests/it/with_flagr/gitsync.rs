@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const TOKEN: &str = "git-admin";
+pub(crate) const TOKEN: &str = "git-admin";
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -140,7 +140,7 @@ pub(crate) fn flags(enabled: bool, rollout: i64) -> Value {
     ]})
 }
 
-fn github_push(
+pub(crate) fn github_push(
     secret: &str,
     url: &str,
     before: &str,
@@ -163,7 +163,7 @@ fn github_push(
     )
 }
 
-async fn send_push(
+pub(crate) async fn send_push(
     fh: &Flaghook,
     forge: &str,
     headers: Vec<(String, String)>,
@@ -189,7 +189,7 @@ async fn flagr_flags(f: &Flagr) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-async fn flag(f: &Flagr, key: &str) -> Option<Value> {
+pub(crate) async fn flag(f: &Flagr, key: &str) -> Option<Value> {
     flagr_flags(f).await.into_iter().find(|v| v["key"] == key)
 }
 
@@ -216,7 +216,7 @@ async fn push_refused(fh: &Flaghook, h: Vec<(String, String)>, b: String) -> Val
     status(fh).await
 }
 
-async fn status(fh: &Flaghook) -> Value {
+pub(crate) async fn status(fh: &Flaghook) -> Value {
     admin_call(fh, "GET", "/gitsync", None, Some(TOKEN)).await.1["repositories"][0].clone()
 }
 
