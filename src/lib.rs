@@ -3,7 +3,9 @@
 //! [`App`] wires the pieces exactly as `main` runs them, so integration tests start the same
 //! thing operators do. Data flows one way:
 //! proxy → (tap) → derive → (hints) → changelog ← Flagr's snapshots; changelog → delivery →
-//! webhooks; admin reads metrics, the store and delivery status.
+//! webhooks; admin reads metrics, the store and delivery status. In cluster mode, `cluster`
+//! (Redis) sits under delivery and the changelog: the lease picks the one follower, and
+//! delivery's spill, streams and shared state go through it.
 
 pub mod admin;
 pub mod changelog;
@@ -243,6 +245,12 @@ impl App {
                 )));
                 cluster_tasks.push(tokio::spawn(delivery::shared::run_finisher(
                     l.clone(),
+                    cluster_stop.clone(),
+                )));
+                cluster_tasks.push(tokio::spawn(delivery::shared::run_parker(
+                    l.clone(),
+                    deliveries.outbox.clone(),
+                    metrics.delivery.clone(),
                     cluster_stop.clone(),
                 )));
                 cluster_tasks.push(tokio::spawn(delivery::shared::run_relay(

@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 use super::{log, views, AdminState};
 use crate::config::{CloudEventsConfig, ConfigError, PayloadFormat, Secret, WebhookConfig};
-use crate::delivery::{Control, DeliveryError, Endpoint, Job, Origin};
+use crate::delivery::{Control, DeliveryError, Endpoint, Job, Kind, Origin};
 
 /// A webhook as the API takes it (and as the store keeps it).
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -270,8 +270,8 @@ fn describe(ep: &Endpoint) -> Value {
         "url": crate::redact::url(&w.url),
         "description": w.description,
         "kind": match ep.kind {
-            crate::delivery::Kind::Events => "events",
-            crate::delivery::Kind::Impressions { .. } => "impressions",
+            Kind::Events => "events",
+            Kind::Impressions { .. } => "impressions",
         },
         "events": w.events,
         "format": w.format,
@@ -341,13 +341,35 @@ pub(super) fn endpoint(s: &AdminState, id: &str) -> Result<Arc<Endpoint>, ApiErr
 }
 
 async fn list(State(s): State<AdminState>) -> ApiResult {
-    let v: Vec<Value> = s.deliveries.list().iter().map(|e| describe(e)).collect();
+    let mut v = Vec::new();
+    for e in s.deliveries.list().iter() {
+        v.push(described(&s, e).await);
+    }
     Ok(Json(json!({"webhooks": v})).into_response())
 }
 
 async fn one(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let ep = endpoint(&s, &id)?;
-    Ok(Json(describe(&ep)).into_response())
+    Ok(Json(described(&s, &ep).await).into_response())
+}
+
+/// [`describe`], with what Redis holds for the endpoint cluster-wide in cluster mode: the
+/// requests in its stream, or its parked impression batches (absent while Redis is away).
+async fn described(s: &AdminState, ep: &Endpoint) -> Value {
+    let mut v = describe(ep);
+    let Some(c) = &s.cluster else { return v };
+    let id = &ep.webhook.id;
+    v["cluster"] = match ep.kind {
+        Kind::Events => match c.backlog(id).await {
+            Ok(n) => json!({"backlog": n}),
+            Err(_) => Value::Null,
+        },
+        Kind::Impressions { .. } => match c.parked(id).await {
+            Ok((n, bytes)) => json!({"parked_batches": n, "parked_bytes": bytes}),
+            Err(_) => Value::Null,
+        },
+    };
+    v
 }
 
 /// Renders a template webhook's body for the last event sent to it (or a sample), unsent.

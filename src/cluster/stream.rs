@@ -296,3 +296,85 @@ impl Cluster {
         Ok(v.into_iter().map(|n| n.unwrap_or(0)).collect())
     }
 }
+
+/// Parks a failed impression batch; beyond `max` bytes the oldest go (their records are
+/// returned, to be counted). KEYS: list, byte count. ARGV: max, then the rows.
+const PARK: &str = r"
+for i = 2, #ARGV do
+  redis.call('RPUSH', KEYS[1], ARGV[i])
+  redis.call('INCRBY', KEYS[2], #ARGV[i])
+end
+local dropped = {}
+while tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) do
+  local old = redis.call('LPOP', KEYS[1])
+  if not old then redis.call('SET', KEYS[2], 0) break end
+  redis.call('DECRBY', KEYS[2], #old)
+  local nl = string.find(old, '\n', 1, true)
+  local ok, h = pcall(cjson.decode, string.sub(old, 1, (nl or 1) - 1))
+  dropped[#dropped + 1] = (ok and tonumber(h['records'])) or 0
+end
+return dropped
+";
+
+/// Takes up to `count` parked batches, oldest first. KEYS: list, byte count. ARGV: count.
+const UNPARK: &str = r"
+local rows = redis.call('LPOP', KEYS[1], ARGV[1])
+if not rows then return {} end
+for _, r in ipairs(rows) do redis.call('DECRBY', KEYS[2], #r) end
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return rows
+";
+
+impl Cluster {
+    /// Parks impression batches (rows: a header line and the body) for whichever replica
+    /// sees the endpoint recover; returns the records of the oldest dropped beyond `max`.
+    pub async fn park(
+        &self,
+        endpoint: &str,
+        rows: &[Vec<u8>],
+        max: usize,
+    ) -> Result<Vec<u64>, RedisError> {
+        let script = redis::Script::new(PARK);
+        let max = max.to_string();
+        let mut args: Vec<&[u8]> = vec![max.as_bytes()];
+        args.extend(rows.iter().map(Vec::as_slice));
+        self.script(
+            "park",
+            &script,
+            &[
+                self.key(&format!("parked:{endpoint}")),
+                self.key(&format!("parked-bytes:{endpoint}")),
+            ],
+            &args,
+        )
+        .await
+    }
+
+    /// Takes up to `count` parked batches of an endpoint, oldest first.
+    pub async fn unpark(&self, endpoint: &str, count: usize) -> Result<Vec<Vec<u8>>, RedisError> {
+        let script = redis::Script::new(UNPARK);
+        let count = count.to_string();
+        self.script(
+            "park",
+            &script,
+            &[
+                self.key(&format!("parked:{endpoint}")),
+                self.key(&format!("parked-bytes:{endpoint}")),
+            ],
+            &[count.as_bytes()],
+        )
+        .await
+    }
+
+    /// Parked batches of an endpoint, cluster-wide: (batches, bytes).
+    pub async fn parked(&self, endpoint: &str) -> Result<(u64, u64), RedisError> {
+        let mut p = redis::pipe();
+        p.llen(self.key(&format!("parked:{endpoint}")))
+            .get(self.key(&format!("parked-bytes:{endpoint}")));
+        let r = match self.conn().await {
+            Ok(mut c) => p.query_async::<(u64, Option<u64>)>(&mut c).await,
+            Err(e) => Err(e),
+        };
+        self.note("park", r).map(|(n, b)| (n, b.unwrap_or(0)))
+    }
+}

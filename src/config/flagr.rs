@@ -74,8 +74,8 @@ impl Default for DeriveConfig {
 pub enum Follow {
     /// Every change in Flagr's changelog, whoever made it.
     All,
-    /// Only changes this flaghook proxied (one replica of several on one database, until
-    /// cluster mode shares one follower).
+    /// Only changes this flaghook proxied: one replica of several on one database without a
+    /// shared Redis (with one, `[cluster]` shares one follower instead).
     Proxied,
 }
 

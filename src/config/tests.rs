@@ -101,3 +101,65 @@ fn secrets_resolve_from_env_and_file_and_never_print() {
         assert!(!dbg.contains(s), "{s} leaked into Debug");
     }
 }
+
+#[test]
+fn cluster_mode_checks_its_url_tls_store_and_bounds() {
+    let store = "[store]\npath = \"/tmp/flaghook-cfg-test.redb\"\n";
+    let ok = load_str(
+        &format!("{store}[cluster]\nredis_url = \"env:R\"\npassword = \"file:/nonexistent\"\n"),
+        &[("R", "redis://10.0.0.1:6379/0")],
+    );
+    // The password file is read at load: a missing one names its key.
+    let m = ok.unwrap_err().to_string();
+    assert!(m.contains("cluster.password"), "{m}");
+    let c = load_str(
+        &format!("{store}[cluster]\nredis_url = \"env:R\"\n"),
+        &[("R", "rediss://user:pw@redis.example:6380/1")],
+    )
+    .unwrap();
+    assert!(c.cluster.enabled());
+    assert!(!format!("{c:?}").contains("pw@"), "the URL is a secret");
+    let cases = [
+        ("redis_url = \"http://redis:6379\"\n", "cluster.redis_url"),
+        (
+            "redis_url = \"redis://r:6379\"\ntls_ca_file = \"/etc/ca.pem\"\n",
+            "cluster.tls_ca_file",
+        ),
+        (
+            "redis_url = \"rediss://r:6379\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "cluster.tls_ca_file",
+        ),
+        (
+            "redis_url = \"redis://r\"\nkey_prefix = \"a b\"\n",
+            "cluster.key_prefix",
+        ),
+        (
+            "redis_url = \"redis://r\"\nlease_ttl = \"100ms\"\n",
+            "cluster.lease_ttl",
+        ),
+        (
+            "redis_url = \"redis://r\"\nlease_ttl = \"10s\"\nreclaim_idle = \"5s\"\n",
+            "cluster.reclaim_idle",
+        ),
+        (
+            "redis_url = \"redis://r\"\nhand_max_events = 0\n",
+            "cluster.hand_max_events",
+        ),
+    ];
+    for (section, key) in cases {
+        let m = load_str(&format!("{store}[cluster]\n{section}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains(key), "{section}: {m}");
+    }
+    // Events wait in the store while Redis is away: an in-memory store is refused.
+    let m = load_str(
+        "[store]\npath = \"\"\n[cluster]\nredis_url = \"redis://r\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(m.contains("store.path"), "{m}");
+    // Off by default.
+    assert!(!load_str("", &[]).unwrap().cluster.enabled());
+}

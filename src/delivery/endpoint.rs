@@ -234,6 +234,9 @@ impl Worker {
         }
         match a.verdict {
             Verdict::Success => {
+                if self.ctx.rules.park_max_bytes().is_some() {
+                    self.ctx.outbox.recovered(&id);
+                }
                 if done.job.records > 0 {
                     if let Ok(mut s) = self.status.lock() {
                         s.records_delivered += done.job.records as u64;
@@ -280,6 +283,10 @@ impl Worker {
         self.ctx.metrics.impressions_parked(job.records as u64);
         tracing::warn!(endpoint = %id, delivery_id = %job.id, records = job.records, "batch failed its retry: parked until the endpoint recovers");
         self.ctx.outbox.update(&id, &job, 0, None, true);
+        if self.ctx.outbox.park_shared(&id, &job, park_max_bytes) {
+            // Cluster mode: Redis keeps it, within the same bound.
+            return;
+        }
         self.parked_bytes += job.size;
         self.parked.push_back(job);
         while self.parked_bytes > park_max_bytes {
@@ -355,9 +362,12 @@ impl Worker {
         }
         let mut n = 0;
         let outbox = self.ctx.outbox.clone();
+        let park_max = self.ctx.rules.park_max_bytes().unwrap_or(0);
         outbox.load(&id, |s| {
             n += 1;
-            if s.parked {
+            if s.parked && outbox.park_shared(&id, &s.job, park_max) {
+                // Cluster mode: parked batches left by a crash go to Redis now.
+            } else if s.parked {
                 self.parked_bytes += s.job.size;
                 self.parked.push_back(s.job);
             } else {

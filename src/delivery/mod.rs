@@ -264,6 +264,9 @@ impl Deliveries {
                 ctl_rx,
                 self.shutdown.clone(),
             ));
+        if let (Some(link), Kind::Impressions { .. }) = (self.outbox.link(), kind) {
+            link.register(&webhook.id, tx.clone());
+        }
         if let (Some(link), Kind::Events) = (self.outbox.link(), kind) {
             let stop = CancellationToken::new();
             tokio::spawn(shared::run_consumer(

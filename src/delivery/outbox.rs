@@ -232,6 +232,29 @@ impl Outbox {
         self.result(OutboxOp::State, store.put_endpoint_state(endpoint, &raw));
     }
 
+    /// Cluster mode: a parked impression batch goes to Redis (whichever replica sees the
+    /// endpoint recover sends it); its local row goes once Redis has it. False when not in
+    /// cluster mode (the worker keeps it) or its body cannot be read.
+    pub fn park_shared(&self, endpoint: &str, job: &Job, max_bytes: usize) -> bool {
+        let Some(link) = &self.link else { return false };
+        let mut j = job.clone();
+        if j.body.is_empty() && j.size > 0 {
+            match self.body(endpoint, job.seq) {
+                Ok(Some(b)) => j.body = b,
+                _ => return false,
+            }
+        }
+        link.park(endpoint, job.seq, encode(&j, 0, None, true), max_bytes);
+        true
+    }
+
+    /// Cluster mode: the endpoint answers again; batches parked in Redis come back.
+    pub fn recovered(&self, endpoint: &str) {
+        if let Some(l) = &self.link {
+            l.recovered(endpoint, self.clone());
+        }
+    }
+
     /// Cluster mode: adds an attempt to the endpoint's shared log.
     pub fn log(&self, endpoint: &str, e: &super::LogEntry, policy: &crate::config::DeliveryConfig) {
         if let Some(l) = &self.link {
@@ -269,6 +292,15 @@ fn header(job: &Job, attempts: usize, next_at: Option<SystemTime>, parked: bool)
     };
     // A struct of strings and numbers always serialises.
     serde_json::to_vec(&h).unwrap_or_default()
+}
+
+/// A whole row (header line and body) as a job with its body.
+pub(super) fn decode_row(row: &[u8]) -> Option<Job> {
+    let nl = row.iter().position(|b| *b == b'\n')?;
+    let mut job = decode(0, &row[..nl], row.len() - nl - 1)?.job;
+    job.body = Bytes::copy_from_slice(&row[nl + 1..]);
+    job.on_disk = false;
+    Some(job)
 }
 
 /// A row read back: its header line and its body's length (the body stays on disk).

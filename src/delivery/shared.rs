@@ -61,12 +61,34 @@ struct Hand {
 pub struct Link {
     pub cluster: Arc<Cluster>,
     hands: DashMap<String, Arc<Mutex<Hand>>>,
+    /// Per endpoint: its consumer is woken when requests it held are finished (room in its
+    /// hand, and maybe the next request of a flag may go).
+    wakes: DashMap<String, Arc<Notify>>,
     finished: mpsc::UnboundedSender<(String, Held)>,
     finished_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Held)>>>,
     spilled: Notify,
     spill_bytes: AtomicU64,
     pauses: DashMap<String, String>,
+    parks: mpsc::UnboundedSender<Park>,
+    parks_rx: Mutex<Option<mpsc::UnboundedReceiver<Park>>>,
+    /// Impression endpoints' job channels, for batches coming back from Redis.
+    senders: DashMap<String, mpsc::Sender<Job>>,
+    /// When each impression endpoint last asked for its parked batches back.
+    unparked: DashMap<String, Instant>,
 }
+
+/// A parked impression batch on its way to Redis.
+struct Park {
+    endpoint: String,
+    seq: u64,
+    row: Vec<u8>,
+    max_bytes: usize,
+}
+
+/// How often one endpoint's recovery asks Redis for parked batches.
+const UNPARK_EVERY: Duration = Duration::from_secs(2);
+/// Parked batches taken back per call.
+const UNPARK_BATCH: usize = 16;
 
 /// A delivery log entry as Redis keeps it (every replica's page reads the same).
 #[derive(Serialize, Deserialize)]
@@ -97,15 +119,25 @@ struct SharedEntry {
 impl Link {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
         let (finished, rx) = mpsc::unbounded_channel();
+        let (parks, parks_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
+            parks,
+            parks_rx: Mutex::new(Some(parks_rx)),
+            senders: DashMap::new(),
+            unparked: DashMap::new(),
             cluster,
             hands: DashMap::new(),
+            wakes: DashMap::new(),
             finished,
             finished_rx: Mutex::new(Some(rx)),
             spilled: Notify::new(),
             spill_bytes: AtomicU64::new(0),
             pauses: DashMap::new(),
         })
+    }
+
+    fn wake(&self, endpoint: &str) -> Arc<Notify> {
+        self.wakes.entry(endpoint.to_string()).or_default().clone()
     }
 
     fn hand(&self, endpoint: &str) -> Arc<Mutex<Hand>> {
@@ -157,6 +189,66 @@ impl Link {
     /// replica, or this one later, takes it over).
     pub fn forget(&self, endpoint: &str) {
         self.hands.remove(endpoint);
+        self.senders.remove(endpoint);
+    }
+
+    /// An impression endpoint's job channel, for its parked batches coming back.
+    pub fn register(&self, endpoint: &str, tx: mpsc::Sender<Job>) {
+        self.senders.insert(endpoint.to_string(), tx);
+    }
+
+    /// Sends a parked batch (a whole outbox row) to Redis; its local row `seq` goes once
+    /// Redis has it.
+    pub fn park(&self, endpoint: &str, seq: u64, row: Vec<u8>, max_bytes: usize) {
+        let _ = self.parks.send(Park {
+            endpoint: endpoint.to_string(),
+            seq,
+            row,
+            max_bytes,
+        });
+    }
+
+    /// The endpoint answered: its batches parked in Redis come back to this replica's worker
+    /// (at most every [`UNPARK_EVERY`]).
+    pub fn recovered(self: &Arc<Self>, endpoint: &str, outbox: Outbox) {
+        let now = Instant::now();
+        let due = self
+            .unparked
+            .get(endpoint)
+            .is_none_or(|t| now.duration_since(*t) >= UNPARK_EVERY);
+        if !due {
+            return;
+        }
+        self.unparked.insert(endpoint.to_string(), now);
+        let Some(tx) = self.senders.get(endpoint).map(|t| t.clone()) else {
+            return;
+        };
+        let (link, endpoint) = (self.clone(), endpoint.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok(rows) = link.cluster.unpark(&endpoint, UNPARK_BATCH).await else {
+                    return;
+                };
+                if rows.is_empty() {
+                    return;
+                }
+                tracing::info!(endpoint = %endpoint, batches = rows.len(), "endpoint recovered: sending batches parked in redis");
+                for row in rows {
+                    let Some(mut job) = super::outbox::decode_row(&row) else {
+                        tracing::error!(endpoint = %endpoint, "parked batch not readable; dropped");
+                        continue;
+                    };
+                    // On disk before it is queued, as every request is.
+                    job.seq = outbox.next_seq();
+                    job.size = job.body.len();
+                    job.on_disk = outbox.insert(&[(endpoint.as_str(), &job)], None);
+                    if tx.send(job).await.is_err() {
+                        // The worker stopped: the row on disk is read back at the next start.
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Loads every endpoint's shared pause state (at start, before the workers).
@@ -295,6 +387,9 @@ pub async fn run_finisher(link: Arc<Link>, stop: CancellationToken) {
                         g.released.remove(&(h.flag, h.n));
                     }
                 }
+                if let Some(w) = link.wakes.get(&ep) {
+                    w.notify_one();
+                }
             } else {
                 failed = true;
                 waiting.insert(ep, held);
@@ -308,6 +403,65 @@ pub async fn run_finisher(link: Arc<Link>, stop: CancellationToken) {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = stop.cancelled(), if !last => {}
             }
+        }
+    }
+}
+
+/// Moves parked impression batches to Redis, removing each local row once Redis has it; a
+/// failed call is tried again (the rows stay on disk meanwhile). Batches dropped beyond the
+/// bound are counted.
+pub async fn run_parker(
+    link: Arc<Link>,
+    outbox: Outbox,
+    metrics: Arc<super::DeliveryMetrics>,
+    stop: CancellationToken,
+) {
+    let Some(mut rx) = link
+        .parks_rx
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
+    let mut waiting: Vec<Park> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            tokio::select! {
+                p = rx.recv() => match p { Some(p) => waiting.push(p), None => return },
+                () = stop.cancelled() => return,
+            }
+        }
+        while let Ok(p) = rx.try_recv() {
+            waiting.push(p);
+        }
+        let mut by_endpoint: HashMap<String, Vec<Park>> = HashMap::new();
+        for p in waiting.drain(..) {
+            by_endpoint.entry(p.endpoint.clone()).or_default().push(p);
+        }
+        for (ep, parks) in by_endpoint {
+            let rows: Vec<Vec<u8>> = parks.iter().map(|p| p.row.clone()).collect();
+            let max = parks.iter().map(|p| p.max_bytes).max().unwrap_or(0);
+            match link.cluster.park(&ep, &rows, max).await {
+                Ok(dropped) => {
+                    let seqs: Vec<u64> = parks.iter().map(|p| p.seq).collect();
+                    outbox.remove(&ep, &seqs);
+                    if !dropped.is_empty() {
+                        let records: u64 = dropped.iter().sum();
+                        metrics.dropped(
+                            &ep,
+                            super::DropReason::ParkedOverflow,
+                            dropped.len() as u64,
+                            records,
+                        );
+                        tracing::warn!(endpoint = %ep, batches = dropped.len(), records, "parking bound reached in redis: dropped the oldest parked batches");
+                    }
+                }
+                Err(_) => waiting.extend(parks),
+            }
+        }
+        if !waiting.is_empty() && !crate::cluster::pause(Duration::from_secs(1), &stop).await {
+            return;
         }
     }
 }
@@ -434,6 +588,7 @@ pub async fn run_consumer(
 ) {
     let c = link.cluster.clone();
     let hand = link.hand(&endpoint);
+    let wake = link.wake(&endpoint);
     let max = c.cfg.hand_max_events;
     let renew_every = c.cfg.reclaim_idle / 4;
     // An earlier request that never finishes (lost with a Redis that had no AOF) must not stop
@@ -453,10 +608,12 @@ pub async fn run_consumer(
             .unwrap_or_else(PoisonError::into_inner)
             .entries
             .len();
+        // Requests waiting for an earlier one of their flag held by another replica are
+        // looked at again this often (a finish on this replica wakes the consumer at once).
         let block = if gated.is_empty() {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(100)
+            Duration::from_millis(10)
         };
         let mut fresh = Vec::new();
         let mut gone = Vec::new();
@@ -500,8 +657,13 @@ pub async fn run_consumer(
                     continue;
                 }
             }
-        } else if !crate::cluster::pause(block, &stop).await {
-            return;
+        } else {
+            // The hand is full: wait for the worker to finish something.
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(block) => {}
+                () = stop.cancelled() => return,
+            }
         }
         if last_renew.elapsed() >= renew_every {
             last_renew = Instant::now();

@@ -270,6 +270,19 @@ async fn a_thousand_changes_across_three_replicas_arrive_once_each_in_flag_order
     })
     .await;
     assert!(same, "the replicas' logs differ");
+    // Nothing is left in the streams once the last requests are finished, as every
+    // replica's API shows.
+    let drained = wait_until(Duration::from_secs(10), || async {
+        let mut all = true;
+        for h in &site.hooks {
+            let (_, v) = admin_call(h, "GET", "/webhooks/slow", None, Some(TOKEN)).await;
+            all &= v["cluster"]["backlog"] == 0;
+        }
+        all
+    })
+    .await;
+    let (_, v) = admin_call(&site.hooks[0], "GET", "/webhooks/slow", None, Some(TOKEN)).await;
+    assert!(drained, "{v}");
 
     // A webhook made on one replica's page runs on every replica.
     let extra = Receiver::start(vec![]).await;
@@ -450,4 +463,72 @@ async fn git_sync_runs_on_the_lease_holder_and_pushes_to_any_replica_reach_it() 
     assert!(taken_over, "{}", status(&site.hooks[other]).await);
     let checkout = flag(&site.flagrs[other], "checkout").await.unwrap();
     assert_eq!(checkout["segments"][0]["rolloutPercent"], 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impression_batch_parked_by_one_replica_is_sent_by_the_one_that_sees_recovery() {
+    use super::impressions::{imp_webhook, records, seed, ENV};
+    let redis = Redis::start().await;
+    let r = Receiver::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let cfg = format!(
+        "{ENV}{FAST_DELIVERY}{}",
+        imp_webhook("imp", &r, "flush_interval = \"1h\"\nmax_records = 2")
+    );
+    let site = replicas(2, &redis, &cfg).await;
+    seed(&site.flagrs[0].api()).await;
+    let eval = |fh: &Flaghook, e: &'static str| {
+        let url = format!("{}/evaluation", fh.api());
+        async move {
+            let body = json!({"entityID": e, "flagKey": "always-on"});
+            assert_eq!(call("POST", &url, Some(body)).await.0, 200);
+        }
+    };
+    // Replica 0's batch fails twice (one retry) and is parked, in Redis.
+    eval(&site.hooks[0], "p1").await;
+    eval(&site.hooks[0], "p2").await;
+    r.wait_for(2).await;
+    site.hooks[0]
+        .wait_metric("flaghook_impressions_parked_total", 2.0)
+        .await;
+    // Every replica's admin API shows the batch parked in Redis.
+    let shown = wait_until(Duration::from_secs(10), || async {
+        let (_, v) = admin_call(&site.hooks[1], "GET", "/webhooks/imp", None, Some(TOKEN)).await;
+        v["cluster"]["parked_batches"] == 1
+    })
+    .await;
+    assert!(
+        shown,
+        "{}",
+        admin_call(&site.hooks[1], "GET", "/webhooks/imp", None, Some(TOKEN))
+            .await
+            .1
+    );
+    // Replica 1 sees the receiver work again and sends what replica 0 parked.
+    eval(&site.hooks[1], "p3").await;
+    eval(&site.hooks[1], "p4").await;
+    let hits = r.wait_for(4).await;
+    let keys: BTreeSet<String> = hits[2..]
+        .iter()
+        .flat_map(records)
+        .map(|v| v["key"].as_str().unwrap().to_string())
+        .collect();
+    let want: BTreeSet<String> = ["p1", "p2", "p3", "p4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(keys, want, "{} requests", hits.len());
+    site.hooks[1]
+        .wait_metric("flaghook_impressions_delivered_total", 4.0)
+        .await;
+    assert_eq!(
+        site.hooks[0]
+            .metric("flaghook_impressions_delivered_total")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        r.hits().len(),
+        4,
+        "each batch sent once after the receiver recovered"
+    );
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn records(h: &Hit) -> Vec<Value> {
+pub(crate) fn records(h: &Hit) -> Vec<Value> {
     let raw = if h.header("content-encoding") == "gzip" {
         let mut s = Vec::new();
         flate2::read::GzDecoder::new(&h.body[..])
@@ -23,7 +23,7 @@ fn records(h: &Hit) -> Vec<Value> {
 }
 
 /// Two enabled flags: one with a 100 % variant, one with a segment nobody matches.
-async fn seed(api: &str) {
+pub(crate) async fn seed(api: &str) {
     calls(
         api,
         &[
@@ -64,7 +64,7 @@ async fn seed(api: &str) {
     }).await);
 }
 
-fn imp_webhook(id: &str, r: &Receiver, extra: &str) -> String {
+pub(crate) fn imp_webhook(id: &str, r: &Receiver, extra: &str) -> String {
     format!(
         "[[impression_webhooks]]\nid = \"{id}\"\nurl = \"{}\"\n{extra}\n",
         r.url
@@ -72,7 +72,7 @@ fn imp_webhook(id: &str, r: &Receiver, extra: &str) -> String {
 }
 
 /// The mapping tests record every flag; Flagr's recording switch has its own test.
-const ENV: &str =
+pub(crate) const ENV: &str =
     "[impressions]\nenvironment_id = \"env-7\"\nenvironment_name = \"staging\"\nflags = \"all\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
