@@ -1,7 +1,8 @@
 //! Read-only views for the admin page: the event vocabulary, the changelog follower's
 //! position and its last events, and the impression endpoints' traffic.
 //!
-//! In: the follower's metrics and recent events; the endpoints' status. Out: JSON.
+//! In: the follower's metrics and recent events; the endpoints' status; in cluster mode, this
+//! replica's part. Out: JSON.
 //! Never: calls Flagr (the page polls these every few seconds).
 
 use std::sync::atomic::Ordering;
@@ -30,7 +31,16 @@ pub(super) async fn changelog(State(s): State<AdminState>) -> ApiResult {
     let m = &s.follower.metrics;
     let (recent, minutes) = m.recent.read();
     let (cursor, max_id) = (m.cursor.get(), m.max_id.get());
+    // Cluster mode: only the lease holder's cursor moves; the page says which replica this is.
+    let cluster = s.cluster.as_ref().map(|c| {
+        json!({
+            "replica": c.replica,
+            "leader": c.is_leader(),
+            "redis": if c.up() { "ok" } else { "unreachable" },
+        })
+    });
     Ok(Json(json!({
+        "cluster": cluster,
         "legacy": s.follower.legacy.load(Ordering::Relaxed),
         "ready": s.changelog_ready.load(Ordering::Relaxed),
         "cursor": cursor,

@@ -368,6 +368,10 @@ async fn redis_stopped_for_thirty_seconds_and_started_again_loses_nothing() {
     })
     .await;
     assert!(degraded, "{:?}", ready(a).await);
+    // The page's changelog panel says so too.
+    let (_, view) = admin_call(a, "GET", "/changelog", None, Some(TOKEN)).await;
+    assert_eq!(view["cluster"]["redis"], "unreachable", "{view}");
+    assert_eq!(view["cluster"]["replica"], "r0");
     let down_since = std::time::Instant::now();
     let during = change_flags(&apis, &flags, 100, 20).await;
     // The changes made meanwhile wait in the leader's local store.
