@@ -53,6 +53,7 @@ pub struct App {
     shutdown_deadline: Duration,
     /// Cluster mode's background tasks (lease, relay, finisher, writer, subscription).
     cluster_stop: CancellationToken,
+    lease_stop: CancellationToken,
     cluster_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -227,6 +228,8 @@ impl App {
             impression_sink.as_ref().map(|s| s.known.clone()),
         );
         let cluster_stop = CancellationToken::new();
+        // The lease goes as soon as the follower has stopped, before delivery drains.
+        let lease_stop = CancellationToken::new();
         let mut cluster_tasks = Vec::new();
         // Git sync starts after the proxy; messages for it wait for it here.
         let git_pokes: Arc<std::sync::OnceLock<Arc<gitsync::GitSync>>> = Arc::default();
@@ -237,7 +240,7 @@ impl App {
                 let (remote_tx, remote_rx) = mpsc::channel(cfg.derive.lane_capacity);
                 cluster_tasks.push(tokio::spawn(cluster::lease::run(
                     c.clone(),
-                    cluster_stop.clone(),
+                    lease_stop.clone(),
                 )));
                 cluster_tasks.push(tokio::spawn(cluster::shared::run_writer(
                     c.clone(),
@@ -259,13 +262,23 @@ impl App {
                     store.clone(),
                     cluster_stop.clone(),
                 )));
-                let on_message = messages(
+                // One task applies the shared webhooks, one sync at a time (two at once could
+                // act on an older read after a newer one).
+                let webhooks_changed = Arc::new(tokio::sync::Notify::new());
+                cluster_tasks.push(tokio::spawn(follow_webhooks(
                     cfg.clone(),
                     c.clone(),
                     store.clone(),
                     deliveries.clone(),
+                    webhooks_changed.clone(),
+                    cluster_stop.clone(),
+                )));
+                let on_message = messages(
+                    c.clone(),
+                    deliveries.clone(),
                     remote_tx,
                     git_pokes.clone(),
+                    webhooks_changed,
                 );
                 cluster_tasks.push(tokio::spawn(cluster::shared::subscribe(
                     c.clone(),
@@ -394,6 +407,7 @@ impl App {
             deliveries,
             shutdown_deadline: cfg.delivery.shutdown_deadline,
             cluster_stop,
+            lease_stop,
             cluster_tasks,
         })
     }
@@ -418,6 +432,8 @@ impl App {
             // makes the next start derive it again.
             abort.abort();
         }
+        // Cluster mode: another replica takes the changelog over at once.
+        self.lease_stop.cancel();
         // The last impression batches go out before delivery starts its deadline.
         self.flusher_stop.cancel();
         if let Some(t) = self.flusher_task {
@@ -425,8 +441,7 @@ impl App {
             let _ = t.await;
         }
         report.undelivered = self.deliveries.shutdown(end).await;
-        // After delivery: the finisher tells Redis what the workers finished while draining,
-        // and the lease is let go so another replica takes over at once.
+        // After delivery: the finisher tells Redis what the workers finished while draining.
         self.cluster_stop.cancel();
         for t in self.cluster_tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
@@ -475,22 +490,38 @@ fn start_stored_webhooks(
     Ok(())
 }
 
-/// Cluster mode: what to do with a message from another replica.
-fn messages(
+/// Cluster mode: applies the shared webhooks whenever another replica changed them or the
+/// subscription was made again (messages may have been missed), until `stop`.
+async fn follow_webhooks(
     cfg: Config,
     c: Arc<cluster::Cluster>,
     store: Arc<store::Store>,
     deliveries: Arc<delivery::Deliveries>,
+    changed: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = changed.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        // A Redis that lost its data (no AOF) is seeded again from this replica's copies
+        // instead of having every replica delete its webhooks.
+        seed_webhooks(&c, &store).await;
+        sync_webhooks(&cfg, &c, &store, &deliveries).await;
+    }
+}
+
+/// Cluster mode: what to do with a message from another replica.
+fn messages(
+    c: Arc<cluster::Cluster>,
+    deliveries: Arc<delivery::Deliveries>,
     hints: mpsc::Sender<changelog::Hint>,
     git: Arc<std::sync::OnceLock<Arc<gitsync::GitSync>>>,
+    webhooks_changed: Arc<tokio::sync::Notify>,
 ) -> impl Fn(cluster::shared::Message) + Send + Sync + 'static {
-    let cfg = Arc::new(cfg);
     move |m| match m.op.as_str() {
-        "webhooks" | "resync" => {
-            let (cfg, c, store, deliveries) =
-                (cfg.clone(), c.clone(), store.clone(), deliveries.clone());
-            tokio::spawn(async move { sync_webhooks(&cfg, &c, &store, &deliveries).await });
-        }
+        "webhooks" | "resync" => webhooks_changed.notify_one(),
         "pause" | "resume" => {
             let cmd = match m.op.as_str() {
                 "pause" => delivery::Control::Pause,

@@ -357,7 +357,10 @@ async fn one(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
 /// requests in its stream, or its parked impression batches (absent while Redis is away).
 async fn described(s: &AdminState, ep: &Endpoint) -> Value {
     let mut v = describe(ep);
-    let Some(c) = &s.cluster else { return v };
+    // Redis away: said once by /readyz, not waited for per webhook here.
+    let Some(c) = s.cluster.as_ref().filter(|c| c.up()) else {
+        return v;
+    };
     let id = &ep.webhook.id;
     v["cluster"] = match ep.kind {
         Kind::Events => match c.backlog(id).await {

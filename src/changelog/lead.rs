@@ -42,19 +42,25 @@ pub async fn run(
                 r = leading.changed() => if r.is_err() { return },
             }
         }
-        if !take_over(&follower, &cluster, &mut leading).await {
+        let took = tokio::select! {
+            t = take_over(&follower, &cluster, &mut leading) => t,
+            // Stopping before a term began: nothing to walk.
+            None = local.recv() => return,
+        };
+        if !took {
             continue;
         }
         let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(follower.clone().run(rx, None));
-        let abort = task.abort_handle();
+        let mut task = tokio::spawn(follower.clone().run(rx, None));
+        // Aborted with this task too (a shutdown that runs out of time aborts it).
+        let _guard = AbortOnDrop(task.abort_handle());
         loop {
             tokio::select! {
                 h = local.recv() => match h {
                     Some(h) => { let _ = tx.try_send(h); }
                     None => {
                         drop(tx);
-                        let _ = task.await;
+                        let _ = (&mut task).await;
                         return;
                     }
                 },
@@ -67,13 +73,24 @@ pub async fn run(
                         // The store keeps what the run derived; the next leader's cursors
                         // come from Redis, and claims keep anything derived twice from
                         // being queued twice.
-                        abort.abort();
+                        task.abort();
+                        // Ended before another term can begin on this replica.
+                        let _ = (&mut task).await;
                         tracing::info!("lease lost: changelog follower stopped");
                         break;
                     }
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -62,6 +62,8 @@ pub enum FollowError {
     Flagr(#[from] FlagrError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cluster mode: the store refused the flag's events; walked again")]
+    NotQueued,
 }
 
 /// Shared, read-only parts of the follower.
@@ -434,7 +436,7 @@ impl Follower {
         if let Err(e) = self.walk(st, flag, listed).await {
             let stage = match e {
                 FollowError::Flagr(_) => FailStage::Flagr,
-                FollowError::Store(_) => FailStage::Store,
+                FollowError::Store(_) | FollowError::NotQueued => FailStage::Store,
             };
             self.failed(stage, &format!("flag {flag} not followed this time"), &e);
             // Walked again at the next poll.

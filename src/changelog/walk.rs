@@ -188,6 +188,11 @@ impl Follower {
         let written = self
             .deliveries
             .publish_all(&sets, moved.then_some((flag, &cursor)));
+        if !written && self.deliveries.outbox.link().is_some() && (moved || !sets.is_empty()) {
+            // Cluster mode queues nothing in memory: events the store refused exist nowhere,
+            // so the cursor stays where it was and the flag is walked again.
+            return Err(FollowError::NotQueued);
+        }
         if moved {
             // With an in-memory store the cursor is saved apart. On a disk that refused the
             // transaction it is not saved at all: a cursor must never be on disk without the

@@ -49,7 +49,10 @@ pub async fn run(c: Arc<Cluster>, stop: CancellationToken) {
                 "lease",
                 &take,
                 std::slice::from_ref(&key),
-                &[c.replica.as_bytes(), ttl.as_millis().to_string().as_bytes()],
+                &[
+                    c.lease_value.as_bytes(),
+                    ttl.as_millis().to_string().as_bytes(),
+                ],
             )
             .await;
         match r {
@@ -78,7 +81,7 @@ pub async fn run(c: Arc<Cluster>, stop: CancellationToken) {
     if c.is_leader() {
         let release = redis::Script::new(RELEASE);
         let _: Result<i64, _> = c
-            .script("lease", &release, &[key], &[c.replica.as_bytes()])
+            .script("lease", &release, &[key], &[c.lease_value.as_bytes()])
             .await;
         c.set_leader(false, None);
     }

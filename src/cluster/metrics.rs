@@ -13,6 +13,8 @@ pub struct ClusterMetrics {
     pub errors: prometheus::IntCounterVec,
     pub queued: prometheus::IntCounter,
     pub duplicates: prometheus::IntCounter,
+    pub finished_elsewhere: prometheus::IntCounter,
+    pub taken_over: prometheus::IntCounter,
     pub spill_events: prometheus::IntGauge,
     pub spill_bytes: prometheus::IntGauge,
     pub reclaimed: prometheus::IntCounter,
@@ -49,6 +51,14 @@ impl ClusterMetrics {
                 "flaghook_cluster_duplicates_total",
                 "Requests not queued because their event id was claimed already (a re-derivation after a takeover or a restart).",
             ),
+            finished_elsewhere: r.counter(
+                "flaghook_cluster_finished_elsewhere_total",
+                "Requests taken over from a replica that finished them meanwhile: not sent again.",
+            ),
+            taken_over: r.counter(
+                "flaghook_cluster_taken_over_total",
+                "Requests this replica held that another replica took over (this one was cut off from Redis or slow to renew): let go unsent.",
+            ),
             spill_events: r.gauge(
                 "flaghook_cluster_spill_events",
                 "Requests waiting in the local store for Redis.",
@@ -63,11 +73,11 @@ impl ClusterMetrics {
             ),
             order_waits: r.counter(
                 "flaghook_cluster_order_waits_total",
-                "Requests that waited for an earlier request of their flag held by another replica.",
+                "Requests that waited for an earlier request of their flag held by another replica (each counted once).",
             ),
             hints: r.counter_vec(
                 "flaghook_cluster_hints_total",
-                "Proxied changes' hints published to the leader (sent) or received from another replica (received).",
+                "Proxied changes' hints queued for publishing to the leader (sent; one that cannot be written is counted in flaghook_cluster_writes_dropped_total) or received from another replica (received).",
                 &["direction"],
             ),
             dropped: r.counter_vec(

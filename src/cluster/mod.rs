@@ -41,6 +41,9 @@ pub struct Cluster {
     pub cfg: ClusterConfig,
     /// This replica's name (its consumer in every stream's group).
     pub replica: String,
+    /// This process's lease value: its name and a random part, so two processes that were
+    /// given one name never both hold the lease.
+    lease_value: String,
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
     pub metrics: ClusterMetrics,
@@ -103,7 +106,9 @@ impl Cluster {
         };
         let (leader, _) = watch::channel(false);
         let (writes, writes_rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let lease_value = format!("{replica}/{}", uuid::Uuid::new_v4().simple());
         Ok(Arc::new(Self {
+            lease_value,
             writes,
             writes_rx: Mutex::new(Some(writes_rx)),
             cfg: cfg.clone(),
@@ -322,8 +327,8 @@ pub fn entries(v: &redis::Value) -> Vec<Entry> {
         out.push((id, fields));
     };
     match v {
-        // XAUTOCLAIM: [next, entries, deleted]
-        Value::Array(a) if a.len() == 3 && text(&a[0]).is_some() => {
+        // XAUTOCLAIM: [next, entries, deleted] (Redis 6.2: [next, entries]).
+        Value::Array(a) if a.len() >= 2 && text(&a[0]).is_some() => {
             a[1..2].iter().flat_map(list).for_each(&mut each_entry);
         }
         // XREADGROUP: [[stream, entries], ...]

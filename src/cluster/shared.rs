@@ -31,10 +31,15 @@ pub struct Message {
     pub body: Option<serde_json::Value>,
 }
 
-/// Saves cursors only forward (a replica with an older view never moves them back), the
-/// baseline once, and `seen_max` only up.
+/// Saves cursors only forward (a replica with an older view never moves them back) and
+/// `seen_max` only up. A new baseline (the leader's follower started again on a new or
+/// restored Flagr database) replaces the whole state.
 const SAVE_CURSORS: &str = r"
-if ARGV[1] ~= '' and redis.call('HSETNX', KEYS[2], 'baseline', ARGV[1]) == 0 then end
+local b = redis.call('HGET', KEYS[2], 'baseline')
+if ARGV[1] ~= '' and b ~= ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'baseline', ARGV[1], 'seen_max', ARGV[2])
+end
 local s = tonumber(redis.call('HGET', KEYS[2], 'seen_max') or '-1')
 if tonumber(ARGV[2]) > s then redis.call('HSET', KEYS[2], 'seen_max', ARGV[2]) end
 for i = 3, #ARGV, 3 do
@@ -113,7 +118,10 @@ impl Cluster {
                 self.key(&format!("s:{id}")),
                 self.key(&format!("q:{id}")),
                 self.key(&format!("d:{id}")),
+                self.key(&format!("last:{id}")),
                 self.key(&format!("log:{id}")),
+                self.key(&format!("parked:{id}")),
+                self.key(&format!("parked-bytes:{id}")),
             ])
             .ignore()
             .hdel(self.key("pause"), id)
@@ -312,6 +320,7 @@ pub async fn subscribe(
                 continue;
             }
             Err(_) => {
+                c.metrics.errors.with_label_values(&["subscribe"]).inc();
                 if !super::pause(Duration::from_secs(1), &stop).await {
                     return;
                 }

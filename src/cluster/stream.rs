@@ -13,15 +13,21 @@ use redis::RedisError;
 
 use super::{Cluster, Entry, GROUP};
 
-/// Claims each request's id; queues the new ones with the next number of their flag.
-/// KEYS: stream, per-flag counters. ARGV: claim prefix, claim ttl (s), then 7 per request.
+/// Claims each request's id; queues the new ones with the next number of their flag and the
+/// entry id of the flag's previous request (`p`: whether it is still there tells a request
+/// waiting for it that it is gone).
+/// KEYS: stream, per-flag counters, per-flag last entry. ARGV: claim prefix, claim ttl (s),
+/// then 7 per request.
 const QUEUE: &str = r"
 local added, skipped = 0, 0
 for i = 3, #ARGV, 7 do
   if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
     local n = redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
-    redis.call('XADD', KEYS[1], '*', 'i', ARGV[i], 'f', ARGV[i + 1], 'n', n, 'k', ARGV[i + 2],
-      'l', ARGV[i + 3], 'r', ARGV[i + 4], 'e', ARGV[i + 5], 'b', ARGV[i + 6])
+    local prev = redis.call('HGET', KEYS[3], ARGV[i + 1]) or ''
+    local id = redis.call('XADD', KEYS[1], '*', 'i', ARGV[i], 'f', ARGV[i + 1], 'n', n,
+      'p', prev, 'k', ARGV[i + 2], 'l', ARGV[i + 3], 'r', ARGV[i + 4], 'e', ARGV[i + 5],
+      'b', ARGV[i + 6])
+    redis.call('HSET', KEYS[3], ARGV[i + 1], id)
     added = added + 1
   else
     skipped = skipped + 1
@@ -31,8 +37,11 @@ return {added, skipped}
 ";
 
 /// Finishes requests: acknowledged, deleted, and their flag's finished mark moved forward.
+/// Nothing when the stream is gone (its webhook was deleted: a late finish must not leave
+/// marks a webhook made again under the same id would trust).
 /// KEYS: stream, finished marks. ARGV: group, then 3 per request (entry id, flag, number).
 const FINISH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 2, #ARGV, 3 do
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
   redis.call('XDEL', KEYS[1], ARGV[i])
@@ -40,6 +49,22 @@ for i = 2, #ARGV, 3 do
   if done < tonumber(ARGV[i + 2]) then redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2]) end
 end
 return 1
+";
+
+/// Renews this consumer's hold on the given entries, only those it still owns (another
+/// replica may have taken one over); returns the ones it no longer holds.
+/// KEYS: stream. ARGV: group, consumer, then the entry ids.
+const RENEW: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
 ";
 
 /// One request to queue.
@@ -61,6 +86,8 @@ pub struct Read {
     pub flag: i64,
     /// Its place among its flag's requests to this endpoint (1, 2, ...).
     pub n: u64,
+    /// The entry of the flag's previous request (empty for the first).
+    pub prev: String,
     pub flag_key: String,
     pub label: String,
     pub records: usize,
@@ -85,6 +112,7 @@ impl Read {
             return Err(entry);
         };
         Ok(Self {
+            prev: text(&mut f, "p"),
             id: text(&mut f, "i"),
             flag,
             n,
@@ -153,7 +181,11 @@ impl Cluster {
             .script(
                 "queue",
                 &script,
-                &[self.stream(endpoint), self.key(&format!("q:{endpoint}"))],
+                &[
+                    self.stream(endpoint),
+                    self.key(&format!("q:{endpoint}")),
+                    self.key(&format!("last:{endpoint}")),
+                ],
                 &args,
             )
             .await?;
@@ -209,8 +241,15 @@ impl Cluster {
         Ok(batch(super::entries(&v)))
     }
 
-    /// Takes over requests another replica has held for `reclaim_idle` without renewing them.
-    pub async fn reclaim(&self, endpoint: &str, count: usize) -> Result<Batch, RedisError> {
+    /// Takes over requests another replica has held for `reclaim_idle` without renewing them,
+    /// scanning the pending list from `from` (`0-0` at first); returns them and where the next
+    /// scan goes on.
+    pub async fn reclaim(
+        &self,
+        endpoint: &str,
+        from: &str,
+        count: usize,
+    ) -> Result<(Batch, String), RedisError> {
         let v: redis::Value = self
             .call(
                 "reclaim",
@@ -219,36 +258,53 @@ impl Cluster {
                     .arg(GROUP)
                     .arg(&self.replica)
                     .arg(self.cfg.reclaim_idle.as_millis() as u64)
-                    .arg("0-0")
+                    .arg(from)
                     .arg("COUNT")
                     .arg(count),
             )
             .await?;
+        let next = match &v {
+            redis::Value::Array(a) => match a.first() {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::SimpleString(s)) => s.clone(),
+                _ => "0-0".into(),
+            },
+            _ => "0-0".into(),
+        };
         let b = batch(super::entries(&v));
         self.metrics.reclaimed.inc_by(b.reads.len() as u64);
-        Ok(b)
+        Ok((b, next))
     }
 
     /// Renews this replica's hold on requests it still works on (a retry waits, a receiver is
-    /// slow), unless another replica took one over very recently.
-    pub async fn renew(&self, endpoint: &str, entries: &[String]) -> Result<(), RedisError> {
+    /// slow); returns those another replica took over meanwhile.
+    pub async fn renew(
+        &self,
+        endpoint: &str,
+        entries: &[String],
+    ) -> Result<Vec<String>, RedisError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let min_idle = (self.cfg.reclaim_idle / 8).as_millis() as u64;
-        let _: redis::Value = self
+        let script = redis::Script::new(RENEW);
+        let mut args: Vec<&[u8]> = vec![GROUP.as_bytes(), self.replica.as_bytes()];
+        args.extend(entries.iter().map(|e| e.as_bytes()));
+        self.script("renew", &script, &[self.stream(endpoint)], &args)
+            .await
+    }
+
+    /// Whether an entry is still in its stream (not finished, not deleted).
+    pub async fn present(&self, endpoint: &str, entry: &str) -> Result<bool, RedisError> {
+        let v: redis::Value = self
             .call(
-                "renew",
-                redis::cmd("XCLAIM")
+                "present",
+                redis::cmd("XRANGE")
                     .arg(self.stream(endpoint))
-                    .arg(GROUP)
-                    .arg(&self.replica)
-                    .arg(min_idle)
-                    .arg(entries)
-                    .arg("JUSTID"),
+                    .arg(entry)
+                    .arg(entry),
             )
             .await?;
-        Ok(())
+        Ok(matches!(v, redis::Value::Array(a) if !a.is_empty()))
     }
 
     /// Finishes requests (delivered, or given up on and counted): (entry, flag, number).

@@ -22,7 +22,7 @@ pub struct ClusterConfig {
     /// `rediss://` only: a PEM file of the CA that signed Redis's certificate (a private CA);
     /// empty: the public roots.
     pub tls_ca_file: String,
-    /// Every key is `{<prefix>}:...`: one hash slot, so the scripts also run on Redis Cluster.
+    /// Every key is `{<prefix>}:...` (one hash slot); several flaghook clusters can share a Redis.
     pub key_prefix: String,
     /// Names this replica's consumer; empty: `HOSTNAME` (the pod name), else a random id.
     pub replica_id: String,

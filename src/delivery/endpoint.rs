@@ -26,6 +26,11 @@ use super::metrics::DropReason;
 use super::outbox::PauseState;
 use super::queue::{Bounds, Queue};
 use super::retry::Verdict;
+use super::shared::MaySend;
+
+/// How soon a stream job that may not go yet (cluster mode, renewals failing) is looked at
+/// again.
+const NOT_NOW_DELAY: Duration = Duration::from_millis(250);
 use crate::window::{Latencies, Minutes};
 
 /// Operator commands for a worker.
@@ -157,6 +162,20 @@ impl Worker {
             let Some((job, attempt)) = self.queue.start(key) else {
                 continue;
             };
+            match self.ctx.outbox.may_send(&self.ctx.webhook.id, job.seq) {
+                MaySend::Yes => {}
+                // Cluster mode: another replica holds it now and sends it.
+                MaySend::TakenOver => {
+                    self.queue.complete(key);
+                    self.ctx.outbox.remove(&self.ctx.webhook.id, &[job.seq]);
+                    continue;
+                }
+                // Cluster mode, renewals failing: it may be taken over any moment.
+                MaySend::NotNow => {
+                    self.queue.not_now(key, NOT_NOW_DELAY);
+                    continue;
+                }
+            }
             let ctx = self.ctx.clone();
             self.tasks
                 .spawn(async move { attempt::send(&ctx, key, &job, attempt, probe).await });
@@ -558,8 +577,9 @@ pub async fn run(
     if stopped {
         w.ctx.outbox.clear(w.id());
     } else if w.ctx.outbox.durable() {
-        // Everything left is in the outbox and goes out after the next start.
-        let volatile = w.queue.not_on_disk();
+        // Everything left is in the outbox (or, in cluster mode, pending in Redis) and goes
+        // out after the next start.
+        let volatile = w.queue.not_on_disk(|seq| w.ctx.outbox.holds(w.id(), seq));
         let kept = w.queue.len() + w.parked.len() - volatile;
         if kept > 0 {
             tracing::info!(endpoint = %w.id(), kept, "requests kept in the outbox for the next start");

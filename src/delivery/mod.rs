@@ -373,6 +373,7 @@ impl Deliveries {
             c.cancel();
         }
         let _ = old.ctl.try_send(Control::Stop);
+        self.outbox.forget_shared(id);
         self.swap(|v| v.retain(|e| e.webhook.id != id));
         Ok(())
     }

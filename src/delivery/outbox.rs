@@ -182,23 +182,32 @@ impl Outbox {
     pub fn clear(&self, endpoint: &str) {
         let Some(store) = &self.store else { return };
         self.result(OutboxOp::Remove, store.outbox_clear(endpoint));
-        if let Some(l) = &self.link {
-            l.forget(endpoint);
-            let spill = super::shared::spill_key(endpoint);
-            self.result(OutboxOp::Remove, store.outbox_clear(&spill));
-        }
+    }
+
+    /// Cluster mode: forgets a deleted endpoint's spill and what this replica held of its
+    /// stream, at once (before a webhook made again under the same id can start).
+    pub fn forget_shared(&self, endpoint: &str) {
+        let (Some(store), Some(l)) = (&self.store, &self.link) else {
+            return;
+        };
+        l.forget(endpoint);
+        let spill = super::shared::spill_key(endpoint);
+        self.result(OutboxOp::Remove, store.outbox_clear(&spill));
     }
 
     /// Every job kept for the endpoint, oldest first, handed to `each`; unreadable rows are
     /// counted and removed.
-    pub fn load(&self, endpoint: &str, mut each: impl FnMut(Stored)) {
-        let Some(store) = &self.store else { return };
+    pub fn load(&self, endpoint: &str, mut each: impl FnMut(Stored)) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
         let mut bad = Vec::new();
         let scanned =
             store.outbox_scan(endpoint, |seq, head, size| match decode(seq, head, size) {
                 Some(s) => each(s),
                 None => bad.push(seq),
             });
+        let ok = scanned.is_ok();
         if let Err(e) = scanned {
             self.result(OutboxOp::Load, Err(e));
         }
@@ -211,6 +220,7 @@ impl Outbox {
             self.metrics.outbox_failed(OutboxOp::Load, bad.len() as u64);
             self.remove(endpoint, &bad);
         }
+        ok
     }
 
     pub fn pause_state(&self, endpoint: &str) -> Option<PauseState> {
@@ -236,7 +246,10 @@ impl Outbox {
     /// endpoint recover sends it); its local row goes once Redis has it. False when not in
     /// cluster mode (the worker keeps it) or its body cannot be read.
     pub fn park_shared(&self, endpoint: &str, job: &Job, max_bytes: usize) -> bool {
-        let Some(link) = &self.link else { return false };
+        let Some(link) = self.link.as_ref().filter(|l| l.cluster.up()) else {
+            // Redis away: parked here, within the local bound (a restart moves it to Redis).
+            return false;
+        };
         let mut j = job.clone();
         if j.body.is_empty() && j.size > 0 {
             match self.body(endpoint, job.seq) {
@@ -246,6 +259,23 @@ impl Outbox {
         }
         link.park(endpoint, job.seq, encode(&j, 0, None, true), max_bytes);
         true
+    }
+
+    /// Cluster mode: whether a job came from a stream (Redis keeps it, not the store).
+    pub fn holds(&self, endpoint: &str, seq: u64) -> bool {
+        self.link.as_ref().is_some_and(|l| l.holds(endpoint, seq))
+    }
+
+    /// Cluster mode: whether a stream job may be sent now (see `Link::may_send`).
+    pub fn may_send(&self, endpoint: &str, seq: u64) -> super::shared::MaySend {
+        let Some(l) = &self.link else {
+            return super::shared::MaySend::Yes;
+        };
+        let m = l.may_send(endpoint, seq);
+        if m == super::shared::MaySend::TakenOver {
+            l.cluster.metrics.taken_over.inc();
+        }
+        m
     }
 
     /// Cluster mode: the endpoint answers again; batches parked in Redis come back.

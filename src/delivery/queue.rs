@@ -188,6 +188,15 @@ impl Queue {
         self.ready.push_back(key);
     }
 
+    /// Not started after all (it may not go yet): its attempt is given back and it is looked
+    /// at again after `delay`.
+    pub fn not_now(&mut self, key: i64, delay: Duration) {
+        if let Some(f) = self.queues.get_mut(&key).and_then(|q| q.front_mut()) {
+            f.attempts = f.attempts.saturating_sub(1);
+        }
+        self.retry_later(key, delay);
+    }
+
     /// The flag's front job goes again after `delay`.
     pub fn retry_later(&mut self, key: i64, delay: Duration) {
         self.in_flight.remove(&key);
@@ -266,11 +275,11 @@ impl Queue {
     }
 
     /// Queued jobs whose outbox write failed (they live only in memory).
-    pub fn not_on_disk(&self) -> usize {
+    pub fn not_on_disk(&self, kept_elsewhere: impl Fn(u64) -> bool) -> usize {
         self.queues
             .values()
             .flatten()
-            .filter(|q| !q.job.on_disk)
+            .filter(|q| !q.job.on_disk && !kept_elsewhere(q.job.seq))
             .count()
     }
 

@@ -3,12 +3,14 @@
 //! and hands it to its endpoint worker, and what the worker finishes is finished in Redis.
 //!
 //! In: spilled requests (the leader's derivations, on disk first); stream entries; the
-//! worker's finished requests; its log entries and pause state. Out: queued entries, jobs for
-//! the local workers, acknowledgements, the shared log and pause state.
-//! Never: hands a worker a request before the earlier requests of its flag to that endpoint
-//! are finished or already handed to the same worker (order per flag holds cluster-wide);
-//! removes a spilled request before Redis has it; holds more than `hand_max_events` per
-//! endpoint (the rest stays for the other replicas).
+//! worker's finished requests; its log entries and pause state; parked impression batches.
+//! Out: queued entries, jobs for the local workers, acknowledgements, the shared log and pause
+//! state, parked batches in Redis and back.
+//! Never: hands a worker a request before the earlier request of its flag to that endpoint is
+//! finished, already with the same worker, or gone from the stream (order per flag holds
+//! cluster-wide); sends a request another replica took over; removes a spilled request before
+//! Redis has it; reads more than `hand_max_events` new requests per endpoint at a time (what it
+//! takes over from a dead replica comes on top, a few at a time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,16 @@ pub fn spill_key(endpoint: &str) -> String {
     format!("~{endpoint}")
 }
 
+/// Whether a worker may send a job now (see [`Link::may_send`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaySend {
+    Yes,
+    /// Another replica holds it now: dropped unsent.
+    TakenOver,
+    /// Renewals are failing: asked again shortly.
+    NotNow,
+}
+
 /// A request this replica holds from a stream.
 #[derive(Clone, Debug)]
 struct Held {
@@ -47,14 +59,49 @@ struct Held {
 }
 
 /// What this replica holds of one endpoint's stream.
-#[derive(Default)]
 struct Hand {
+    /// When Redis last confirmed this replica still holds what it holds.
+    renewed: Instant,
     /// By the worker's job sequence number.
     by_seq: HashMap<u64, Held>,
     /// Handed to the worker: (flag, number).
     released: HashSet<(i64, u64)>,
     /// Every entry held, handed over or not.
     entries: HashSet<String>,
+    /// Handed over, then taken over by another replica (this one was cut off or slow): the
+    /// worker does not send them, and finishing them here does nothing.
+    taken: HashSet<u64>,
+}
+
+impl Default for Hand {
+    fn default() -> Self {
+        Self {
+            renewed: Instant::now(),
+            by_seq: HashMap::new(),
+            released: HashSet::new(),
+            entries: HashSet::new(),
+            taken: HashSet::new(),
+        }
+    }
+}
+
+impl Hand {
+    /// Lets go of entries another replica took over.
+    fn let_go(&mut self, lost: &HashSet<String>) {
+        self.entries.retain(|e| !lost.contains(e));
+        let seqs: Vec<u64> = self
+            .by_seq
+            .iter()
+            .filter(|(_, h)| lost.contains(&h.entry))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            if let Some(h) = self.by_seq.remove(&seq) {
+                self.released.remove(&(h.flag, h.n));
+                self.taken.insert(seq);
+            }
+        }
+    }
 }
 
 /// Cluster mode as delivery sees it.
@@ -164,6 +211,10 @@ impl Link {
         let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
         let mut local = Vec::new();
         for seq in seqs {
+            if h.taken.remove(seq) {
+                // Another replica holds it now: its finish is that replica's.
+                continue;
+            }
             match h.by_seq.remove(seq) {
                 // Forgotten from the hand only once Redis has it finished (see `run_finisher`).
                 Some(held) => {
@@ -178,11 +229,28 @@ impl Link {
     /// Whether a job came from a stream (its state lives in Redis, not in the local store).
     pub fn holds(&self, endpoint: &str, seq: u64) -> bool {
         self.hands.get(endpoint).is_some_and(|h| {
-            h.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .by_seq
-                .contains_key(&seq)
+            let h = h.lock().unwrap_or_else(PoisonError::into_inner);
+            h.by_seq.contains_key(&seq) || h.taken.contains(&seq)
         })
+    }
+
+    /// Whether a job may be sent now: a stream job another replica took over is not sent at
+    /// all, and none is sent while this replica's renewals are failing (it may be taken over
+    /// any moment; the next successful renewal says).
+    pub fn may_send(&self, endpoint: &str, seq: u64) -> MaySend {
+        let Some(hand) = self.hands.get(endpoint).map(|h| h.clone()) else {
+            return MaySend::Yes;
+        };
+        let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+        if h.taken.contains(&seq) {
+            MaySend::TakenOver
+        } else if h.by_seq.contains_key(&seq)
+            && h.renewed.elapsed() >= self.cluster.cfg.reclaim_idle / 2
+        {
+            MaySend::NotNow
+        } else {
+            MaySend::Yes
+        }
     }
 
     /// The endpoint is gone from this replica: what it held stays pending in Redis (another
@@ -233,17 +301,23 @@ impl Link {
                     return;
                 }
                 tracing::info!(endpoint = %endpoint, batches = rows.len(), "endpoint recovered: sending batches parked in redis");
+                // All of them on disk before any is queued, as every request is: a worker that
+                // stopped meanwhile finds them at the next start.
+                let mut jobs = Vec::new();
                 for row in rows {
                     let Some(mut job) = super::outbox::decode_row(&row) else {
                         tracing::error!(endpoint = %endpoint, "parked batch not readable; dropped");
                         continue;
                     };
-                    // On disk before it is queued, as every request is.
                     job.seq = outbox.next_seq();
                     job.size = job.body.len();
-                    job.on_disk = outbox.insert(&[(endpoint.as_str(), &job)], None);
+                    jobs.push(job);
+                }
+                let rows: Vec<(&str, &Job)> = jobs.iter().map(|j| (endpoint.as_str(), j)).collect();
+                let on_disk = outbox.insert(&rows, None);
+                for mut job in jobs {
+                    job.on_disk = on_disk;
                     if tx.send(job).await.is_err() {
-                        // The worker stopped: the row on disk is read back at the next start.
                         return;
                     }
                 }
@@ -395,14 +469,12 @@ pub async fn run_finisher(link: Arc<Link>, stop: CancellationToken) {
                 waiting.insert(ep, held);
             }
         }
-        if last {
+        if last || (failed && stop.is_cancelled()) {
             return;
         }
-        if failed {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                () = stop.cancelled(), if !last => {}
-            }
+        if failed && !crate::cluster::pause(Duration::from_millis(500), &stop).await {
+            // Stopping: one more try of what waits, then done.
+            last = true;
         }
     }
 }
@@ -476,11 +548,19 @@ pub async fn run_relay(
 ) {
     let mut saved: HashMap<i64, Cursor> = HashMap::new();
     let mut saved_meta: (Option<i64>, i64) = (None, i64::MIN);
+    let mut idle_passes = 0u64;
     loop {
         tokio::select! {
             () = link.spilled.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = stop.cancelled() => return,
+        }
+        // Redis away: the spill is read again only every few seconds (it may be large).
+        if !link.cluster.up() {
+            idle_passes += 1;
+            if idle_passes % 5 != 0 {
+                continue;
+            }
         }
         // Read before the spill: every cursor in it stands for requests already spilled.
         let state = if link.cluster.is_leader() {
@@ -492,6 +572,10 @@ pub async fn run_relay(
         let Some(state) = state.filter(|s| all_moved && s.baseline.is_some()) else {
             continue;
         };
+        if saved_meta.0 != state.baseline {
+            // A new baseline replaces the shared state whole: every cursor goes again.
+            saved.clear();
+        }
         let changed: Vec<(i64, String, i64)> = state
             .cursors
             .iter()
@@ -530,7 +614,10 @@ async fn relay_pass(link: &Link, deliveries: &super::Deliveries) -> bool {
         let id = ep.webhook.id.as_str();
         let key = spill_key(id);
         let mut jobs = Vec::new();
-        outbox.load(&key, |s| jobs.push(s.job));
+        if !outbox.load(&key, |s| jobs.push(s.job)) {
+            // Not read whole: the cursors must not pass what may be in it.
+            all = false;
+        }
         let mut rest = jobs.as_slice();
         while !rest.is_empty() && all {
             let mut take = 0;
@@ -543,10 +630,15 @@ async fn relay_pass(link: &Link, deliveries: &super::Deliveries) -> bool {
                 take += 1;
             }
             let (chunk, tail) = rest.split_at(take);
-            let bodies: Vec<Bytes> = chunk
+            let bodies: Option<Vec<Bytes>> = chunk
                 .iter()
-                .map(|j| outbox.body(&key, j.seq).ok().flatten().unwrap_or_default())
+                .map(|j| outbox.body(&key, j.seq).ok().flatten())
                 .collect();
+            let Some(bodies) = bodies else {
+                // A body the store cannot give back now (counted there): tried again.
+                all = false;
+                break;
+            };
             let reqs: Vec<Queued<'_>> = chunk
                 .iter()
                 .zip(&bodies)
@@ -577,6 +669,15 @@ async fn relay_pass(link: &Link, deliveries: &super::Deliveries) -> bool {
     all
 }
 
+/// A request held but not yet handed to the worker.
+struct Gated {
+    read: Read,
+    /// Counted once in `order_waits`.
+    waited: bool,
+    /// When it was last seen waiting; after a while its predecessor is looked up.
+    since: Instant,
+}
+
 /// Takes this replica's share of an endpoint's stream and hands it to the endpoint's worker,
 /// keeping each flag's order cluster-wide, until `stop` or the worker stops taking jobs.
 pub async fn run_consumer(
@@ -591,14 +692,15 @@ pub async fn run_consumer(
     let wake = link.wake(&endpoint);
     let max = c.cfg.hand_max_events;
     let renew_every = c.cfg.reclaim_idle / 4;
-    // An earlier request that never finishes (lost with a Redis that had no AOF) must not stop
-    // its flag forever: after this, the next goes anyway (logged).
-    let order_limit = c.cfg.reclaim_idle * 4 + c.cfg.lease_ttl;
     let mut conn = None;
     let mut own_read = false;
-    let mut gated: VecDeque<(Read, Instant)> = VecDeque::new();
+    let mut gated: VecDeque<Gated> = VecDeque::new();
     let mut last_renew = Instant::now();
     let mut renewed = Instant::now();
+    let mut reclaim_from = "0-0".to_string();
+    // How long a read waits while requests wait for another replica's: short at first, longer
+    // while nothing moves (a finish on this replica wakes the consumer at once).
+    let mut gated_wait = GATED_WAIT_MIN;
     loop {
         if stop.is_cancelled() || tx.is_closed() {
             return;
@@ -608,18 +710,16 @@ pub async fn run_consumer(
             .unwrap_or_else(PoisonError::into_inner)
             .entries
             .len();
-        // Requests waiting for an earlier one of their flag held by another replica are
-        // looked at again this often (a finish on this replica wakes the consumer at once).
         let block = if gated.is_empty() {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(10)
+            gated_wait
         };
         let mut fresh = Vec::new();
         let mut gone = Vec::new();
         if held < max || !own_read {
             if conn.is_none() {
-                match c.dedicated(block.max(Duration::from_secs(1))).await {
+                match c.dedicated(Duration::from_secs(1)).await {
                     Ok(mut k) => {
                         if c.ensure_group(&mut k, &endpoint).await.is_ok() {
                             conn = Some(k);
@@ -635,8 +735,9 @@ pub async fn run_consumer(
                 }
             }
             let Some(k) = conn.as_mut() else { continue };
+            let count = if own_read { max - held } else { max };
             let read = tokio::select! {
-                r = c.read(k, &endpoint, if own_read { max - held } else { max }, !own_read, block) => r,
+                r = c.read(k, &endpoint, count, !own_read, block) => r,
                 () = stop.cancelled() => return,
             };
             match read {
@@ -645,11 +746,10 @@ pub async fn run_consumer(
                     fresh = b.reads;
                     gone = b.gone;
                 }
-                Err(e) => {
-                    if e.code() == Some("NOGROUP") {
-                        // The stream was deleted (the webhook too): made again on the next read.
-                        own_read = false;
-                    }
+                Err(_) => {
+                    // A reply lost to a timeout may have handed entries to this consumer: its
+                    // own pending list is read again first.
+                    own_read = false;
                     conn = None;
                     if !crate::cluster::pause(Duration::from_millis(500), &stop).await {
                         return;
@@ -674,10 +774,16 @@ pub async fn run_consumer(
                 .iter()
                 .cloned()
                 .collect();
-            if c.renew(&endpoint, &mine).await.is_ok() {
+            if let Ok(lost) = c.renew(&endpoint, &mine).await {
                 renewed = Instant::now();
+                let lost: HashSet<String> = lost.into_iter().collect();
+                gated.retain(|g| !lost.contains(&g.read.entry));
+                let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
+                h.let_go(&lost);
+                h.renewed = renewed;
             }
-            if let Ok(b) = c.reclaim(&endpoint, 16).await {
+            if let Ok((b, next)) = c.reclaim(&endpoint, &reclaim_from, 16).await {
+                reclaim_from = next;
                 fresh.extend(b.reads);
                 gone.extend(b.gone);
             }
@@ -690,74 +796,105 @@ pub async fn run_consumer(
             let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
             for r in fresh {
                 if h.entries.insert(r.entry.clone()) {
-                    gated.push_back((r, Instant::now()));
+                    gated.push_back(Gated {
+                        read: r,
+                        waited: false,
+                        since: Instant::now(),
+                    });
                 }
             }
         }
         // Renewals failing for half the reclaim time: another replica may take what is held
         // over soon, so nothing more is handed to the worker until one succeeds.
-        if renewed.elapsed() < c.cfg.reclaim_idle / 2
-            && !release(&c, &endpoint, &hand, &mut gated, &tx, &outbox, order_limit).await
-        {
-            return;
+        if renewed.elapsed() >= c.cfg.reclaim_idle / 2 {
+            continue;
+        }
+        let before = gated.len();
+        match release(&c, &endpoint, &hand, &mut gated, &tx, &outbox).await {
+            None => return,
+            Some(()) if gated.len() < before => gated_wait = GATED_WAIT_MIN,
+            Some(()) => gated_wait = (gated_wait * 2).min(GATED_WAIT_MAX),
         }
     }
 }
 
+/// The first wait of a read while requests wait for another replica's; it doubles up to
+/// [`GATED_WAIT_MAX`] while nothing moves.
+const GATED_WAIT_MIN: Duration = Duration::from_millis(10);
+const GATED_WAIT_MAX: Duration = Duration::from_millis(500);
+/// A request waiting this long has its predecessor looked up: one that is no longer in the
+/// stream without its flag's mark having moved (lost with a Redis that had no AOF, or deleted)
+/// no longer holds it back.
+const PREDECESSOR_CHECK: Duration = Duration::from_secs(5);
+
 /// Hands over the held requests whose flag's earlier request is finished or already with the
-/// worker, in stream order; false when the worker stopped taking jobs.
+/// worker, in stream order; `None` when the worker stopped taking jobs.
 async fn release(
     c: &Cluster,
     endpoint: &str,
     hand: &Mutex<Hand>,
-    gated: &mut VecDeque<(Read, Instant)>,
+    gated: &mut VecDeque<Gated>,
     tx: &mpsc::Sender<Job>,
     outbox: &Outbox,
-    order_limit: Duration,
-) -> bool {
+) -> Option<()> {
     if gated.is_empty() {
-        return true;
+        return Some(());
     }
     // Where each flag stands in Redis: what is finished is not sent again (a request taken
     // over from a replica that was only slow, and finished it meanwhile), and what comes
     // next may go.
-    let mut ask: Vec<i64> = gated.iter().map(|(r, _)| r.flag).collect();
+    let mut ask: Vec<i64> = gated.iter().map(|g| g.read.flag).collect();
     ask.sort_unstable();
     ask.dedup();
     let Ok(n) = c.finished(endpoint, &ask).await else {
         // Redis away: nothing is handed over until it answers.
-        return true;
+        return Some(());
     };
     let finished: HashMap<i64, u64> = ask.into_iter().zip(n).collect();
     let mut done_elsewhere = Vec::new();
     let mut keep = VecDeque::new();
-    while let Some((r, since)) = gated.pop_front() {
+    while let Some(mut g) = gated.pop_front() {
+        let r = &g.read;
         if finished.get(&r.flag).is_some_and(|d| *d >= r.n) {
-            c.metrics.duplicates.inc();
+            c.metrics.finished_elsewhere.inc();
             hand.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entries
                 .remove(&r.entry);
-            done_elsewhere.push((r.entry, r.flag, r.n));
+            done_elsewhere.push((r.entry.clone(), r.flag, r.n));
             continue;
         }
-        let go = {
+        let mut go = {
             let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
             r.n <= 1
                 || h.released.contains(&(r.flag, r.n - 1))
                 || finished.get(&r.flag).is_some_and(|d| *d + 1 >= r.n)
         };
-        let overdue = !go && since.elapsed() > order_limit;
-        if overdue {
-            tracing::warn!(endpoint, delivery_id = %r.id, flag = r.flag, "an earlier request of this flag never finished: sending this one anyway");
+        if !go && !r.prev.is_empty() && g.since.elapsed() >= PREDECESSOR_CHECK {
+            g.since = Instant::now();
+            if let Ok(false) = c.present(endpoint, &r.prev).await {
+                // Re-read: it may have been finished between the two calls.
+                let moved = c
+                    .finished(endpoint, &[r.flag])
+                    .await
+                    .ok()
+                    .and_then(|v| v.first().copied())
+                    .is_some_and(|d| d + 1 >= r.n);
+                if !moved {
+                    tracing::warn!(endpoint, delivery_id = %r.id, flag = r.flag, "the earlier request of this flag is gone from the stream without finishing: this one goes on");
+                }
+                go = true;
+            }
         }
-        if !(go || overdue) {
-            if since.elapsed() < Duration::from_millis(150) {
+        if !go {
+            if !g.waited {
+                g.waited = true;
                 c.metrics.order_waits.inc();
             }
-            keep.push_back((r, since));
+            keep.push_back(g);
             continue;
         }
+        let r = g.read;
         let seq = outbox.next_seq();
         let job = Job {
             seq,
@@ -784,10 +921,10 @@ async fn release(
             );
         }
         if tx.send(job).await.is_err() {
-            return false;
+            return None;
         }
     }
     *gated = keep;
     let _ = c.finish(endpoint, &done_elsewhere).await;
-    true
+    Some(())
 }

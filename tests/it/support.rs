@@ -265,6 +265,18 @@ impl Flaghook {
         }
     }
 
+    /// Sends a signal to the process (`STOP`, `CONT`: a replica frozen, as by a long pause of
+    /// its node, and thawed).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
     /// Starts it again on the same config and store (after `kill` or `terminate`).
     pub async fn restart(&mut self) {
         self.kill();
