@@ -185,7 +185,7 @@ impl App {
             )?),
             false => None,
         };
-        let link = cluster.clone().map(delivery::shared::Link::new);
+        let link = cluster.clone().map(delivery::link::Link::new);
         let mut outbox = delivery::outbox::Outbox::new(store.clone(), metrics.delivery.clone());
         if let Some(l) = &link {
             // Shared pause state before the workers start (Redis away: none, as after a
@@ -246,17 +246,17 @@ impl App {
                     c.clone(),
                     cluster_stop.clone(),
                 )));
-                cluster_tasks.push(tokio::spawn(delivery::shared::run_finisher(
+                cluster_tasks.push(tokio::spawn(delivery::relay::run_finisher(
                     l.clone(),
                     cluster_stop.clone(),
                 )));
-                cluster_tasks.push(tokio::spawn(delivery::shared::run_parker(
+                cluster_tasks.push(tokio::spawn(delivery::relay::run_parker(
                     l.clone(),
                     deliveries.outbox.clone(),
                     metrics.delivery.clone(),
                     cluster_stop.clone(),
                 )));
-                cluster_tasks.push(tokio::spawn(delivery::shared::run_relay(
+                cluster_tasks.push(tokio::spawn(delivery::relay::run_relay(
                     l.clone(),
                     deliveries.clone(),
                     store.clone(),
@@ -509,6 +509,30 @@ async fn follow_webhooks(
         // instead of having every replica delete its webhooks.
         seed_webhooks(&c, &store).await;
         sync_webhooks(&cfg, &c, &store, &deliveries).await;
+        sync_pauses(&deliveries).await;
+    }
+}
+
+/// Cluster mode: an operator's pause this replica missed (cut off from the messages) is
+/// applied from the shared pause state. A missed resume is not: the shared state may lag a
+/// pause just made, and a replica left paused loses nothing (an operator resumes it).
+async fn sync_pauses(deliveries: &delivery::Deliveries) {
+    let Some(link) = deliveries.outbox.link() else {
+        return;
+    };
+    link.load_pauses().await;
+    for ep in deliveries.list().iter() {
+        let Some(shared) = deliveries.outbox.pause_state(&ep.webhook.id) else {
+            continue;
+        };
+        let here = ep
+            .status
+            .lock()
+            .map(|s| s.paused_by_operator)
+            .unwrap_or(shared.manual);
+        if shared.manual && !here {
+            let _ = deliveries.control(&ep.webhook.id, delivery::Control::Pause);
+        }
     }
 }
 

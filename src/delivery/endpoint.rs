@@ -22,11 +22,11 @@ pub use super::job::{Attempt, Job, LogEntry};
 
 use super::attempt;
 use super::breaker::{Breaker, Permit, State, Transition};
+use super::link::MaySend;
 use super::metrics::DropReason;
 use super::outbox::PauseState;
 use super::queue::{Bounds, Queue};
 use super::retry::Verdict;
-use super::shared::MaySend;
 
 /// How soon a stream job that may not go yet (cluster mode, renewals failing) is looked at
 /// again.
@@ -253,8 +253,11 @@ impl Worker {
         }
         match a.verdict {
             Verdict::Success => {
-                if self.ctx.rules.park_max_bytes().is_some() {
-                    self.ctx.outbox.recovered(&id);
+                if let (Some(link), Some(_)) =
+                    (self.ctx.outbox.link(), self.ctx.rules.park_max_bytes())
+                {
+                    // Cluster mode: the endpoint answers again; batches parked in Redis come back.
+                    super::relay::recovered(link, &id, self.ctx.outbox.clone());
                 }
                 if done.job.records > 0 {
                     if let Ok(mut s) = self.status.lock() {

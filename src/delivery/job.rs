@@ -110,3 +110,23 @@ pub struct Attempt {
 pub(super) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// Labels are a closed set (event names, Flagr operations, a few kinds): read back as the same
+/// static strings, so a label never allocates on the hot path.
+pub(crate) fn static_label(s: &str) -> &'static str {
+    const OTHERS: [&str; 7] = [
+        "create",
+        "update",
+        "delete",
+        "restore",
+        "impressions",
+        "ping",
+        "event",
+    ];
+    crate::events::EVENT_NAMES
+        .iter()
+        .chain(OTHERS.iter())
+        .find(|l| **l == s)
+        .copied()
+        .unwrap_or("event")
+}

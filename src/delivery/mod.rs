@@ -12,12 +12,13 @@ mod ctx;
 pub mod endpoint;
 pub mod guard;
 mod job;
+pub mod link;
 pub mod metrics;
 pub mod outbox;
 pub mod policy;
 pub mod queue;
+pub mod relay;
 pub mod retry;
-pub mod shared;
 pub mod sign;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -269,7 +270,7 @@ impl Deliveries {
         }
         if let (Some(link), Kind::Events) = (self.outbox.link(), kind) {
             let stop = CancellationToken::new();
-            tokio::spawn(shared::run_consumer(
+            tokio::spawn(relay::run_consumer(
                 link.clone(),
                 webhook.id.clone(),
                 tx.clone(),
@@ -535,7 +536,7 @@ impl Deliveries {
         if let (Some(link), true) = (self.outbox.link(), shared) {
             let keys: Vec<String> = batch
                 .iter()
-                .map(|(ep, _)| shared::spill_key(&ep.webhook.id))
+                .map(|(ep, _)| link::spill_key(&ep.webhook.id))
                 .collect();
             let rows: Vec<(&str, &Job)> = keys
                 .iter()

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::job::Job;
+use super::job::{static_label, Job};
 use super::metrics::{DeliveryMetrics, OutboxOp};
 use crate::store::{Cursor, Store};
 
@@ -24,7 +24,7 @@ pub struct Outbox {
     store: Option<Arc<Store>>,
     metrics: Arc<DeliveryMetrics>,
     /// Cluster mode: change events live in Redis streams, pause state and log there too.
-    link: Option<Arc<super::shared::Link>>,
+    link: Option<Arc<super::link::Link>>,
 }
 
 /// A queued request read back from the store.
@@ -72,7 +72,7 @@ impl Outbox {
     }
 
     /// The same outbox in cluster mode.
-    pub fn with_link(self, link: Arc<super::shared::Link>) -> Self {
+    pub fn with_link(self, link: Arc<super::link::Link>) -> Self {
         Self {
             link: Some(link),
             ..self
@@ -80,7 +80,7 @@ impl Outbox {
     }
 
     /// Cluster mode's part, when on.
-    pub fn link(&self) -> Option<&Arc<super::shared::Link>> {
+    pub fn link(&self) -> Option<&Arc<super::link::Link>> {
         self.link.as_ref()
     }
 
@@ -191,7 +191,7 @@ impl Outbox {
             return;
         };
         l.forget(endpoint);
-        let spill = super::shared::spill_key(endpoint);
+        let spill = super::link::spill_key(endpoint);
         self.result(OutboxOp::Remove, store.outbox_clear(&spill));
     }
 
@@ -267,22 +267,15 @@ impl Outbox {
     }
 
     /// Cluster mode: whether a stream job may be sent now (see `Link::may_send`).
-    pub fn may_send(&self, endpoint: &str, seq: u64) -> super::shared::MaySend {
+    pub fn may_send(&self, endpoint: &str, seq: u64) -> super::link::MaySend {
         let Some(l) = &self.link else {
-            return super::shared::MaySend::Yes;
+            return super::link::MaySend::Yes;
         };
         let m = l.may_send(endpoint, seq);
-        if m == super::shared::MaySend::TakenOver {
+        if m == super::link::MaySend::TakenOver {
             l.cluster.metrics.taken_over.inc();
         }
         m
-    }
-
-    /// Cluster mode: the endpoint answers again; batches parked in Redis come back.
-    pub fn recovered(&self, endpoint: &str) {
-        if let Some(l) = &self.link {
-            l.recovered(endpoint, self.clone());
-        }
     }
 
     /// Cluster mode: adds an attempt to the endpoint's shared log.
@@ -357,26 +350,6 @@ fn decode(seq: u64, head: &[u8], size: usize) -> Option<Stored> {
         next_at: h.next_at_ms.map(|m| UNIX_EPOCH + Duration::from_millis(m)),
         parked: h.parked,
     })
-}
-
-/// Labels are a closed set (event names, Flagr operations, a few kinds): read back as the same
-/// static strings, so a label never allocates on the hot path.
-pub(crate) fn static_label(s: &str) -> &'static str {
-    const OTHERS: [&str; 7] = [
-        "create",
-        "update",
-        "delete",
-        "restore",
-        "impressions",
-        "ping",
-        "event",
-    ];
-    crate::events::EVENT_NAMES
-        .iter()
-        .chain(OTHERS.iter())
-        .find(|l| **l == s)
-        .copied()
-        .unwrap_or("event")
 }
 
 #[cfg(test)]

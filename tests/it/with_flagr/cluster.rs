@@ -31,13 +31,13 @@ fn cluster_cfg(redis: &Redis, replica: usize) -> String {
 }
 
 /// Flagr replicas on one PostgreSQL, each with a flaghook in front, sharing `redis`.
-struct Replicas {
-    flagrs: Vec<Flagr>,
-    hooks: Vec<Flaghook>,
+pub(crate) struct Replicas {
+    pub(crate) flagrs: Vec<Flagr>,
+    pub(crate) hooks: Vec<Flaghook>,
     _pg: Postgres,
 }
 
-async fn replicas(n: usize, redis: &Redis, extra: &str) -> Replicas {
+pub(crate) async fn replicas(n: usize, redis: &Redis, extra: &str) -> Replicas {
     let pg = Postgres::start();
     let env = pg.flagr_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -422,3 +422,58 @@ async fn inspector_replay_git_report_and_field_errors_in_the_browser() {
     d.screenshot("phone").await;
     d.quit().await;
 }
+
+/// Cluster mode in the browser: either replica's page lists the deliveries every replica made,
+/// says which replica it is, and a pause clicked on one pauses the webhook on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_on_either_replica_shows_the_same_deliveries_and_pauses_both() {
+    use super::cluster::replicas;
+    use super::gitsync::TOKEN as CLUSTER_TOKEN;
+    use crate::parts::Redis;
+    let redis = Redis::start().await;
+    let r = Receiver::start(vec![]).await;
+    let site = replicas(
+        2,
+        &redis,
+        &format!("{FAST_DELIVERY}{}", webhook("audit", &r, "")),
+    )
+    .await;
+    let (a, b) = (&site.hooks[0], &site.hooks[1]);
+    for i in 0..6 {
+        let api = if i % 2 == 0 { a.api() } else { b.api() };
+        let (s, _) = call(
+            "POST",
+            &format!("{api}/flags"),
+            Some(json!({"description": "d", "key": format!("page-{i}")})),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let hits = r.wait_for(6).await;
+    let ids: Vec<String> = hits.iter().map(|h| h.header("webhook-id")).collect();
+
+    let d = Driver::start().await;
+    d.go(&format!("{}/#token={CLUSTER_TOKEN}", b.admin)).await;
+    assert!(d.wait_text("#changelog-cluster", "replica r1").await);
+    assert!(d.wait_text("#webhook-audit", "active").await);
+    let all_listed = wait_until(Duration::from_secs(20), || async {
+        let shown = d.text("#deliveries").await.unwrap_or_default();
+        ids.iter().all(|id| shown.contains(id.as_str()))
+    })
+    .await;
+    assert!(all_listed, "{:?}\n{ids:?}", d.text("#deliveries").await);
+
+    // Paused on replica 1's page: replica 0 pauses too.
+    assert!(wait_until(Duration::from_secs(10), || d.click("#pause-audit")).await);
+    let both = wait_until(Duration::from_secs(10), || async {
+        let mut paused = true;
+        for h in [a, b] {
+            let (_, v) = admin_call(h, "GET", "/webhooks/audit", None, Some(CLUSTER_TOKEN)).await;
+            paused &= v["state"] == "paused";
+        }
+        paused
+    })
+    .await;
+    assert!(both, "the pause did not reach both replicas");
+    d.quit().await;
+}

@@ -13,19 +13,18 @@
 //! takes over from a dead replica comes on top, a few at a time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{Job, LogEntry};
-use super::outbox::{static_label, Outbox};
+use super::job::{static_label, Job};
+use super::link::{spill_key, Hand, Held, Link, Park};
+use super::outbox::Outbox;
 use crate::cluster::stream::{Queued, Read};
 use crate::cluster::Cluster;
 use crate::store::{Cursor, Store};
@@ -35,389 +34,58 @@ const MOVE_BATCH: usize = 256;
 /// Bytes of bodies moved to Redis per call.
 const MOVE_BYTES: usize = 4 << 20;
 
-/// The spill rows of an endpoint: a name no webhook id can have.
-pub fn spill_key(endpoint: &str) -> String {
-    format!("~{endpoint}")
-}
-
-/// Whether a worker may send a job now (see [`Link::may_send`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MaySend {
-    Yes,
-    /// Another replica holds it now: dropped unsent.
-    TakenOver,
-    /// Renewals are failing: asked again shortly.
-    NotNow,
-}
-
-/// A request this replica holds from a stream.
-#[derive(Clone, Debug)]
-struct Held {
-    entry: String,
-    flag: i64,
-    n: u64,
-}
-
-/// What this replica holds of one endpoint's stream.
-struct Hand {
-    /// When Redis last confirmed this replica still holds what it holds.
-    renewed: Instant,
-    /// By the worker's job sequence number.
-    by_seq: HashMap<u64, Held>,
-    /// Handed to the worker: (flag, number).
-    released: HashSet<(i64, u64)>,
-    /// Every entry held, handed over or not.
-    entries: HashSet<String>,
-    /// Handed over, then taken over by another replica (this one was cut off or slow): the
-    /// worker does not send them, and finishing them here does nothing.
-    taken: HashSet<u64>,
-}
-
-impl Default for Hand {
-    fn default() -> Self {
-        Self {
-            renewed: Instant::now(),
-            by_seq: HashMap::new(),
-            released: HashSet::new(),
-            entries: HashSet::new(),
-            taken: HashSet::new(),
-        }
-    }
-}
-
-impl Hand {
-    /// Lets go of entries another replica took over.
-    fn let_go(&mut self, lost: &HashSet<String>) {
-        self.entries.retain(|e| !lost.contains(e));
-        let seqs: Vec<u64> = self
-            .by_seq
-            .iter()
-            .filter(|(_, h)| lost.contains(&h.entry))
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in seqs {
-            if let Some(h) = self.by_seq.remove(&seq) {
-                self.released.remove(&(h.flag, h.n));
-                self.taken.insert(seq);
-            }
-        }
-    }
-}
-
-/// Cluster mode as delivery sees it.
-pub struct Link {
-    pub cluster: Arc<Cluster>,
-    hands: DashMap<String, Arc<Mutex<Hand>>>,
-    /// Per endpoint: its consumer is woken when requests it held are finished (room in its
-    /// hand, and maybe the next request of a flag may go).
-    wakes: DashMap<String, Arc<Notify>>,
-    finished: mpsc::UnboundedSender<(String, Held)>,
-    finished_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Held)>>>,
-    spilled: Notify,
-    spill_bytes: AtomicU64,
-    pauses: DashMap<String, String>,
-    parks: mpsc::UnboundedSender<Park>,
-    parks_rx: Mutex<Option<mpsc::UnboundedReceiver<Park>>>,
-    /// Impression endpoints' job channels, for batches coming back from Redis.
-    senders: DashMap<String, mpsc::Sender<Job>>,
-    /// When each impression endpoint last asked for its parked batches back.
-    unparked: DashMap<String, Instant>,
-}
-
-/// A parked impression batch on its way to Redis.
-struct Park {
-    endpoint: String,
-    seq: u64,
-    row: Vec<u8>,
-    max_bytes: usize,
-}
-
 /// How often one endpoint's recovery asks Redis for parked batches.
 const UNPARK_EVERY: Duration = Duration::from_secs(2);
 /// Parked batches taken back per call.
 const UNPARK_BATCH: usize = 16;
 
-/// A delivery log entry as Redis keeps it (every replica's page reads the same).
-#[derive(Serialize, Deserialize)]
-struct SharedEntry {
-    at: String,
-    delivery_id: String,
-    event: String,
-    flag_key: Option<String>,
-    attempt: usize,
-    probe: bool,
-    status: Option<u16>,
-    latency_ms: f64,
-    error: Option<String>,
-    response: String,
-    records: usize,
-    body_kept: bool,
-    /// Base64 of the body, when kept.
-    body: String,
-    order_key: i64,
-    encoding: Option<String>,
-    request_headers: Vec<(String, String)>,
-    response_headers: Vec<(String, String)>,
-    url: Option<String>,
-    /// The replica that sent it.
-    replica: String,
-}
-
-impl Link {
-    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
-        let (finished, rx) = mpsc::unbounded_channel();
-        let (parks, parks_rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
-            parks,
-            parks_rx: Mutex::new(Some(parks_rx)),
-            senders: DashMap::new(),
-            unparked: DashMap::new(),
-            cluster,
-            hands: DashMap::new(),
-            wakes: DashMap::new(),
-            finished,
-            finished_rx: Mutex::new(Some(rx)),
-            spilled: Notify::new(),
-            spill_bytes: AtomicU64::new(0),
-            pauses: DashMap::new(),
-        })
+/// The endpoint answered: its batches parked in Redis come back to this replica's worker
+/// (at most every [`UNPARK_EVERY`]).
+pub fn recovered(link: &Arc<Link>, endpoint: &str, outbox: Outbox) {
+    let now = Instant::now();
+    let due = link
+        .unparked
+        .get(endpoint)
+        .is_none_or(|t| now.duration_since(*t) >= UNPARK_EVERY);
+    if !due {
+        return;
     }
-
-    fn wake(&self, endpoint: &str) -> Arc<Notify> {
-        self.wakes.entry(endpoint.to_string()).or_default().clone()
-    }
-
-    fn hand(&self, endpoint: &str) -> Arc<Mutex<Hand>> {
-        self.hands.entry(endpoint.to_string()).or_default().clone()
-    }
-
-    /// Requests were written to the spill: the relay moves them now.
-    pub fn spilled(&self, bytes: u64) {
-        self.spill_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.cluster.metrics.spill_bytes.add(bytes as i64);
-        self.spilled.notify_one();
-    }
-
-    /// Whether the spill reached its bound: the follower waits (Flagr keeps the changes).
-    pub fn full(&self) -> bool {
-        self.spill_bytes.load(Ordering::Relaxed) >= self.cluster.cfg.spill_max_bytes
-    }
-
-    /// Finishes the held requests among `seqs` in Redis; returns the others (local rows).
-    pub fn finish(&self, endpoint: &str, seqs: &[u64]) -> Vec<u64> {
-        let Some(hand) = self.hands.get(endpoint).map(|h| h.clone()) else {
-            return seqs.to_vec();
-        };
-        let mut h = hand.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut local = Vec::new();
-        for seq in seqs {
-            if h.taken.remove(seq) {
-                // Another replica holds it now: its finish is that replica's.
-                continue;
+    link.unparked.insert(endpoint.to_string(), now);
+    let Some(tx) = link.senders.get(endpoint).map(|t| t.clone()) else {
+        return;
+    };
+    let (link, endpoint) = (link.clone(), endpoint.to_string());
+    tokio::spawn(async move {
+        loop {
+            let Ok(rows) = link.cluster.unpark(&endpoint, UNPARK_BATCH).await else {
+                return;
+            };
+            if rows.is_empty() {
+                return;
             }
-            match h.by_seq.remove(seq) {
-                // Forgotten from the hand only once Redis has it finished (see `run_finisher`).
-                Some(held) => {
-                    let _ = self.finished.send((endpoint.to_string(), held));
-                }
-                None => local.push(*seq),
-            }
-        }
-        local
-    }
-
-    /// Whether a job came from a stream (its state lives in Redis, not in the local store).
-    pub fn holds(&self, endpoint: &str, seq: u64) -> bool {
-        self.hands.get(endpoint).is_some_and(|h| {
-            let h = h.lock().unwrap_or_else(PoisonError::into_inner);
-            h.by_seq.contains_key(&seq) || h.taken.contains(&seq)
-        })
-    }
-
-    /// Whether a job may be sent now: a stream job another replica took over is not sent at
-    /// all, and none is sent while this replica's renewals are failing (it may be taken over
-    /// any moment; the next successful renewal says).
-    pub fn may_send(&self, endpoint: &str, seq: u64) -> MaySend {
-        let Some(hand) = self.hands.get(endpoint).map(|h| h.clone()) else {
-            return MaySend::Yes;
-        };
-        let h = hand.lock().unwrap_or_else(PoisonError::into_inner);
-        if h.taken.contains(&seq) {
-            MaySend::TakenOver
-        } else if h.by_seq.contains_key(&seq)
-            && h.renewed.elapsed() >= self.cluster.cfg.reclaim_idle / 2
-        {
-            MaySend::NotNow
-        } else {
-            MaySend::Yes
-        }
-    }
-
-    /// The endpoint is gone from this replica: what it held stays pending in Redis (another
-    /// replica, or this one later, takes it over).
-    pub fn forget(&self, endpoint: &str) {
-        self.hands.remove(endpoint);
-        self.senders.remove(endpoint);
-    }
-
-    /// An impression endpoint's job channel, for its parked batches coming back.
-    pub fn register(&self, endpoint: &str, tx: mpsc::Sender<Job>) {
-        self.senders.insert(endpoint.to_string(), tx);
-    }
-
-    /// Sends a parked batch (a whole outbox row) to Redis; its local row `seq` goes once
-    /// Redis has it.
-    pub fn park(&self, endpoint: &str, seq: u64, row: Vec<u8>, max_bytes: usize) {
-        let _ = self.parks.send(Park {
-            endpoint: endpoint.to_string(),
-            seq,
-            row,
-            max_bytes,
-        });
-    }
-
-    /// The endpoint answered: its batches parked in Redis come back to this replica's worker
-    /// (at most every [`UNPARK_EVERY`]).
-    pub fn recovered(self: &Arc<Self>, endpoint: &str, outbox: Outbox) {
-        let now = Instant::now();
-        let due = self
-            .unparked
-            .get(endpoint)
-            .is_none_or(|t| now.duration_since(*t) >= UNPARK_EVERY);
-        if !due {
-            return;
-        }
-        self.unparked.insert(endpoint.to_string(), now);
-        let Some(tx) = self.senders.get(endpoint).map(|t| t.clone()) else {
-            return;
-        };
-        let (link, endpoint) = (self.clone(), endpoint.to_string());
-        tokio::spawn(async move {
-            loop {
-                let Ok(rows) = link.cluster.unpark(&endpoint, UNPARK_BATCH).await else {
-                    return;
+            tracing::info!(endpoint = %endpoint, batches = rows.len(), "endpoint recovered: sending batches parked in redis");
+            // All of them on disk before any is queued, as every request is: a worker that
+            // stopped meanwhile finds them at the next start.
+            let mut jobs = Vec::new();
+            for row in rows {
+                let Some(mut job) = super::outbox::decode_row(&row) else {
+                    tracing::error!(endpoint = %endpoint, "parked batch not readable; dropped");
+                    continue;
                 };
-                if rows.is_empty() {
+                job.seq = outbox.next_seq();
+                job.size = job.body.len();
+                jobs.push(job);
+            }
+            let rows: Vec<(&str, &Job)> = jobs.iter().map(|j| (endpoint.as_str(), j)).collect();
+            let on_disk = outbox.insert(&rows, None);
+            for mut job in jobs {
+                job.on_disk = on_disk;
+                if tx.send(job).await.is_err() {
                     return;
                 }
-                tracing::info!(endpoint = %endpoint, batches = rows.len(), "endpoint recovered: sending batches parked in redis");
-                // All of them on disk before any is queued, as every request is: a worker that
-                // stopped meanwhile finds them at the next start.
-                let mut jobs = Vec::new();
-                for row in rows {
-                    let Some(mut job) = super::outbox::decode_row(&row) else {
-                        tracing::error!(endpoint = %endpoint, "parked batch not readable; dropped");
-                        continue;
-                    };
-                    job.seq = outbox.next_seq();
-                    job.size = job.body.len();
-                    jobs.push(job);
-                }
-                let rows: Vec<(&str, &Job)> = jobs.iter().map(|j| (endpoint.as_str(), j)).collect();
-                let on_disk = outbox.insert(&rows, None);
-                for mut job in jobs {
-                    job.on_disk = on_disk;
-                    if tx.send(job).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
-    /// Loads every endpoint's shared pause state (at start, before the workers).
-    pub async fn load_pauses(&self) {
-        if let Ok(all) = self.cluster.pause_states().await {
-            for (k, v) in all {
-                self.pauses.insert(k, v);
             }
         }
-    }
-
-    pub fn pause_state(&self, endpoint: &str) -> Option<String> {
-        self.pauses.get(endpoint).map(|v| v.clone())
-    }
-
-    pub fn save_pause_state(&self, endpoint: &str, json: String) {
-        self.cluster.save_pause(endpoint, &json);
-        self.pauses.insert(endpoint.to_string(), json);
-    }
-
-    /// Adds an attempt to the endpoint's shared log; a body beyond its share of
-    /// `log_body_bytes` is left out (the entry then cannot be replayed).
-    pub fn log(&self, endpoint: &str, e: &LogEntry, log_size: usize, log_body_bytes: usize) {
-        use base64::Engine;
-        let keep = e.body_kept && e.body.len() <= log_body_bytes / log_size.max(1);
-        let s = SharedEntry {
-            at: e.at.clone(),
-            delivery_id: e.delivery_id.clone(),
-            event: e.event.to_string(),
-            flag_key: e.flag_key.as_deref().map(str::to_string),
-            attempt: e.attempt,
-            probe: e.probe,
-            status: e.status,
-            latency_ms: e.latency_ms,
-            error: e.error.clone(),
-            response: e.response.clone(),
-            records: e.records,
-            body_kept: keep,
-            body: if keep {
-                base64::engine::general_purpose::STANDARD.encode(&e.body)
-            } else {
-                String::new()
-            },
-            order_key: e.order_key,
-            encoding: e.encoding.map(str::to_string),
-            request_headers: e.request_headers.clone(),
-            response_headers: e.response_headers.clone(),
-            url: e.url.as_deref().map(str::to_string),
-            replica: self.cluster.replica.clone(),
-        };
-        if let Ok(json) = serde_json::to_string(&s) {
-            self.cluster.push_log(endpoint, json, log_size);
-        }
-    }
-
-    /// The endpoint's shared log, oldest first (as a worker's own log is kept).
-    pub async fn shared_log(&self, endpoint: &str) -> Result<Vec<LogEntry>, String> {
-        use base64::Engine;
-        let raw = self
-            .cluster
-            .log(endpoint)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out: Vec<LogEntry> = raw
-            .iter()
-            .filter_map(|j| serde_json::from_str::<SharedEntry>(j).ok())
-            .map(|s| LogEntry {
-                at: s.at,
-                delivery_id: s.delivery_id,
-                event: static_label(&s.event),
-                flag_key: s.flag_key.map(Into::into),
-                attempt: s.attempt,
-                probe: s.probe,
-                status: s.status,
-                latency_ms: s.latency_ms,
-                error: s.error,
-                response: s.response,
-                records: s.records,
-                body_kept: s.body_kept,
-                body: base64::engine::general_purpose::STANDARD
-                    .decode(s.body)
-                    .map(Bytes::from)
-                    .unwrap_or_default(),
-                order_key: s.order_key,
-                encoding: s
-                    .encoding
-                    .map(|e| if e == "gzip" { "gzip" } else { "identity" }),
-                request_headers: s.request_headers,
-                response_headers: s.response_headers,
-                url: s.url.map(Into::into),
-            })
-            .collect();
-        out.reverse();
-        Ok(out)
-    }
+    });
 }
 
 /// Finishes in Redis what the workers finished, in batches; a failed call is tried again
