@@ -237,7 +237,8 @@ impl App {
             (Some(c), Some(l)) => {
                 // Ready at once: whichever replica leads follows from the shared cursors.
                 follower.ready.store(true, Ordering::Relaxed);
-                let (remote_tx, remote_rx) = mpsc::channel(cfg.derive.lane_capacity);
+                // Every other replica's hints come through here: room for their bursts.
+                let (remote_tx, remote_rx) = mpsc::channel(cfg.derive.lane_capacity * 4);
                 cluster_tasks.push(tokio::spawn(cluster::lease::run(
                     c.clone(),
                     lease_stop.clone(),
@@ -555,7 +556,9 @@ fn messages(
         }
         "hint" => match m.body.map(serde_json::from_value::<changelog::Hint>) {
             Some(Ok(h)) => {
-                let _ = hints.try_send(h);
+                if hints.try_send(h).is_err() {
+                    c.metrics.dropped.with_label_values(&["hint"]).inc();
+                }
             }
             _ => tracing::warn!(from = %m.from, "unreadable hint from another replica"),
         },

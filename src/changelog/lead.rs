@@ -57,7 +57,9 @@ pub async fn run(
         loop {
             tokio::select! {
                 h = local.recv() => match h {
-                    Some(h) => { let _ = tx.try_send(h); }
+                    // Waited for, not dropped: a hint lost in a burst costs its change
+                    // `hint_wait`; the proxy's side of this channel never waits.
+                    Some(h) => { let _ = tx.send(h).await; }
                     None => {
                         drop(tx);
                         let _ = (&mut task).await;
@@ -66,7 +68,7 @@ pub async fn run(
                 },
                 Some(h) = remote.recv() => {
                     cluster.metrics.hints.with_label_values(&["received"]).inc();
-                    let _ = tx.try_send(h);
+                    let _ = tx.send(h).await;
                 }
                 r = leading.changed() => {
                     if r.is_err() || !*leading.borrow_and_update() {

@@ -226,7 +226,7 @@ impl Link {
         if h.taken.contains(&seq) {
             MaySend::TakenOver
         } else if h.by_seq.contains_key(&seq)
-            && h.renewed.elapsed() >= self.cluster.cfg.reclaim_idle / 2
+            && h.renewed.elapsed() >= self.cluster.cfg.reclaim_idle * 3 / 4
         {
             MaySend::NotNow
         } else {

@@ -1,16 +1,17 @@
-//! Delivery in cluster mode: change events go from the local store's spill into one Redis
-//! stream per endpoint (the relay), every replica's consumer takes its share from the group
-//! and hands it to its endpoint worker, and what the worker finishes is finished in Redis.
+//! Delivery's tasks in cluster mode: change events go from the local store's spill into one
+//! Redis stream per endpoint (the relay), every replica's consumer takes its share from the
+//! group and hands it to its endpoint worker, the finisher finishes in Redis what the worker
+//! finished, the parker moves parked impression batches to Redis and `recovered` brings them
+//! back. What they share with the workers is in `link`.
 //!
-//! In: spilled requests (the leader's derivations, on disk first); stream entries; the
-//! worker's finished requests; its log entries and pause state; parked impression batches.
-//! Out: queued entries, jobs for the local workers, acknowledgements, the shared log and pause
-//! state, parked batches in Redis and back.
+//! In: spilled requests (the leader's derivations, on disk first); stream entries; finished
+//! and parked requests queued by `link`. Out: queued entries, jobs for the local workers,
+//! acknowledgements, parked batches in Redis and back, the changelog's cursors in Redis.
 //! Never: hands a worker a request before the earlier request of its flag to that endpoint is
 //! finished, already with the same worker, or gone from the stream (order per flag holds
-//! cluster-wide); sends a request another replica took over; removes a spilled request before
-//! Redis has it; reads more than `hand_max_events` new requests per endpoint at a time (what it
-//! takes over from a dead replica comes on top, a few at a time).
+//! cluster-wide); removes a spilled request before Redis has it, or saves a cursor ahead of
+//! one; reads more than `hand_max_events` new requests per endpoint at a time (what it takes
+//! over from a dead replica comes on top, a few at a time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -344,6 +345,8 @@ struct Gated {
     waited: bool,
     /// When it was last seen waiting; after a while its predecessor is looked up.
     since: Instant,
+    /// When it was read.
+    read_at: Instant,
 }
 
 /// Takes this replica's share of an endpoint's stream and hands it to the endpoint's worker,
@@ -378,10 +381,13 @@ pub async fn run_consumer(
             .unwrap_or_else(PoisonError::into_inner)
             .entries
             .len();
-        let block = if gated.is_empty() {
-            Duration::from_secs(1)
-        } else {
-            gated_wait
+        // Requests that wait for another replica's are looked at again every 10 ms at first
+        // (a flag's changes often alternate between replicas), less often once the oldest has
+        // waited a while (its predecessor is slow: a retry, a receiver down).
+        let block = match gated.iter().map(|g| g.read_at).min() {
+            None => Duration::from_secs(1),
+            Some(t) if t.elapsed() < GATED_FAST_FOR => GATED_WAIT_MIN,
+            Some(_) => gated_wait,
         };
         let mut fresh = Vec::new();
         let mut gone = Vec::new();
@@ -468,13 +474,14 @@ pub async fn run_consumer(
                         read: r,
                         waited: false,
                         since: Instant::now(),
+                        read_at: Instant::now(),
                     });
                 }
             }
         }
-        // Renewals failing for half the reclaim time: another replica may take what is held
+        // Renewals failing for three quarters of the reclaim time: another replica may take what is held
         // over soon, so nothing more is handed to the worker until one succeeds.
-        if renewed.elapsed() >= c.cfg.reclaim_idle / 2 {
+        if renewed.elapsed() >= c.cfg.reclaim_idle * 3 / 4 {
             continue;
         }
         let before = gated.len();
@@ -490,6 +497,8 @@ pub async fn run_consumer(
 /// [`GATED_WAIT_MAX`] while nothing moves.
 const GATED_WAIT_MIN: Duration = Duration::from_millis(10);
 const GATED_WAIT_MAX: Duration = Duration::from_millis(500);
+/// How long requests wait at the shortest interval before it grows.
+const GATED_FAST_FOR: Duration = Duration::from_secs(2);
 /// A request waiting this long has its predecessor looked up: one that is no longer in the
 /// stream without its flag's mark having moved (lost with a Redis that had no AOF, or deleted)
 /// no longer holds it back.
