@@ -587,3 +587,77 @@ async fn a_replica_frozen_while_sending_is_taken_over_and_sends_nothing_out_of_o
     assert_once_each_in_order(&r, &got);
     site.hooks[lead].kill();
 }
+
+/// Waits (bounded) until webhook `again` is there on every replica (`there`), or on none.
+async fn on_every_replica(hooks: &[Flaghook], there: bool) -> bool {
+    wait_until(Duration::from_secs(10), || async {
+        let mut all = true;
+        for h in hooks {
+            let (s, _) = admin_call(h, "GET", "/webhooks/again", None, Some(TOKEN)).await;
+            all &= (s == 200) == there;
+        }
+        all
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_deleted_and_made_again_under_its_id_starts_afresh_on_every_replica() {
+    let redis = Redis::start().await;
+    let site = replicas(2, &redis, PATIENT).await;
+    let apis: Vec<String> = site.hooks.iter().map(|h| h.api()).collect();
+    let flags = create_flags(&apis, 2).await;
+    let make = |url: String| json!({"id": "again", "url": url, "events": ["flag.updated"]});
+    let first = Receiver::start(vec![]).await;
+    let (s, v) = admin_call(
+        &site.hooks[0],
+        "POST",
+        "/webhooks",
+        Some(make(first.url.clone())),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(on_every_replica(&site.hooks, true).await);
+    let before = change_flags(&apis, &flags, 0, 5).await;
+    wait_for_changes(&first, &before).await;
+
+    // Deleted on one replica, made again at once on the other, to another receiver.
+    let (s, _) = admin_call(
+        &site.hooks[1],
+        "DELETE",
+        "/webhooks/again",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert!(
+        on_every_replica(&site.hooks, false).await,
+        "the delete did not reach every replica"
+    );
+    let second = Receiver::start(vec![]).await;
+    let (s, v) = admin_call(
+        &site.hooks[0],
+        "POST",
+        "/webhooks",
+        Some(make(second.url.clone())),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(on_every_replica(&site.hooks, true).await);
+    // Its stream starts afresh: every change arrives, none taken for delivered by the old one.
+    let after = change_flags(&apis, &flags, 100, 5).await;
+    let got = wait_for_changes(&second, &after).await;
+    assert_once_each_in_order(&second, &got);
+    assert!(
+        second
+            .hits()
+            .iter()
+            .all(|h| h.json()["changes"]["description"]["after"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("p1"))),
+        "the new webhook got changes from before it was made"
+    );
+}
