@@ -178,14 +178,20 @@ impl App {
             );
         }
 
-        let cluster = match cfg.cluster.enabled() {
-            true => Some(cluster::Cluster::new(
-                &cfg.cluster,
-                cluster::ClusterMetrics::new(&metrics.registry),
-            )?),
-            false => None,
+        let (cluster, writes) = match cfg.cluster.enabled() {
+            true => {
+                let (c, w) = cluster::Cluster::new(
+                    &cfg.cluster,
+                    cluster::ClusterMetrics::new(&metrics.registry),
+                )?;
+                (Some(c), Some(w))
+            }
+            false => (None, None),
         };
-        let link = cluster.clone().map(delivery::link::Link::new);
+        let (link, queues) = match cluster.clone().map(delivery::link::Link::new) {
+            Some((l, q)) => (Some(l), Some(q)),
+            None => (None, None),
+        };
         let mut outbox = delivery::outbox::Outbox::new(store.clone(), metrics.delivery.clone());
         if let Some(l) = &link {
             // Shared pause state before the workers start (Redis away: none, as after a
@@ -233,8 +239,8 @@ impl App {
         let mut cluster_tasks = Vec::new();
         // Git sync starts after the proxy; messages for it wait for it here.
         let git_pokes: Arc<std::sync::OnceLock<Arc<gitsync::GitSync>>> = Arc::default();
-        let follower_task = match (&cluster, &link) {
-            (Some(c), Some(l)) => {
+        let follower_task = match (&cluster, &link, writes, queues) {
+            (Some(c), Some(l), Some(writes), Some(queues)) => {
                 // Ready at once: whichever replica leads follows from the shared cursors.
                 follower.ready.store(true, Ordering::Relaxed);
                 // Every other replica's hints come through here: room for their bursts.
@@ -245,24 +251,16 @@ impl App {
                 )));
                 cluster_tasks.push(tokio::spawn(cluster::shared::run_writer(
                     c.clone(),
+                    writes,
                     cluster_stop.clone(),
                 )));
-                cluster_tasks.push(tokio::spawn(delivery::relay::run_finisher(
+                cluster_tasks.extend(delivery::relay::start(
                     l.clone(),
-                    cluster_stop.clone(),
-                )));
-                cluster_tasks.push(tokio::spawn(delivery::relay::run_parker(
-                    l.clone(),
-                    deliveries.outbox.clone(),
-                    metrics.delivery.clone(),
-                    cluster_stop.clone(),
-                )));
-                cluster_tasks.push(tokio::spawn(delivery::relay::run_relay(
-                    l.clone(),
+                    queues,
                     deliveries.clone(),
                     store.clone(),
                     cluster_stop.clone(),
-                )));
+                ));
                 // One task applies the shared webhooks, one sync at a time (two at once could
                 // act on an older read after a newer one).
                 let webhooks_changed = Arc::new(tokio::sync::Notify::new());

@@ -17,10 +17,13 @@ pub struct ClusterMetrics {
     pub taken_over: prometheus::IntCounter,
     pub spill_events: prometheus::IntGauge,
     pub spill_bytes: prometheus::IntGauge,
+    pub spill_full: prometheus::IntCounter,
     pub reclaimed: prometheus::IntCounter,
     pub order_waits: prometheus::IntCounter,
     pub hints: prometheus::IntCounterVec,
     pub dropped: prometheus::IntCounterVec,
+    pub unreadable: prometheus::IntCounterVec,
+    pub deleted_unsent: prometheus::IntCounter,
 }
 
 impl ClusterMetrics {
@@ -67,6 +70,10 @@ impl ClusterMetrics {
                 "flaghook_cluster_spill_bytes",
                 "Bytes of requests waiting in the local store for Redis (bounded by cluster.spill_max_bytes).",
             ),
+            spill_full: r.counter(
+                "flaghook_cluster_spill_full_total",
+                "Times the changelog follower waited because the local spill was at cluster.spill_max_bytes (Flagr's changelog keeps the changes meanwhile).",
+            ),
             reclaimed: r.counter(
                 "flaghook_cluster_reclaimed_total",
                 "Requests taken over from a replica that stopped renewing them.",
@@ -85,7 +92,19 @@ impl ClusterMetrics {
                 "Best-effort writes to Redis given up (log entries, pause state, hints), by kind.",
                 &["kind"],
             ),
+            unreadable: r.counter_vec(
+                "flaghook_cluster_unreadable_total",
+                "Requests found in Redis that could not be read and were dropped: a stream entry (entry) or a parked impression batch (parked).",
+                &["what"],
+            ),
+            deleted_unsent: r.counter(
+                "flaghook_cluster_deleted_unsent_total",
+                "Requests still waiting in a webhook's stream, read by no replica, when the webhook was deleted (those replicas held are counted as dropped{reason=\"deleted\"} by each).",
+            ),
         };
+        for w in ["entry", "parked"] {
+            m.unreadable.with_label_values(&[w]);
+        }
         for d in ["sent", "received"] {
             m.hints.with_label_values(&[d]);
         }

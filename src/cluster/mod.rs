@@ -54,8 +54,10 @@ pub struct Cluster {
     confirmed_until: Mutex<Option<Instant>>,
     /// Best-effort writes (log entries, pause state, hints), done by [`shared::run_writer`].
     writes: tokio::sync::mpsc::Sender<(&'static str, redis::Pipeline)>,
-    writes_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(&'static str, redis::Pipeline)>>>,
 }
+
+/// The queue of best-effort writes, for [`shared::run_writer`].
+pub type Writes = tokio::sync::mpsc::Receiver<(&'static str, redis::Pipeline)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -70,9 +72,12 @@ pub enum ClusterError {
 }
 
 impl Cluster {
-    /// A handle on the configured Redis; nothing is connected yet (Redis may be away at start:
-    /// the proxy serves anyway).
-    pub fn new(cfg: &ClusterConfig, metrics: ClusterMetrics) -> Result<Arc<Self>, ClusterError> {
+    /// A handle on the configured Redis, and the queue its writer task carries out; nothing is
+    /// connected yet (Redis may be away at start: the proxy serves anyway).
+    pub fn new(
+        cfg: &ClusterConfig,
+        metrics: ClusterMetrics,
+    ) -> Result<(Arc<Self>, Writes), ClusterError> {
         let url = cfg.redis_url.expose().unwrap_or_default();
         let mut info = url.into_connection_info().map_err(ClusterError::Url)?;
         if let Some(p) = cfg.password.expose().filter(|p| !p.is_empty()) {
@@ -107,10 +112,9 @@ impl Cluster {
         let (leader, _) = watch::channel(false);
         let (writes, writes_rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let lease_value = format!("{replica}/{}", uuid::Uuid::new_v4().simple());
-        Ok(Arc::new(Self {
+        let c = Arc::new(Self {
             lease_value,
             writes,
-            writes_rx: Mutex::new(Some(writes_rx)),
             cfg: cfg.clone(),
             replica,
             client,
@@ -120,7 +124,8 @@ impl Cluster {
             last_error: Mutex::new(None),
             leader,
             confirmed_until: Mutex::new(None),
-        }))
+        });
+        Ok((c, writes_rx))
     }
 
     /// A key of this cluster: `{prefix}:rest` (one hash slot for all of them).
@@ -171,6 +176,19 @@ impl Cluster {
     ) -> Result<T, RedisError> {
         let r = match self.conn().await {
             Ok(mut c) => cmd.query_async(&mut c).await,
+            Err(e) => Err(e),
+        };
+        self.note(op, r)
+    }
+
+    /// Runs a pipeline (a transaction when it is atomic), counting its failure under `op`.
+    pub async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        p: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let r = match self.conn().await {
+            Ok(mut c) => p.query_async(&mut c).await,
             Err(e) => Err(e),
         };
         self.note(op, r)

@@ -51,6 +51,23 @@ end
 return 1
 ";
 
+/// Deletes a webhook's shared state, and returns how many requests in its stream no replica
+/// had read. KEYS: webhooks, pause, control channel, then the webhook's own keys (the stream
+/// first). ARGV: id, group, the message for the other replicas.
+const DELETE_WEBHOOK: &str = r"
+local unread = 0
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  unread = redis.call('XLEN', KEYS[4])
+  local ok, p = pcall(redis.call, 'XPENDING', KEYS[4], ARGV[2])
+  if ok then unread = unread - p[1] end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+return unread
+";
+
 /// Seeds the shared webhooks once in the cluster's life: 1 when this call did.
 const SEED_WEBHOOKS: &str = r"
 if redis.call('SET', KEYS[2], '1', 'NX') then
@@ -105,30 +122,34 @@ impl Cluster {
             .ignore()
             .publish(self.key("ctl"), self.message("webhooks", id, None))
             .ignore();
-        self.pipe("webhooks", &p).await
+        self.pipeline::<()>("webhooks", &p).await
     }
 
-    /// Deletes a runtime webhook with its stream, counters and log, and tells the others.
+    /// Deletes a runtime webhook with its stream, counters and log, and tells the others;
+    /// the requests no replica had read yet are counted as lost with it.
     pub async fn delete_webhook(&self, id: &str) -> Result<(), RedisError> {
-        let mut p = redis::pipe();
-        p.atomic()
-            .hdel(self.key("webhooks"), id)
-            .ignore()
-            .del(&[
-                self.key(&format!("s:{id}")),
-                self.key(&format!("q:{id}")),
-                self.key(&format!("d:{id}")),
-                self.key(&format!("last:{id}")),
-                self.key(&format!("log:{id}")),
-                self.key(&format!("parked:{id}")),
-                self.key(&format!("parked-bytes:{id}")),
-            ])
-            .ignore()
-            .hdel(self.key("pause"), id)
-            .ignore()
-            .publish(self.key("ctl"), self.message("webhooks", id, None))
-            .ignore();
-        self.pipe("webhooks", &p).await
+        let script = redis::Script::new(DELETE_WEBHOOK);
+        let keys = [
+            self.key("webhooks"),
+            self.key("pause"),
+            self.key("ctl"),
+            self.key(&format!("s:{id}")),
+            self.key(&format!("q:{id}")),
+            self.key(&format!("d:{id}")),
+            self.key(&format!("last:{id}")),
+            self.key(&format!("log:{id}")),
+        ];
+        let message = self.message("webhooks", id, None);
+        let unread: u64 = self
+            .script(
+                "webhooks",
+                &script,
+                &keys,
+                &[id.as_bytes(), super::GROUP.as_bytes(), message.as_bytes()],
+            )
+            .await?;
+        self.metrics.deleted_unsent.inc_by(unread);
+        Ok(())
     }
 
     /// Tells the other replicas about an operator command (`pause`, `resume`).
@@ -136,7 +157,7 @@ impl Cluster {
         let mut p = redis::pipe();
         p.publish(self.key("ctl"), self.message(op, id, None))
             .ignore();
-        self.pipe("control", &p).await
+        self.pipeline::<()>("control", &p).await
     }
 
     /// Sends a proxied change's hint to the leader (best effort: its poll finds the change).
@@ -156,14 +177,6 @@ impl Cluster {
             body,
         })
         .unwrap_or_default()
-    }
-
-    async fn pipe(&self, op: &'static str, p: &redis::Pipeline) -> Result<(), RedisError> {
-        let r = match self.conn().await {
-            Ok(mut c) => p.query_async::<()>(&mut c).await,
-            Err(e) => Err(e),
-        };
-        self.note(op, r)
     }
 
     /// Every endpoint's pause state (id, JSON).
@@ -264,15 +277,7 @@ impl Cluster {
 
 /// Carries out the best-effort writes until `stop`; a write that fails is tried once more a
 /// second later, then counted and dropped.
-pub async fn run_writer(c: Arc<Cluster>, stop: CancellationToken) {
-    let Some(mut rx) = c
-        .writes_rx
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-    else {
-        return;
-    };
+pub async fn run_writer(c: Arc<Cluster>, mut rx: super::Writes, stop: CancellationToken) {
     loop {
         let (kind, p) = tokio::select! {
             w = rx.recv() => match w { Some(w) => w, None => return },
@@ -280,7 +285,7 @@ pub async fn run_writer(c: Arc<Cluster>, stop: CancellationToken) {
         };
         let mut tries = 0;
         loop {
-            if c.pipe(kind, &p).await.is_ok() {
+            if c.pipeline::<()>(kind, &p).await.is_ok() {
                 break;
             }
             tries += 1;

@@ -96,12 +96,12 @@ pub struct Read {
 }
 
 impl Read {
-    /// The entry's id as the error for an entry deleted meanwhile or not written by
-    /// [`Cluster::queue`].
-    fn from(e: Entry) -> Result<Self, String> {
+    /// The entry's id as the error for an entry deleted meanwhile (`true`) or not written
+    /// by [`Cluster::queue`] (`false`).
+    fn from(e: Entry) -> Result<Self, (String, bool)> {
         let (entry, fields) = e;
         let Some(mut f) = fields else {
-            return Err(entry);
+            return Err((entry, true));
         };
         let text = |f: &mut HashMap<String, Vec<u8>>, k: &str| {
             String::from_utf8(f.remove(k).unwrap_or_default()).unwrap_or_default()
@@ -109,7 +109,7 @@ impl Read {
         let flag = text(&mut f, "f").parse().ok();
         let n = text(&mut f, "n").parse().ok();
         let (Some(flag), Some(n)) = (flag, n) else {
-            return Err(entry);
+            return Err((entry, false));
         };
         Ok(Self {
             prev: text(&mut f, "p"),
@@ -132,21 +132,28 @@ pub struct Batch {
     pub gone: Vec<String>,
 }
 
-fn batch(entries: Vec<Entry>) -> Batch {
-    let mut b = Batch {
-        reads: Vec::new(),
-        gone: Vec::new(),
-    };
-    for e in entries {
-        match Read::from(e) {
-            Ok(r) => b.reads.push(r),
-            Err(id) => b.gone.push(id),
-        }
-    }
-    b
-}
-
 impl Cluster {
+    /// The requests among `entries`; entries deleted meanwhile, and unreadable ones (counted:
+    /// a request lost), are to be finished unread.
+    fn batch(&self, endpoint: &str, entries: Vec<Entry>) -> Batch {
+        let mut b = Batch {
+            reads: Vec::new(),
+            gone: Vec::new(),
+        };
+        for e in entries {
+            match Read::from(e) {
+                Ok(r) => b.reads.push(r),
+                Err((id, true)) => b.gone.push(id),
+                Err((id, false)) => {
+                    self.metrics.unreadable.with_label_values(&["entry"]).inc();
+                    tracing::error!(endpoint, entry = %id, "stream entry not readable; dropped");
+                    b.gone.push(id);
+                }
+            }
+        }
+        b
+    }
+
     fn stream(&self, endpoint: &str) -> String {
         self.key(&format!("s:{endpoint}"))
     }
@@ -238,7 +245,7 @@ impl Cluster {
             .arg(self.stream(endpoint))
             .arg(if own { "0" } else { ">" });
         let v: redis::Value = self.note("read", cmd.query_async(c).await)?;
-        Ok(batch(super::entries(&v)))
+        Ok(self.batch(endpoint, super::entries(&v)))
     }
 
     /// Takes over requests another replica has held for `reclaim_idle` without renewing them,
@@ -271,7 +278,7 @@ impl Cluster {
             },
             _ => "0-0".into(),
         };
-        let b = batch(super::entries(&v));
+        let b = self.batch(endpoint, super::entries(&v));
         self.metrics.reclaimed.inc_by(b.reads.len() as u64);
         Ok((b, next))
     }
@@ -382,6 +389,14 @@ return rows
 ";
 
 impl Cluster {
+    /// An endpoint's parked batches and their byte count.
+    fn parked_keys(&self, endpoint: &str) -> [String; 2] {
+        [
+            self.key(&format!("parked:{endpoint}")),
+            self.key(&format!("parked-bytes:{endpoint}")),
+        ]
+    }
+
     /// Parks impression batches (rows: a header line and the body) for whichever replica
     /// sees the endpoint recover; returns the records of the oldest dropped beyond `max`.
     pub async fn park(
@@ -394,16 +409,8 @@ impl Cluster {
         let max = max.to_string();
         let mut args: Vec<&[u8]> = vec![max.as_bytes()];
         args.extend(rows.iter().map(Vec::as_slice));
-        self.script(
-            "park",
-            &script,
-            &[
-                self.key(&format!("parked:{endpoint}")),
-                self.key(&format!("parked-bytes:{endpoint}")),
-            ],
-            &args,
-        )
-        .await
+        self.script("park", &script, &self.parked_keys(endpoint), &args)
+            .await
     }
 
     /// Takes up to `count` parked batches of an endpoint, oldest first.
@@ -413,10 +420,7 @@ impl Cluster {
         self.script(
             "park",
             &script,
-            &[
-                self.key(&format!("parked:{endpoint}")),
-                self.key(&format!("parked-bytes:{endpoint}")),
-            ],
+            &self.parked_keys(endpoint),
             &[count.as_bytes()],
         )
         .await
@@ -425,12 +429,9 @@ impl Cluster {
     /// Parked batches of an endpoint, cluster-wide: (batches, bytes).
     pub async fn parked(&self, endpoint: &str) -> Result<(u64, u64), RedisError> {
         let mut p = redis::pipe();
-        p.llen(self.key(&format!("parked:{endpoint}")))
-            .get(self.key(&format!("parked-bytes:{endpoint}")));
-        let r = match self.conn().await {
-            Ok(mut c) => p.query_async::<(u64, Option<u64>)>(&mut c).await,
-            Err(e) => Err(e),
-        };
-        self.note("park", r).map(|(n, b)| (n, b.unwrap_or(0)))
+        let [list, bytes] = self.parked_keys(endpoint);
+        p.llen(list).get(bytes);
+        let (n, b): (u64, Option<u64>) = self.pipeline("park", &p).await?;
+        Ok((n, b.unwrap_or(0)))
     }
 }

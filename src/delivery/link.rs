@@ -9,7 +9,6 @@
 //! Never: waits on Redis (everything that needs it is queued for a task); reads the store.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -98,16 +97,19 @@ pub struct Link {
     /// hand, and maybe the next request of a flag may go).
     pub(super) wakes: DashMap<String, Arc<Notify>>,
     pub(super) finished: mpsc::UnboundedSender<(String, Held)>,
-    pub(super) finished_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Held)>>>,
     pub(super) spilled: Notify,
-    pub(super) spill_bytes: AtomicU64,
     pub(super) pauses: DashMap<String, String>,
     pub(super) parks: mpsc::UnboundedSender<Park>,
-    pub(super) parks_rx: Mutex<Option<mpsc::UnboundedReceiver<Park>>>,
     /// Impression endpoints' job channels, for batches coming back from Redis.
     pub(super) senders: DashMap<String, mpsc::Sender<Job>>,
     /// When each impression endpoint last asked for its parked batches back.
     pub(super) unparked: DashMap<String, Instant>,
+}
+
+/// What the workers hand to `relay`'s tasks: finished stream requests, parked batches.
+pub struct Queues {
+    pub(super) finished: mpsc::UnboundedReceiver<(String, Held)>,
+    pub(super) parks: mpsc::UnboundedReceiver<Park>,
 }
 
 /// A parked impression batch on its way to Redis.
@@ -145,23 +147,28 @@ struct SharedEntry {
 }
 
 impl Link {
-    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
-        let (finished, rx) = mpsc::unbounded_channel();
+    /// The link, and the queues its tasks in `relay` carry out (finishing, parking).
+    pub fn new(cluster: Arc<Cluster>) -> (Arc<Self>, Queues) {
+        let (finished, finished_rx) = mpsc::unbounded_channel();
         let (parks, parks_rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
-            parks,
-            parks_rx: Mutex::new(Some(parks_rx)),
-            senders: DashMap::new(),
-            unparked: DashMap::new(),
+        let link = Arc::new(Self {
             cluster,
             hands: DashMap::new(),
             wakes: DashMap::new(),
             finished,
-            finished_rx: Mutex::new(Some(rx)),
             spilled: Notify::new(),
-            spill_bytes: AtomicU64::new(0),
             pauses: DashMap::new(),
-        })
+            parks,
+            senders: DashMap::new(),
+            unparked: DashMap::new(),
+        });
+        (
+            link,
+            Queues {
+                finished: finished_rx,
+                parks: parks_rx,
+            },
+        )
     }
 
     pub(super) fn wake(&self, endpoint: &str) -> Arc<Notify> {
@@ -174,14 +181,14 @@ impl Link {
 
     /// Requests were written to the spill: the relay moves them now.
     pub fn spilled(&self, bytes: u64) {
-        self.spill_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.cluster.metrics.spill_bytes.add(bytes as i64);
         self.spilled.notify_one();
     }
 
     /// Whether the spill reached its bound: the follower waits (Flagr keeps the changes).
     pub fn full(&self) -> bool {
-        self.spill_bytes.load(Ordering::Relaxed) >= self.cluster.cfg.spill_max_bytes
+        // The gauge is the count: the relay sets it after each pass, spills add to it.
+        self.cluster.metrics.spill_bytes.get() as u64 >= self.cluster.cfg.spill_max_bytes
     }
 
     /// Finishes the held requests among `seqs` in Redis; returns the others (local rows).

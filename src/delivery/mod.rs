@@ -303,7 +303,13 @@ impl Deliveries {
     /// Cluster mode: whether the local spill reached its bound (the follower then waits; the
     /// changes stay in Flagr's changelog).
     pub fn held_back(&self) -> bool {
-        self.outbox.link().is_some_and(|l| l.full())
+        self.outbox.link().is_some_and(|l| {
+            let full = l.full();
+            if full {
+                l.cluster.metrics.spill_full.inc();
+            }
+            full
+        })
     }
 
     /// Cluster mode: the endpoint's log as every replica sees it (oldest first); `None` when

@@ -14,7 +14,6 @@
 //! over from a dead replica comes on top, a few at a time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::job::{static_label, Job};
-use super::link::{spill_key, Hand, Held, Link, Park};
+use super::link::{spill_key, Hand, Held, Link, Park, Queues};
 use super::outbox::Outbox;
 use crate::cluster::stream::{Queued, Read};
 use crate::cluster::Cluster;
@@ -70,6 +69,11 @@ pub fn recovered(link: &Arc<Link>, endpoint: &str, outbox: Outbox) {
             let mut jobs = Vec::new();
             for row in rows {
                 let Some(mut job) = super::outbox::decode_row(&row) else {
+                    link.cluster
+                        .metrics
+                        .unreadable
+                        .with_label_values(&["parked"])
+                        .inc();
                     tracing::error!(endpoint = %endpoint, "parked batch not readable; dropped");
                     continue;
                 };
@@ -89,17 +93,36 @@ pub fn recovered(link: &Arc<Link>, endpoint: &str, outbox: Outbox) {
     });
 }
 
+/// Starts the finisher, the parker and the relay, until `stop`.
+pub fn start(
+    link: Arc<Link>,
+    queues: Queues,
+    deliveries: Arc<super::Deliveries>,
+    store: Arc<Store>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let outbox = deliveries.outbox.clone();
+    let metrics = deliveries.metrics.clone();
+    vec![
+        tokio::spawn(run_finisher(link.clone(), queues.finished, stop.clone())),
+        tokio::spawn(run_parker(
+            link.clone(),
+            queues.parks,
+            outbox,
+            metrics,
+            stop.clone(),
+        )),
+        tokio::spawn(run_relay(link, deliveries, store, stop)),
+    ]
+}
+
 /// Finishes in Redis what the workers finished, in batches; a failed call is tried again
 /// (the requests stay held meanwhile, and renewed, so nobody takes them over).
-pub async fn run_finisher(link: Arc<Link>, stop: CancellationToken) {
-    let Some(mut rx) = link
-        .finished_rx
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    else {
-        return;
-    };
+async fn run_finisher(
+    link: Arc<Link>,
+    mut rx: mpsc::UnboundedReceiver<(String, Held)>,
+    stop: CancellationToken,
+) {
     let mut waiting: HashMap<String, Vec<Held>> = HashMap::new();
     let mut last = false;
     loop {
@@ -151,20 +174,13 @@ pub async fn run_finisher(link: Arc<Link>, stop: CancellationToken) {
 /// Moves parked impression batches to Redis, removing each local row once Redis has it; a
 /// failed call is tried again (the rows stay on disk meanwhile). Batches dropped beyond the
 /// bound are counted.
-pub async fn run_parker(
+async fn run_parker(
     link: Arc<Link>,
+    mut rx: mpsc::UnboundedReceiver<Park>,
     outbox: Outbox,
     metrics: Arc<super::DeliveryMetrics>,
     stop: CancellationToken,
 ) {
-    let Some(mut rx) = link
-        .parks_rx
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    else {
-        return;
-    };
     let mut waiting: Vec<Park> = Vec::new();
     loop {
         if waiting.is_empty() {
@@ -209,7 +225,7 @@ pub async fn run_parker(
 
 /// Moves spilled requests into the streams, and the changelog's cursors after them, whenever
 /// something is spilled (and every second, for what waited while Redis was away).
-pub async fn run_relay(
+async fn run_relay(
     link: Arc<Link>,
     deliveries: Arc<super::Deliveries>,
     store: Arc<Store>,
@@ -332,7 +348,6 @@ async fn relay_pass(link: &Link, deliveries: &super::Deliveries) -> bool {
         left_rows += rest.len() as u64;
         left_bytes += rest.iter().map(|j| j.size as u64).sum::<u64>();
     }
-    link.spill_bytes.store(left_bytes, Ordering::Relaxed);
     link.cluster.metrics.spill_bytes.set(left_bytes as i64);
     link.cluster.metrics.spill_events.set(left_rows as i64);
     all
