@@ -327,16 +327,23 @@ impl App {
             cfg.proxy.inspect_max_bytes,
             proxy::tap::ByteBudget::new(cfg.proxy.tap_max_bytes),
         );
-        let proxy = proxy::Proxy::stack(proxy::ProxyParts {
-            cfg: &cfg.proxy,
-            user_header: &cfg.flagr.user_header,
-            inspect_impressions: impression_sink.is_some(),
-            gitsync_token: &gitsync_token,
-            tap,
-            metrics: metrics.proxy.clone(),
-            legacy,
-            flagr: flagr.clone(),
-        })?;
+        // One stack per proxy thread: each keeps its own upstream pool on its own thread.
+        let threads = cfg.runtime.proxy_threads();
+        let stacks = (0..threads)
+            .map(|_| {
+                proxy::Proxy::stack(proxy::ProxyParts {
+                    cfg: &cfg.proxy,
+                    user_header: &cfg.flagr.user_header,
+                    inspect_impressions: impression_sink.is_some(),
+                    gitsync_token: &gitsync_token,
+                    tap: tap.clone(),
+                    metrics: metrics.proxy.clone(),
+                    legacy: legacy.clone(),
+                    flagr: flagr.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(tap);
 
         let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -344,21 +351,37 @@ impl App {
                 .and_then(|l| l.local_addr().map(|a| (l, a)))
                 .map_err(|source| StartError::Listen { key, addr, source })
         };
-        let (proxy_listener, proxy_addr) = bind("proxy.listen", cfg.proxy.listen).await?;
+        let proxy_listeners =
+            proxy::bind(cfg.proxy.listen, threads).map_err(|source| StartError::Listen {
+                key: "proxy.listen",
+                addr: cfg.proxy.listen,
+                source,
+            })?;
+        let proxy_addr = proxy_listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Listen {
+                key: "proxy.listen",
+                addr: cfg.proxy.listen,
+                source,
+            })?;
         let (admin_listener, admin_addr) = bind("admin.listen", cfg.admin.listen).await?;
         let limits = |max_connections| listener::Limits {
             header_read_timeout: cfg.proxy.header_read_timeout,
-            max_connections,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             grace: cfg.proxy.shutdown_grace,
         };
 
-        let proxy_task = tokio::spawn(proxy::serve(
-            proxy_listener,
-            proxy,
+        let proxy_task = proxy::start(
+            proxy_listeners.into_iter().zip(stacks).collect(),
             limits(cfg.proxy.max_connections),
             metrics.listeners.counters(listener::Listener::Proxy),
             shutdown.clone(),
-        ));
+        )
+        .map_err(|source| StartError::Listen {
+            key: "runtime.proxy_threads",
+            addr: proxy_addr,
+            source,
+        })?;
         let gitsync = gitsync::GitSync::start(
             &cfg,
             proxy_addr,

@@ -77,8 +77,9 @@ pub struct Limits {
     /// A client must send its request headers within this time (also between keep-alive
     /// requests), or its connection is closed.
     pub header_read_timeout: Duration,
-    /// Open connections at most; further ones are closed as soon as they are accepted.
-    pub max_connections: usize,
+    /// Open connections at most, shared by every accept loop of the listener; further ones are
+    /// closed as soon as they are accepted.
+    pub slots: Arc<Semaphore>,
     /// On shutdown, open connections get this long to finish their requests.
     pub grace: Duration,
 }
@@ -116,7 +117,7 @@ where
         .keep_alive_interval(Some(limits.header_read_timeout))
         .keep_alive_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let open = limits.slots.clone();
     let graceful = GracefulShutdown::new();
     // Every connection's task, so the ones still open when the grace period ends can be cut:
     // they hold the service (and through it the tap), which must close for the drain to end.

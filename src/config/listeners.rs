@@ -17,6 +17,11 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Flagr's base URL (scheme, host, port; no path).
     pub upstream: String,
+    /// A Unix socket Flagr listens on (`flagr --scheme http --scheme unix --socket-path ...`):
+    /// proxied requests go there instead of over TCP, which costs both sides less CPU.
+    /// `upstream` still names Flagr (the Host of flaghook's own calls, which stay on TCP).
+    /// Empty: TCP.
+    pub upstream_socket: String,
     /// Flagr's `FLAGR_WEB_PREFIX`, e.g. `/flagr`. Empty for none.
     pub path_prefix: String,
     /// How long to wait for Flagr's response headers before answering 504.
@@ -52,6 +57,7 @@ impl Default for ProxyConfig {
         Self {
             listen: ([0, 0, 0, 0], 18080).into(),
             upstream: "http://127.0.0.1:18000".into(),
+            upstream_socket: String::new(),
             path_prefix: String::new(),
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -112,6 +118,13 @@ impl ProxyConfig {
             return Err(ConfigError::invalid(
                 "proxy.upstream",
                 "must not have a path; use proxy.path_prefix",
+            ));
+        }
+        // sockaddr_un holds 108 bytes with the closing NUL.
+        if self.upstream_socket.len() > 107 {
+            return Err(ConfigError::invalid(
+                "proxy.upstream_socket",
+                "longer than a Unix socket path may be (107 bytes)",
             ));
         }
         let p = &self.path_prefix;

@@ -79,10 +79,23 @@ impl Default for LogConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Threads running the proxy and everything else; 0: one per CPU. A sidecar given one CPU
-    /// does best with 1 (no wake-ups across threads: about 12 % less CPU per proxied request
-    /// on the benchmark machine, see BENCHMARKS.md).
+    /// Threads running everything but the proxy (derivation, impressions, delivery, the
+    /// changelog, the admin API); 0: one per CPU.
     pub worker_threads: usize,
+    /// Threads serving the proxy listener, each with its own runtime, listening socket and
+    /// upstream pool (a request never leaves the thread that accepted its connection);
+    /// 0: one per CPU.
+    pub proxy_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// `proxy_threads`, with 0 resolved to the CPUs this process may use.
+    pub fn proxy_threads(&self) -> usize {
+        match self.proxy_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// Overrides from the command line; they win over file and environment.

@@ -15,8 +15,9 @@ labels! {
 pub struct ProxyMetrics {
     pub(super) requests: prometheus::IntCounterVec,
     pub(super) duration: prometheus::HistogramVec,
-    upstream_errors: prometheus::IntCounterVec,
+    pub(super) upstream_errors: prometheus::IntCounterVec,
     pub(super) in_flight: prometheus::IntGauge,
+    pub(super) dials: prometheus::IntCounter,
 }
 
 impl ProxyMetrics {
@@ -41,6 +42,11 @@ impl ProxyMetrics {
             in_flight: r.gauge(
                 "flaghook_proxy_in_flight_requests",
                 "Requests being proxied right now.",
+            ),
+            dials: r.counter(
+                "flaghook_proxy_upstream_connections_total",
+                "Connections made to Flagr for HTTP/1 client connections (each keeps its own; \
+                 h2 clients share a pool, not counted here).",
             ),
         };
         for f in UpstreamFailure::ALL {

@@ -44,9 +44,9 @@ pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};
 pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer};
 pub use metrics::{ProxyMetrics, UpstreamFailure};
-pub use server::serve;
+pub use server::{bind, serve, start};
 pub use tap::{Captured, DropStage, Exchange, Tap, TapBody, TapLayer, TapMetrics, TapSender};
-pub use upstream::{Upstream, UpstreamError};
+pub use upstream::{OwnConnection, Upstream, UpstreamError};
 
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, RouteTable};

@@ -1,4 +1,5 @@
-//! The innermost service: sends the request to Flagr over pooled keep-alive connections.
+//! The innermost service: sends the request to Flagr over pooled keep-alive connections, TCP
+//! or (`proxy.upstream_socket`) a Unix socket Flagr listens on beside it.
 //!
 //! In: a request whose headers the outer layers have settled. Out: Flagr's response, or a short
 //! JSON 502 (Flagr refused or broke the connection), 504 (no answer in time) or 400 (a URI
@@ -6,7 +7,9 @@
 //! Never: retries (a mutation might apply twice), or fails: every error is a response.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,8 +19,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::Either;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::UnixStream;
+
+use tower::Service;
 
 use super::answer::{error_response, BoxFuture, UpstreamBody};
 use super::metrics::{ProxyMetrics, UpstreamFailure};
@@ -46,7 +55,7 @@ impl<B> Clone for Upstream<B> {
 }
 
 struct Inner<B> {
-    client: Client<HttpConnector, B>,
+    flagr: Flagr<B>,
     authority: Authority,
     timeout: Duration,
     metrics: Arc<ProxyMetrics>,
@@ -60,20 +69,36 @@ where
     pub fn new(cfg: &ProxyConfig, metrics: Arc<ProxyMetrics>) -> Result<Self, UpstreamError> {
         let uri: Uri = cfg.upstream.parse().map_err(UpstreamError::Uri)?;
         let authority = uri.authority().cloned().ok_or(UpstreamError::NoHost)?;
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(cfg.connect_timeout));
-        conn.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_max_idle_per_host(cfg.pool_max_idle)
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .http1_writev(false)
-            .timer(TokioTimer::new())
-            .build(conn);
+            .timer(TokioTimer::new());
+        let flagr = if cfg.upstream_socket.is_empty() {
+            let mut dial = HttpConnector::new();
+            dial.set_nodelay(true);
+            dial.set_connect_timeout(Some(cfg.connect_timeout));
+            dial.set_keepalive(Some(Duration::from_secs(60)));
+            Flagr::Tcp {
+                pool: builder.build(dial.clone()),
+                dial,
+                at: uri,
+            }
+        } else {
+            let dial = UnixConnector {
+                path: Path::new(&cfg.upstream_socket).into(),
+                timeout: cfg.connect_timeout,
+            };
+            Flagr::Unix {
+                pool: builder.build(dial.clone()),
+                dial,
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                flagr,
                 authority,
                 timeout: cfg.upstream_timeout,
                 metrics,
@@ -109,6 +134,7 @@ where
 {
     async fn send(&self, req: Request<B>) -> Response<UpstreamBody> {
         let (mut parts, body) = req.into_parts();
+        let own = parts.extensions.remove::<OwnConnection<B>>();
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -116,41 +142,39 @@ where
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         if !parts.headers.contains_key(header::HOST) {
             // HTTP/2 clients send :authority instead of Host; Flagr over HTTP/1.1 needs Host.
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
+            let a = parts.uri.authority().unwrap_or(&self.authority);
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
             }
         }
         parts.version = Version::HTTP_11;
-        parts.uri = match Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-        {
-            Ok(u) => u,
-            Err(_) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "invalid request URI",
-                )
-            }
+        let result = if let Some(own) = own {
+            // Origin form: the connection already leads to Flagr.
+            parts.uri = Uri::from(path_and_query);
+            let req = Request::from_parts(parts, body);
+            tokio::time::timeout(self.timeout, self.send_own(&own, req)).await
+        } else {
+            parts.uri = match Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(self.authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+            {
+                Ok(u) => u,
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "invalid request URI",
+                    )
+                }
+            };
+            let req = Request::from_parts(parts, body);
+            tokio::time::timeout(self.timeout, self.send_pooled(req)).await
         };
-        let result = tokio::time::timeout(
-            self.timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
         match result {
             Ok(Ok(resp)) => resp.map(Either::Left),
-            Ok(Err(e)) => {
-                let why = if e.is_connect() {
-                    UpstreamFailure::Connect
-                } else {
-                    UpstreamFailure::Other
-                };
+            Ok(Err(Failure(why, e))) => {
                 self.metrics.upstream_failed(why);
                 tracing::warn!(error = %e, kind = why.as_str(), "flagr did not answer");
                 error_response(
@@ -170,6 +194,214 @@ where
             }
         }
     }
+
+    async fn send_pooled(&self, req: Request<B>) -> Result<Response<Incoming>, Failure> {
+        let r = match &self.flagr {
+            Flagr::Tcp { pool, .. } => pool.request(req).await,
+            Flagr::Unix { pool, .. } => pool.request(req).await,
+        };
+        r.map_err(|e| {
+            let why = if e.is_connect() {
+                UpstreamFailure::Connect
+            } else {
+                UpstreamFailure::Other
+            };
+            Failure(why, e.into())
+        })
+    }
+
+    /// Over the client connection's own connection to Flagr, made on its first request.
+    async fn send_own(
+        &self,
+        own: &OwnConnection<B>,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut sender = match own.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => self.dial().await?,
+        };
+        // Free once the previous answer was read, which HTTP/1's one-at-a-time makes so by now.
+        if sender.ready().await.is_err() {
+            sender = self.dial().await?;
+        }
+        let sent = sender.try_send_request(req);
+        own.put(sender);
+        match sent.await {
+            Ok(r) => Ok(r),
+            Err(mut e) => match e.take_message() {
+                // Never written (Flagr closed the idle connection just then): safe to send once
+                // more, on a new connection.
+                Some(req) => {
+                    let mut sender = self.dial().await?;
+                    let sent = sender.try_send_request(req);
+                    own.put(sender);
+                    sent.await.map_err(|e| Failure::other(e.into_error()))
+                }
+                None => Err(Failure::other(e.into_error())),
+            },
+        }
+    }
+
+    async fn dial(&self) -> Result<http1::SendRequest<B>, Failure> {
+        self.metrics.dials.inc();
+        let connect =
+            |e: Box<dyn std::error::Error + Send + Sync>| Failure(UpstreamFailure::Connect, e);
+        match &self.flagr {
+            Flagr::Tcp { dial, at, .. } => {
+                handshake(
+                    dial.clone()
+                        .call(at.clone())
+                        .await
+                        .map_err(|e| connect(e.into()))?,
+                )
+                .await
+            }
+            Flagr::Unix { dial, .. } => {
+                handshake(
+                    dial.clone()
+                        .call(Uri::default())
+                        .await
+                        .map_err(|e| connect(e.into()))?,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// An HTTP/1 connection to Flagr over `io`, driven by a task of its own on this thread.
+async fn handshake<I, B>(io: I) -> Result<http1::SendRequest<B>, Failure>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(io)
+        .await
+        .map_err(|e| Failure(UpstreamFailure::Connect, e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection to flagr ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Why Flagr gave no answer, and what said so.
+struct Failure(UpstreamFailure, Box<dyn std::error::Error + Send + Sync>);
+
+impl Failure {
+    fn other(e: hyper::Error) -> Self {
+        Self(UpstreamFailure::Other, e.into())
+    }
+}
+
+/// A client connection's own connection to Flagr, carried in its HTTP/1 requests' extensions.
+/// Such a client sends its next request only after the previous answer, so the connection is
+/// free whenever a request comes: no pool to search, and no task per request to hand the
+/// connection back to one (the shared pool's cost; h2 clients, whose requests overlap, use it).
+pub struct OwnConnection<B>(Arc<Mutex<Option<http1::SendRequest<B>>>>);
+
+impl<B> Default for OwnConnection<B> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+}
+
+impl<B> Clone for OwnConnection<B> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<B> OwnConnection<B> {
+    fn take(&self) -> Option<http1::SendRequest<B>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put(&self, s: http1::SendRequest<B>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
+}
+
+/// How Flagr is reached: a shared pool (the request's URI names Flagr, the pool's key) and
+/// a way to make a connection of one's own.
+enum Flagr<B> {
+    Tcp {
+        pool: Client<HttpConnector, B>,
+        dial: HttpConnector,
+        at: Uri,
+    },
+    Unix {
+        pool: Client<UnixConnector, B>,
+        dial: UnixConnector,
+    },
+}
+
+/// Connects every pooled connection to one Unix socket, whatever the URI says.
+#[derive(Clone)]
+struct UnixConnector {
+    path: Arc<Path>,
+    timeout: Duration,
+}
+
+impl tower::Service<Uri> for UnixConnector {
+    type Response = UnixIo;
+    type Error = std::io::Error;
+    type Future = BoxFuture<Result<UnixIo, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (path, timeout) = (self.path.clone(), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, UnixStream::connect(&*path)).await {
+                Ok(s) => Ok(UnixIo(TokioIo::new(s?))),
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        })
+    }
+}
+
+/// A Unix stream as hyper's client wants it.
+struct UnixIo(TokioIo<UnixStream>);
+
+impl Connection for UnixIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UnixIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UnixIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +418,126 @@ mod tests {
         };
         let r = crate::metrics::Registry::default();
         Upstream::new(&cfg, Arc::new(ProxyMetrics::new(&r))).unwrap()
+    }
+
+    /// Answers every request with its path, closing after each answer when `close`; counts the
+    /// connections it accepted.
+    fn answer_paths<I>(
+        accept: impl Fn() -> BoxFuture<std::io::Result<I>> + Send + 'static,
+        close: bool,
+    ) -> Arc<std::sync::atomic::AtomicUsize>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok(io) = accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let mut r = Response::new(Full::new(Bytes::from(req.uri().to_string())));
+                    if close {
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(r)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), svc),
+                );
+            }
+        });
+        accepted
+    }
+
+    async fn text(r: Response<UpstreamBody>) -> String {
+        use http_body_util::BodyExt;
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    /// Requests of one client connection go over one connection to Flagr, made on the first;
+    /// one Flagr closed is made again; without the connection's mark they use the pool.
+    #[tokio::test]
+    async fn a_client_connection_keeps_its_own_connection_to_flagr() {
+        for close in [false, true] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let l = Arc::new(l);
+            let accepted = answer_paths(
+                move || {
+                    let l = l.clone();
+                    Box::pin(async move { l.accept().await.map(|(s, _)| s) })
+                },
+                close,
+            );
+            let up = upstream(addr, Duration::from_secs(5));
+            let own = OwnConnection::<Full<Bytes>>::default();
+            for i in 0..3 {
+                let mut req = Request::get(format!("/api/v1/flags/{i}?a=b"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                req.extensions_mut().insert(own.clone());
+                let r = up.clone().oneshot(req).await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                assert_eq!(text(r).await, format!("/api/v1/flags/{i}?a=b"));
+            }
+            let want = if close { 3 } else { 1 };
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), want);
+            assert_eq!(up.inner.metrics.dials.get(), want as u64);
+            // Unmarked (h2 clients): the pool, which the own connection does not serve.
+            let r = up.clone().oneshot(get()).await.unwrap();
+            assert_eq!(text(r).await, "/api/v1/health");
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), want + 1);
+        }
+    }
+
+    /// `proxy.upstream_socket`: both the own connections and the pool reach Flagr over it.
+    #[tokio::test]
+    async fn a_unix_socket_reaches_flagr() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flagr.sock");
+        let l = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
+        let accepted = answer_paths(
+            move || {
+                let l = l.clone();
+                Box::pin(async move { l.accept().await.map(|(s, _)| s) })
+            },
+            false,
+        );
+        let cfg = ProxyConfig {
+            // Nothing listens there: every byte must go over the socket.
+            upstream: "http://127.0.0.1:1".into(),
+            upstream_socket: path.display().to_string(),
+            ..ProxyConfig::default()
+        };
+        let r = crate::metrics::Registry::default();
+        let up = Upstream::new(&cfg, Arc::new(ProxyMetrics::new(&r))).unwrap();
+        let mut req = get();
+        req.extensions_mut()
+            .insert(OwnConnection::<Full<Bytes>>::default());
+        assert_eq!(
+            text(up.clone().oneshot(req).await.unwrap()).await,
+            "/api/v1/health"
+        );
+        assert_eq!(
+            text(up.clone().oneshot(get()).await.unwrap()).await,
+            "/api/v1/health"
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // No socket there (its connections already made stay usable): a 502 of flaghook's own,
+        // counted as a failure to connect.
+        drop(dir);
+        let metrics = Arc::new(ProxyMetrics::new(&crate::metrics::Registry::default()));
+        let up = Upstream::new(&cfg, metrics.clone()).unwrap();
+        let r = up.oneshot(get()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let connect = metrics
+            .upstream_errors
+            .with_label_values(&["connect"])
+            .get();
+        assert_eq!(connect, 1);
     }
 
     fn get() -> Request<Full<Bytes>> {
