@@ -19,15 +19,27 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The client's address, put in the request's extensions by the listener.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
+/// The client's address, put in the request's extensions by the listener, with its IP as a
+/// header value made once per connection instead of once per request.
+#[derive(Clone, Debug)]
+pub struct PeerAddr {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl PeerAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip }
+    }
+}
 
 /// Peer of a request: its [`PeerAddr`], or the unspecified address when there is none.
 pub(crate) fn peer_of<B>(req: &Request<B>) -> SocketAddr {
     req.extensions()
         .get::<PeerAddr>()
-        .map_or(([0, 0, 0, 0], 0).into(), |p| p.0)
+        .map_or(([0, 0, 0, 0], 0).into(), |p| p.addr)
 }
 
 /// Applies [`Forwarded`].
@@ -65,9 +77,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = peer_of(&req);
+        let peer = match req.extensions().get::<PeerAddr>() {
+            Some(p) => p.ip.clone(),
+            None => HeaderValue::from_static("0.0.0.0"),
+        };
         strip_hop_by_hop(req.headers_mut());
-        add_forwarded(req.headers_mut(), peer);
+        add_forwarded(req.headers_mut(), &peer);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -80,6 +95,10 @@ where
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, and
 /// the fixed set below. End-to-end headers pass untouched.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names (there are few); a removal hashes, so none is tried in vain.
+    if !h.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION) {
         // Only allocate when the peer actually named headers.
         let named: Vec<HeaderName> = conn
@@ -92,27 +111,31 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(n);
         }
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for n in HOP_BY_HOP {
         h.remove(n);
     }
-    h.remove(KEEP_ALIVE);
-    h.remove(PROXY_CONNECTION);
 }
 
+/// Hop-by-hop whether `Connection` names them or not.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
+
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` unless an outer proxy did.
-fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue) {
+    let xff = match h.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) if !prev.is_empty() => {
+            HeaderValue::from_bytes(&[prev, b", ", ip.as_bytes()].concat()).ok()
+        }
+        _ => Some(ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
     if !h.contains_key(X_FORWARDED_PROTO) {
@@ -150,19 +173,23 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["authorization", "content-type"]);
+        // Without any, nothing moves.
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
     fn forwarded_headers_append_and_keep_outer_proto() {
-        let peer: SocketAddr = ([10, 1, 2, 3], 5000).into();
+        let peer = PeerAddr::new(([10, 1, 2, 3], 5000).into()).ip;
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, peer);
+        add_forwarded(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        add_forwarded(&mut h, peer);
+        add_forwarded(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -191,7 +218,7 @@ mod tests {
             .body(())
             .unwrap();
         req.extensions_mut()
-            .insert(PeerAddr(([192, 0, 2, 7], 1).into()));
+            .insert(PeerAddr::new(([192, 0, 2, 7], 1).into()));
         let resp = ForwardedLayer.layer(inner).oneshot(req).await.unwrap();
         assert_eq!(resp.headers()["x-seen"], "192.0.2.7|false|kept");
         assert!(!resp.headers().contains_key("connection"));

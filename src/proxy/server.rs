@@ -100,9 +100,10 @@ pub async fn serve(
 ) -> bool {
     let make = move |peer| {
         let proxy = proxy.clone();
+        let peer = PeerAddr::new(peer);
         let own = OwnConnection::<TapBody<Incoming>>::default();
         service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(peer.clone());
             // h2 requests overlap on one connection: they share the pool instead.
             if req.version() != http::Version::HTTP_2 {
                 req.extensions_mut().insert(own.clone());
@@ -111,4 +112,29 @@ pub async fn serve(
         })
     };
     crate::listener::serve(listener, make, limits, counters, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every thread's socket listens on the one port the first was given, and each accepts.
+    #[test]
+    fn the_threads_share_one_port() {
+        let ls = super::bind(([127, 0, 0, 1], 0).into(), 3).unwrap();
+        let at = ls[0].local_addr().unwrap();
+        assert_ne!(at.port(), 0);
+        for l in &ls {
+            assert_eq!(l.local_addr().unwrap(), at);
+        }
+        // Connections are spread over the sockets; each takes what reaches it.
+        let clients: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(at).unwrap())
+            .collect();
+        let mut accepted = 0;
+        for l in &ls {
+            while l.accept().is_ok() {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, clients.len());
+    }
 }
