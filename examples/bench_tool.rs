@@ -20,7 +20,7 @@
 #![allow(clippy::disallowed_types, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -368,10 +368,7 @@ fn micro(n: usize) {
             if batch_records == 5000 {
                 batch.push(b']');
                 let t = Instant::now();
-                let mut enc =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                enc.write_all(&batch).expect("gzip");
-                let out = enc.finish().expect("gzip");
+                let out = flaghook::impressions::batcher::gzip(&batch).expect("gzip");
                 gzip_time += t.elapsed();
                 raw += batch.len();
                 gz += out.len();

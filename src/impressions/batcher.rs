@@ -6,7 +6,6 @@
 //! delivery workers (which retry once after 300 ms and park what still fails).
 //! Never: holds a lock while compressing or sending; never serialises a record twice.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -192,15 +191,10 @@ impl Batchers {
         batch.body.push(b']');
         let raw_len = batch.body.len();
         let (body, encoding) = if ep.gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw_len / 4),
-                flate2::Compression::fast(),
-            );
-            let gz = enc.write_all(&batch.body).and_then(|()| enc.finish());
-            match gz {
-                Ok(gz) => (gz, Some("gzip")),
+            match gzip(&batch.body) {
+                Some(gz) => (gz, Some("gzip")),
                 // Compressing into memory cannot fail in practice; send it plain if it does.
-                Err(_) => (batch.body, None),
+                None => (batch.body, None),
             }
         } else {
             (batch.body, None)
@@ -253,6 +247,20 @@ impl Batchers {
         }
         self.flush_due(true);
     }
+}
+
+/// A whole batch gzipped at the fastest level. `None` when it fails.
+///
+/// miniz_oxide (flate2's default): libdeflate and zlib-rs at level 1 were no faster on these
+/// batches (BENCHMARKS.md).
+pub fn gzip(raw: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(raw).ok()?;
+    enc.finish().ok()
 }
 
 #[cfg(test)]

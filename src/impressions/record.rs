@@ -4,6 +4,10 @@
 //! In: the fields of one record, borrowed from Flagr's answer and the call's [`Context`].
 //! Out: [`Encoded`]: the records' JSON and where each ends.
 //! Never: allocates per record beyond the label of a matched segment.
+//!
+//! `properties` is JSON inside a JSON string. It is written escaped in one pass, and its
+//! entity half (`entityContext`, `entityType`) is made once per entity: a batch evaluation's
+//! results come entity by entity, so consecutive records share it.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +15,7 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::answer::{context_map, EvalResult, Text};
+use super::answer::{context_map, EvalContext, EvalResult, Text};
 use super::{Context, Gate, NO_TREATMENT};
 
 /// Records as JSON objects, back to back; record `i` is `bytes[ends[i-1]..ends[i]]`.
@@ -53,7 +57,8 @@ impl Encoded {
     }
 }
 
-/// The seed's record, field names and order exact, every string borrowed.
+/// The seed's record, field names and order exact, every string borrowed; `properties`, the
+/// last field, is written after it by [`write_record`].
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Out<'a> {
@@ -70,16 +75,72 @@ pub(super) struct Out<'a> {
     pub split_version_number: i64,
     pub sdk: &'a str,
     pub sdk_version: &'a str,
-    pub properties: &'a str,
 }
 
-/// `properties` of an evaluation, keys in the order a JSON object map sorts them.
+/// `rec` and then `"properties"`, whose escaped content `props` writes.
+fn write_record(
+    buf: &mut Vec<u8>,
+    rec: &Out<'_>,
+    props: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(&mut *buf, rec)?;
+    buf.pop(); // its closing brace
+    buf.extend_from_slice(b",\"properties\":\"");
+    props(buf)?;
+    buf.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+/// Bytes a JSON string cannot hold as they are.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// JSON text (valid UTF-8) as the content of a JSON string, escaped as serde_json would.
+fn push_escaped(out: &mut Vec<u8>, json: &[u8]) {
+    out.reserve(json.len() + json.len() / 4);
+    let mut run = 0;
+    for (i, &b) in json.iter().enumerate() {
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
+        }
+        out.extend_from_slice(&json[run..i]);
+        run = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        }
+    }
+    out.extend_from_slice(&json[run..]);
+}
+
+/// The entity half of an evaluation's `properties` (its keys sort first).
 #[derive(Serialize)]
-struct EvalProps<'a> {
+struct EntityProps<'a> {
     #[serde(rename = "entityContext")]
     entity_context: UserContext<'a>,
     #[serde(rename = "entityType")]
     entity_type: &'a str,
+}
+
+/// The flag half of an evaluation's `properties`, keys in the order a JSON object map sorts
+/// them.
+#[derive(Serialize)]
+struct FlagProps<'a> {
     #[serde(rename = "flagID")]
     flag_id: i64,
     #[serde(rename = "flagTags")]
@@ -123,6 +184,10 @@ pub(super) struct Writer<'c> {
     out: &'c mut Encoded,
     props: Vec<u8>,
     label: String,
+    /// The last entity (its raw context, a NUL, its type) and its half of `properties`,
+    /// escaped, without the closing brace.
+    entity_key: Vec<u8>,
+    entity_part: Vec<u8>,
 }
 
 impl<'c> Writer<'c> {
@@ -132,13 +197,47 @@ impl<'c> Writer<'c> {
             out,
             props: Vec::with_capacity(256),
             label: String::new(),
+            entity_key: Vec::new(),
+            entity_part: Vec::new(),
         }
     }
 
     /// One record with the call's context filled in.
-    pub(super) fn push(&mut self, rec: Out<'_>) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(&mut self.out.bytes, &rec)?;
+    pub(super) fn push(&mut self, rec: Out<'_>, properties: &str) -> Result<(), serde_json::Error> {
+        write_record(&mut self.out.bytes, &rec, |b| {
+            push_escaped(b, properties.as_bytes());
+            Ok(())
+        })?;
         self.out.ends.push(self.out.bytes.len());
+        Ok(())
+    }
+
+    /// Makes the entity half of `properties` unless the previous record had this entity.
+    fn entity(&mut self, ec: &EvalContext<'_>) -> Result<(), serde_json::Error> {
+        let raw = ec.entity_context.map_or("", |r| r.get()).as_bytes();
+        let kind = ec.entity_type.as_deref().unwrap_or("");
+        let same = self.entity_key.len() == raw.len() + 1 + kind.len()
+            && self.entity_key.starts_with(raw)
+            && self.entity_key.ends_with(kind.as_bytes())
+            && self.entity_key[raw.len()] == 0;
+        if same && !self.entity_part.is_empty() {
+            return Ok(());
+        }
+        self.entity_key.clear();
+        self.entity_key.extend_from_slice(raw);
+        self.entity_key.push(0);
+        self.entity_key.extend_from_slice(kind.as_bytes());
+        self.props.clear();
+        serde_json::to_writer(
+            &mut self.props,
+            &EntityProps {
+                entity_context: UserContext(context_map(ec.entity_context)),
+                entity_type: kind,
+            },
+        )?;
+        self.props.pop(); // the closing brace: the flag half follows
+        self.entity_part.clear();
+        push_escaped(&mut self.entity_part, &self.props);
         Ok(())
     }
 
@@ -163,6 +262,20 @@ impl<'c> Writer<'c> {
             return Ok(());
         }
         let segment = r.segment.unwrap_or(0);
+        self.entity(ec)?;
+        self.props.clear();
+        self.props.push(b',');
+        serde_json::to_writer(
+            &mut self.props,
+            &FlagProps {
+                flag_id,
+                flag_tags: Tags(r.tags),
+                segment_id: segment,
+                variant_id: r.variant.unwrap_or(0),
+            },
+        )?;
+        // `{` of the flag half: it continues the entity half's object.
+        self.props.remove(1);
         let msg = r
             .debug
             .as_ref()
@@ -178,20 +291,6 @@ impl<'c> Writer<'c> {
         } else {
             "no rule matched"
         };
-        self.props.clear();
-        serde_json::to_writer(
-            &mut self.props,
-            &EvalProps {
-                entity_context: UserContext(context_map(ec.entity_context)),
-                entity_type: ec.entity_type.as_deref().unwrap_or(""),
-                flag_id,
-                flag_tags: Tags(r.tags),
-                segment_id: segment,
-                variant_id: r.variant.unwrap_or(0),
-            },
-        )?;
-        // serde_json writes valid UTF-8.
-        let properties = std::str::from_utf8(&self.props).unwrap_or("{}");
         let entity = ec.entity_id.as_deref().unwrap_or("");
         let treatment = match r.variant_key.as_deref() {
             None | Some("") => NO_TREATMENT,
@@ -212,10 +311,105 @@ impl<'c> Writer<'c> {
             split_version_number: r.snapshot.unwrap_or(0),
             sdk: &c.sdk,
             sdk_version: &c.sdk_version,
-            properties,
         };
-        serde_json::to_writer(&mut self.out.bytes, &rec)?;
+        let (entity_part, flag_part) = (&self.entity_part, &self.props);
+        write_record(&mut self.out.bytes, &rec, |b| {
+            b.extend_from_slice(entity_part);
+            push_escaped(b, flag_part);
+            Ok(())
+        })?;
         self.out.ends.push(self.out.bytes.len());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{encode_evaluation, Context, Encoded, Gate};
+    use serde_json::{json, Value};
+
+    /// Byte for byte what serializing the whole record with serde_json gives, for a batch whose
+    /// entities repeat, differ in one byte, need escaping, and carry Flagr's `@` keys.
+    #[test]
+    fn records_match_serde_json_byte_for_byte_across_a_batch() {
+        let contexts = [
+            json!({"state": "CA", "note": "say \"hi\"\\ \n\t\u{1}é", "@ts": 1}),
+            json!({"state": "CA", "note": "say \"hi\"\\ \n\t\u{1}é", "@ts": 1}),
+            json!({"state": "CB", "note": "say \"hi\"\\ \n\t\u{1}é", "@ts": 1}),
+            json!([]),
+            json!({"z": {"nested": [1, "x\"y"]}, "a": null}),
+        ];
+        let results: Vec<Value> = contexts
+            .iter()
+            .enumerate()
+            .flat_map(|(e, c)| {
+                (0..2).map(move |f| {
+                    json!({
+                        "evalContext": {"entityContext": c, "entityID": format!("u{e}"),
+                                        "entityType": if e == 1 { "team" } else { "user" }},
+                        "flagID": f + 1, "flagKey": format!("f{f}"), "flagSnapshotID": 7,
+                        "flagTags": if f == 0 { json!(["a\"b"]) } else { Value::Null },
+                        "segmentID": f, "variantID": 2, "variantKey": "on"
+                    })
+                })
+            })
+            .collect();
+        let raw = serde_json::to_vec(&json!({ "evaluationResults": results })).unwrap();
+        let ctx = Context {
+            environment_id: "env\"1".into(),
+            time_ms: 5,
+            ..Context::default()
+        };
+        let mut out = Encoded::default();
+        encode_evaluation(&raw, &ctx, &Gate::all(), &mut out).unwrap();
+        assert_eq!(out.len(), results.len());
+        for (got, r) in out.records().zip(&results) {
+            let ec = &r["evalContext"];
+            let user: serde_json::Map<String, Value> = ec["entityContext"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| !k.starts_with('@'))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tags = match &r["flagTags"] {
+                Value::Null => json!([]),
+                t => t.clone(),
+            };
+            let props = json!({
+                "entityContext": user, "entityType": ec["entityType"], "flagID": r["flagID"],
+                "flagTags": tags, "segmentID": r["segmentID"], "variantID": r["variantID"],
+            });
+            let segment = r["segmentID"].as_i64().unwrap();
+            let label = if segment > 0 {
+                format!("segment:{segment}")
+            } else {
+                "no rule matched".into()
+            };
+            let want = super::Out {
+                key: ec["entityID"].as_str().unwrap(),
+                split: r["flagKey"].as_str().unwrap(),
+                environment_id: &ctx.environment_id,
+                environment_name: "",
+                treatment: "on",
+                time: 5,
+                bucketing_key: ec["entityID"].as_str().unwrap(),
+                label: &label,
+                machine_name: "",
+                machine_ip: "",
+                split_version_number: 7,
+                sdk: "",
+                sdk_version: "",
+            };
+            // The head's fields in order, then `properties` as serde_json escapes a string.
+            let mut want = serde_json::to_string(&want).unwrap();
+            want.pop();
+            want.push_str(",\"properties\":");
+            want.push_str(&serde_json::to_string(&props.to_string()).unwrap());
+            want.push('}');
+            assert_eq!(std::str::from_utf8(got).unwrap(), want);
+        }
     }
 }
