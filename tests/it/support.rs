@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +63,8 @@ pub struct Flagr {
     _dir: tempfile::TempDir,
     cmd: Vec<(String, String)>,
     bin: PathBuf,
+    /// Also listening on this Unix socket (`flagr_with_socket`).
+    socket: Option<PathBuf>,
 }
 
 /// Starts a Flagr. A missing binary fails the test: `scripts/test` leaves the `with_flagr::` tests
@@ -73,34 +75,38 @@ pub async fn flagr(extra_env: &[(&str, &str)]) -> Flagr {
     flagr_from(bin, extra_env).await
 }
 
+/// Starts a Flagr that also listens on a Unix socket in its folder ([`Flagr::socket`]).
+pub async fn flagr_with_socket(extra_env: &[(&str, &str)]) -> Flagr {
+    let bin = flagr_bin()
+        .expect("no flagr-server: run scripts/install-test-deps or set FLAGHOOK_FLAGR_BIN");
+    flagr_started(bin, extra_env, true).await
+}
+
 async fn flagr_from(bin: PathBuf, extra_env: &[(&str, &str)]) -> Flagr {
+    flagr_started(bin, extra_env, false).await
+}
+
+async fn flagr_started(bin: PathBuf, extra_env: &[(&str, &str)], socket: bool) -> Flagr {
     let dir = tempfile::tempdir().expect("tempdir");
+    let socket = socket.then(|| dir.path().join("flagr.sock"));
     let port = free_port();
-    let mut cmd = Command::new(&bin);
-    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("FLAGR_DB_DBDRIVER", "sqlite3")
-        .env("FLAGR_DB_DBCONNECTIONSTR", dir.path().join("flagr.sqlite"))
-        .env("FLAGR_UI_ENABLED", "false")
-        .env("FLAGR_EVALCACHE_REFRESHINTERVAL", "200ms")
-        .env("FLAGR_HEADER_AUTH_ENABLED", "true")
-        .env("FLAGR_PPROF_ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.path().join("flagr.log")).expect("log file"),
-        ));
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("flagr starts");
+    let env: Vec<(String, String)> = extra_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let log = std::fs::File::create(dir.path().join("flagr.log")).expect("log file");
+    let child = flagr_command(&bin, port, dir.path(), socket.as_deref(), &env)
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("flagr starts");
     let f = Flagr {
         child,
         port,
-        cmd: extra_env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        cmd: env,
         bin,
         _dir: dir,
+        socket,
     };
     let health = format!("{}/api/v1/health", f.url());
     assert!(
@@ -113,6 +119,34 @@ async fn flagr_from(bin: PathBuf, extra_env: &[(&str, &str)]) -> Flagr {
     f
 }
 
+/// Flagr on `port` with its database (and socket) in `dir`.
+fn flagr_command(
+    bin: &Path,
+    port: u16,
+    dir: &Path,
+    socket: Option<&Path>,
+    env: &[(String, String)],
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("FLAGR_DB_DBDRIVER", "sqlite3")
+        .env("FLAGR_DB_DBCONNECTIONSTR", dir.join("flagr.sqlite"))
+        .env("FLAGR_UI_ENABLED", "false")
+        .env("FLAGR_EVALCACHE_REFRESHINTERVAL", "200ms")
+        .env("FLAGR_HEADER_AUTH_ENABLED", "true")
+        .env("FLAGR_PPROF_ENABLED", "false");
+    if let Some(sock) = socket {
+        // A killed Flagr leaves its socket behind, and Flagr will not listen over it.
+        let _ = std::fs::remove_file(sock);
+        cmd.args(["--scheme", "http", "--scheme", "unix", "--socket-path"])
+            .arg(sock);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 impl Flagr {
     /// Kills Flagr (as a crash would).
     pub fn kill(&mut self) {
@@ -123,23 +157,24 @@ impl Flagr {
     /// Starts it again on the same port and database.
     pub fn restart(&mut self) {
         self.kill();
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .env("FLAGR_DB_DBDRIVER", "sqlite3")
-            .env(
-                "FLAGR_DB_DBCONNECTIONSTR",
-                self._dir.path().join("flagr.sqlite"),
-            )
-            .env("FLAGR_UI_ENABLED", "false")
-            .env("FLAGR_EVALCACHE_REFRESHINTERVAL", "200ms")
-            .env("FLAGR_HEADER_AUTH_ENABLED", "true")
-            .env("FLAGR_PPROF_ENABLED", "false")
+        let (dir, sock) = (self._dir.path(), self.socket.as_deref());
+        self.child = flagr_command(&self.bin, self.port, dir, sock, &self.cmd)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in &self.cmd {
-            cmd.env(k, v);
-        }
-        self.child = cmd.spawn().expect("flagr restarts");
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("flagr restarts");
+    }
+
+    /// The Unix socket it listens on, when started with one.
+    pub fn socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .expect("started by flagr_with_socket")
+    }
+
+    /// What it logged so far (one line per request, `remote=@` when it came over the socket).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("flagr.log")).unwrap_or_default()
     }
 
     /// Starts it again on the same port with a new, empty database (a restored or replaced

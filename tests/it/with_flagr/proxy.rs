@@ -353,3 +353,84 @@ async fn h2c_clients_are_served() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// One HTTP/1.1 request on an open connection, and the status and body of its answer.
+fn exchange(s: &mut std::net::TcpStream, method: &str, path: &str, body: &str) -> (u16, String) {
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: flagr\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("Flagr's answers carry Content-Length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// `proxy.upstream_socket`: proxied requests reach Flagr over its Unix socket (Flagr logs them
+/// from `@`), each HTTP/1 client connection keeps one connection of its own to Flagr, and
+/// change events are derived as over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_flagrs_unix_socket_one_connection_per_client_connection() {
+    let f = flagr_with_socket(&[]).await;
+    let r = Receiver::start(vec![]).await;
+    let cfg = format!(
+        "[proxy]\nupstream_socket = \"{}\"\n{FAST_DELIVERY}{}",
+        f.socket().display(),
+        webhook("all", &r, "")
+    );
+    let fh = Flaghook::start(&f.url(), &cfg).await;
+    let dials = "flaghook_proxy_upstream_connections_total";
+    let before = fh.metric(dials).await;
+    let addr = fh.proxy.trim_start_matches("http://").to_string();
+    let (created, answers) = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let created = exchange(
+            &mut s,
+            "POST",
+            "/api/v1/flags",
+            r#"{"description":"over the socket","key":"via-socket"}"#,
+        );
+        let answers: Vec<_> = (0..5)
+            .map(|i| exchange(&mut s, "GET", &format!("/api/v1/flags/{}", 900_000 + i), ""))
+            .collect();
+        (created, answers)
+    })
+    .await
+    .unwrap();
+    assert_eq!(created.0, 200, "{}", created.1);
+    for (status, _) in &answers {
+        assert_eq!(*status, 404);
+    }
+    // Six requests on one client connection: one connection to Flagr.
+    assert_eq!(fh.metric(dials).await - before, 1.0);
+    let log = f.log();
+    for i in 0..5 {
+        let path = format!("/api/v1/flags/{}", 900_000 + i);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("remote=@") && l.contains(&path)),
+            "{path} did not come over the socket:\n{log}"
+        );
+    }
+    let hits = r.wait_for(1).await;
+    assert_eq!(hits[0].json()["event"], "flag.created");
+    assert_eq!(hits[0].json()["data"]["key"], "via-socket");
+}
