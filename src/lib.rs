@@ -116,6 +116,8 @@ pub enum StartError {
     GitSync(#[from] gitsync::GitSyncError),
     #[error("cluster")]
     Cluster(#[from] cluster::ClusterError),
+    #[error("cannot start the proxy threads (runtime.proxy_threads): {0}")]
+    ProxyThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         key: &'static str,
@@ -339,7 +341,8 @@ impl App {
                     tap: tap.clone(),
                     metrics: metrics.proxy.clone(),
                     legacy: legacy.clone(),
-                    flagr: flagr.clone(),
+                    // The legacy layer's reads stay on the thread (and runtime) of the request.
+                    flagr: flagr.with_own_pool(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -371,17 +374,6 @@ impl App {
             grace: cfg.proxy.shutdown_grace,
         };
 
-        let proxy_task = proxy::start(
-            proxy_listeners.into_iter().zip(stacks).collect(),
-            limits(cfg.proxy.max_connections),
-            metrics.listeners.counters(listener::Listener::Proxy),
-            shutdown.clone(),
-        )
-        .map_err(|source| StartError::Listen {
-            key: "runtime.proxy_threads",
-            addr: proxy_addr,
-            source,
-        })?;
         let gitsync = gitsync::GitSync::start(
             &cfg,
             proxy_addr,
@@ -407,6 +399,14 @@ impl App {
             max_body_bytes: cfg.admin.max_body_bytes,
             cluster,
         });
+        // Last: nothing after it can fail and leave the proxy threads serving.
+        let proxy_task = proxy::start(
+            proxy_listeners.into_iter().zip(stacks).collect(),
+            limits(cfg.proxy.max_connections),
+            metrics.listeners.counters(listener::Listener::Proxy),
+            shutdown.clone(),
+        )
+        .map_err(StartError::ProxyThreads)?;
         let admin_task = tokio::spawn(listener::serve(
             admin_listener,
             move |_| hyper_util::service::TowerToHyperService::new(admin.clone()),

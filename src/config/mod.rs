@@ -82,9 +82,9 @@ pub struct RuntimeConfig {
     /// Threads running everything but the proxy (derivation, impressions, delivery, the
     /// changelog, the admin API); 0: one per CPU.
     pub worker_threads: usize,
-    /// Threads serving the proxy listener, each with its own runtime, listening socket and
-    /// upstream pool (a request never leaves the thread that accepted its connection);
-    /// 0: one per CPU.
+    /// Threads serving the proxy listener, each with its own runtime and connections to Flagr
+    /// (a request never leaves the thread that accepted its connection); 0: one per CPU.
+    /// At most 256.
     pub proxy_threads: usize,
 }
 
@@ -186,6 +186,12 @@ impl Config {
     /// Checks values that serde cannot, section by section, and resolves every secret.
     fn validate(&mut self, env: Option<&[(String, String)]>) -> Result<(), ConfigError> {
         self.proxy.validate()?;
+        if self.runtime.proxy_threads > 256 {
+            return Err(ConfigError::invalid(
+                "runtime.proxy_threads",
+                "at most 256 (0: one per CPU)",
+            ));
+        }
         self.admin.validate(env)?;
         self.derive.validate()?;
         self.changelog.validate()?;

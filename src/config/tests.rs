@@ -40,6 +40,11 @@ fn unknown_key_names_the_key() {
 fn bad_values_name_the_key() {
     for (toml, key) in [
         ("[proxy]\nupstream = \"ftp://x\"\n", "proxy.upstream"),
+        ("[runtime]\nproxy_threads = 257\n", "runtime.proxy_threads"),
+        (
+            &format!("[proxy]\nupstream_socket = \"/{}\"\n", "s".repeat(107)),
+            "proxy.upstream_socket",
+        ),
         ("[proxy]\nupstream = \"http://x:1/path\"\n", "proxy.upstream"),
         ("[proxy]\nlisten = \"nope\"\n", "listen"),
         ("[proxy]\nupstream_timeout = \"forever\"\n", "upstream_timeout"),

@@ -26,6 +26,15 @@ pub enum FlagrError {
     Json { path: String, error: String },
 }
 
+fn pool(timeout: Duration) -> Client<HttpConnector, Empty<Bytes>> {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(8)
+        .build(conn)
+}
+
 /// A small GET-only client for Flagr's API, with its own connection pool.
 #[derive(Clone, Debug)]
 pub struct FlagrClient {
@@ -37,16 +46,20 @@ pub struct FlagrClient {
 
 impl FlagrClient {
     pub fn new(upstream: &str, api_root: &str, timeout: Duration) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(8)
-            .build(conn);
         Self {
-            client,
+            client: pool(timeout),
             base: format!("{}{}", upstream.trim_end_matches('/'), api_root),
             timeout,
+        }
+    }
+
+    /// The same client with a pool of its own, for a runtime of its own (a proxy thread):
+    /// pooled connections are driven by the runtime that made them.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: pool(self.timeout),
+            base: self.base.clone(),
+            timeout: self.timeout,
         }
     }
 

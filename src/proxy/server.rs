@@ -6,10 +6,12 @@
 //! Never: lets one connection's error or panic reach another, or the loop; moves a request to
 //! another thread (each thread reads, forwards and answers its connections itself).
 //!
-//! Each thread runs a current-thread runtime with its own listener (`SO_REUSEPORT`: the kernel
-//! spreads connections over them) and its own upstream pool, as nginx's workers do: no
-//! wake-ups or work stealing across threads on the request path, which costs a multi-threaded
-//! runtime about an eighth of the proxy's CPU per request (BENCHMARKS.md).
+//! Each thread runs a current-thread runtime accepting on the one listening socket (a duplicate
+//! of it registered with its own event loop: the thread that wakes first takes the connection)
+//! with its own upstream connections, as nginx's workers do: no wake-ups or work stealing across
+//! threads on the request path, which costs a multi-threaded runtime about an eighth of the
+//! proxy's CPU per request (BENCHMARKS.md). Not `SO_REUSEPORT`: with it, another process of
+//! the same user could bind the port too and be handed a share of the clients.
 
 use std::net::SocketAddr;
 
@@ -23,27 +25,16 @@ use tower::ServiceExt;
 use super::{OwnConnection, PeerAddr, Proxy, TapBody};
 use crate::listener::{Counters, Limits};
 
-/// `n` listening sockets on `addr`, sharing its port (the first one's, when `addr` asks for
-/// any). Nonblocking, ready for [`start`].
+/// One listening socket on `addr` (an address in use is an error, as for any listener), and
+/// `n - 1` duplicates of it, nonblocking, ready for [`start`].
 pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
-    let mut at = addr;
-    for _ in 0..n.max(1) {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        // As tokio's bind does: a restart need not wait out TIME_WAIT.
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&at.into())?;
-        s.listen(1024)?;
-        let l: std::net::TcpListener = s.into();
-        at = l.local_addr()?;
-        out.push(l);
+    let first = std::net::TcpListener::bind(addr)?;
+    first.set_nonblocking(true)?;
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 1..n.max(1) {
+        out.push(first.try_clone()?);
     }
+    out.push(first);
     Ok(out)
 }
 
@@ -56,27 +47,43 @@ pub fn start(
     counters: Counters,
     shutdown: CancellationToken,
 ) -> std::io::Result<JoinHandle<bool>> {
+    // Every runtime first: a failure then leaves nothing running.
+    let runtimes = listeners
+        .iter()
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                // Only a host name in proxy.upstream uses it (resolving on each new connection).
+                .max_blocking_threads(4)
+                .build()
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
     let mut done = Vec::with_capacity(listeners.len());
-    for (i, (listener, proxy)) in listeners.into_iter().enumerate() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    for (i, ((listener, proxy), rt)) in listeners.into_iter().zip(runtimes).enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (limits, counters, shutdown) = (limits.clone(), counters.clone(), shutdown.clone());
-        std::thread::Builder::new()
+        let (limits, counters, stop) = (limits.clone(), counters.clone(), shutdown.clone());
+        let spawned = std::thread::Builder::new()
             .name(format!("flaghook-proxy-{i}"))
             .spawn(move || {
                 let drained = rt.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => serve(l, proxy, limits, counters, shutdown).await,
+                        Ok(l) => serve(l, proxy, limits, counters, stop).await,
                         Err(e) => {
                             tracing::error!(error = %e, "proxy thread cannot use its listener");
                             false
                         }
                     }
                 });
+                // Drained only once the runtime is gone: connection tasks outside the accept
+                // loop (h2 streams, connections to Flagr) may still hold tapped bodies.
+                drop(rt);
                 let _ = tx.send(drained);
-            })?;
+            });
+        if let Err(e) = spawned {
+            // The threads already running stop with everything else.
+            shutdown.cancel();
+            return Err(e);
+        }
         done.push(rx);
     }
     Ok(tokio::spawn(async move {
@@ -104,8 +111,9 @@ pub async fn serve(
         let own = OwnConnection::<TapBody<Incoming>>::default();
         service_fn(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(peer.clone());
-            // h2 requests overlap on one connection: they share the pool instead.
-            if req.version() != http::Version::HTTP_2 {
+            // Only a client that keeps its connection gets one to Flagr to keep: h2 requests
+            // overlap (and HTTP/1.0 or `Connection: close` ones end theirs), so they use the pool.
+            if req.version() == http::Version::HTTP_11 && !closes(req.headers()) {
                 req.extensions_mut().insert(own.clone());
             }
             proxy.clone().oneshot(req)
@@ -114,27 +122,47 @@ pub async fn serve(
     crate::listener::serve(listener, make, limits, counters, shutdown).await
 }
 
+/// True when the client said this is its last request (`Connection: close`).
+fn closes(h: &http::HeaderMap) -> bool {
+    h.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    /// Every thread's socket listens on the one port the first was given, and each accepts.
     #[test]
-    fn the_threads_share_one_port() {
+    fn a_closing_client_is_seen_in_any_connection_token() {
+        let mut h = http::HeaderMap::new();
+        assert!(!super::closes(&h));
+        h.append("connection", "keep-alive".parse().unwrap());
+        assert!(!super::closes(&h));
+        h.append("connection", "x-hop, Close".parse().unwrap());
+        assert!(super::closes(&h));
+    }
+
+    /// Every thread accepts on the one socket; the address stays exclusive, as for any listener.
+    #[test]
+    fn the_threads_share_one_socket_and_the_port_stays_exclusive() {
         let ls = super::bind(([127, 0, 0, 1], 0).into(), 3).unwrap();
+        assert_eq!(ls.len(), 3);
         let at = ls[0].local_addr().unwrap();
         assert_ne!(at.port(), 0);
         for l in &ls {
             assert_eq!(l.local_addr().unwrap(), at);
         }
-        // Connections are spread over the sockets; each takes what reaches it.
-        let clients: Vec<_> = (0..64)
-            .map(|_| std::net::TcpStream::connect(at).unwrap())
-            .collect();
-        let mut accepted = 0;
-        for l in &ls {
-            while l.accept().is_ok() {
-                accepted += 1;
+        let e = super::bind(at, 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        // A connection to the port is there for whichever duplicate accepts first.
+        let _client = std::net::TcpStream::connect(at).unwrap();
+        let accepted = (0..1000).any(|_| {
+            let ok = ls[2].accept().is_ok();
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-        }
-        assert_eq!(accepted, clients.len());
+            ok
+        });
+        assert!(accepted, "nothing accepted within 10 s");
     }
 }

@@ -4,7 +4,9 @@
 //! In: a request whose headers the outer layers have settled. Out: Flagr's response, or a short
 //! JSON 502 (Flagr refused or broke the connection), 504 (no answer in time) or 400 (a URI
 //! that cannot be aimed at Flagr), each counted.
-//! Never: retries (a mutation might apply twice), or fails: every error is a response.
+//! Never: sends a request twice when it may have reached Flagr (a mutation might apply twice;
+//! only a request hyper hands back unwritten goes out again, once, on a new connection), or
+//! fails: every error is a response.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -408,6 +410,7 @@ impl hyper::rt::Write for UnixIo {
 mod tests {
     use super::*;
     use http_body_util::Full;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
 
     fn upstream(addr: std::net::SocketAddr, timeout: Duration) -> Upstream<Full<Bytes>> {
@@ -491,6 +494,84 @@ mod tests {
             assert_eq!(text(r).await, "/api/v1/health");
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), want + 1);
         }
+    }
+
+    /// A bare HTTP/1.1 server: reads each connection's first request whole (head and
+    /// Content-Length body), answers `answer` (nothing when empty), and closes without saying
+    /// so. Counts the requests it read.
+    async fn read_one_then_close(
+        answer: &'static [u8],
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let read = Arc::new(AtomicUsize::new(0));
+        let count = read.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let whole = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        break false;
+                    };
+                    if n == 0 {
+                        break false;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        break true;
+                    }
+                };
+                if whole {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(answer).await;
+                }
+            }
+        });
+        (addr, read)
+    }
+
+    /// Flagr read the request and hung up without answering: a 502, and the request is not
+    /// sent again (it may have applied).
+    #[tokio::test]
+    async fn a_request_flagr_may_have_read_is_never_sent_again() {
+        let (addr, read) = read_one_then_close(b"").await;
+        let up = upstream(addr, Duration::from_secs(5));
+        let mut req = Request::post("/api/v1/flags")
+            .body(Full::new(Bytes::from_static(b"{\"key\":\"k1\"}")))
+            .unwrap();
+        req.extensions_mut()
+            .insert(OwnConnection::<Full<Bytes>>::default());
+        let r = up.oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(read.load(Ordering::SeqCst), 1);
+    }
+
+    /// Flagr closed the connection after answering, without saying so: the next request of the
+    /// client connection goes out on a new one.
+    #[tokio::test]
+    async fn a_connection_flagr_closed_is_replaced() {
+        let (addr, read) =
+            read_one_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let up = upstream(addr, Duration::from_secs(5));
+        let own = OwnConnection::<Full<Bytes>>::default();
+        for _ in 0..3 {
+            let mut req = get();
+            req.extensions_mut().insert(own.clone());
+            let r = up.clone().oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(text(r).await, "ok");
+        }
+        assert_eq!(read.load(Ordering::SeqCst), 3);
     }
 
     /// `proxy.upstream_socket`: both the own connections and the pool reach Flagr over it.

@@ -158,9 +158,14 @@ impl Flagr {
     pub fn restart(&mut self) {
         self.kill();
         let (dir, sock) = (self._dir.path(), self.socket.as_deref());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("flagr.log"))
+            .expect("log file");
         self.child = flagr_command(&self.bin, self.port, dir, sock, &self.cmd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log file")))
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("flagr restarts");
     }
@@ -182,6 +187,9 @@ impl Flagr {
     pub async fn restart_empty(&mut self) {
         self.kill();
         self._dir = tempfile::tempdir().expect("tempdir");
+        if self.socket.is_some() {
+            self.socket = Some(self._dir.path().join("flagr.sock"));
+        }
         self.restart();
         let health = format!("{}/api/v1/health", self.url());
         assert!(
