@@ -23,10 +23,15 @@ struct Batch {
 
 impl Batch {
     fn new() -> Self {
-        Self {
-            body: b"[".to_vec(),
-            records: 0,
-        }
+        Self::sized(1)
+    }
+
+    /// Room for `bytes` up front: the next batch is about as large as the last one, and
+    /// growing to it step by step copies it over and over.
+    fn sized(bytes: usize) -> Self {
+        let mut body = Vec::with_capacity(bytes.max(1));
+        body.push(b'[');
+        Self { body, records: 0 }
     }
 }
 
@@ -158,7 +163,8 @@ impl Batchers {
                     b.body.extend_from_slice(rec);
                     b.records += 1;
                     if b.records >= c.max_records || b.body.len() >= c.max_bytes {
-                        full.push(std::mem::replace(&mut *b, Batch::new()));
+                        let next = Batch::sized(b.body.len());
+                        full.push(std::mem::replace(&mut *b, next));
                     }
                 }
             }
@@ -180,7 +186,10 @@ impl Batchers {
                 *last = now;
             }
             let batch = match ep.batch.lock() {
-                Ok(mut b) if b.records > 0 => std::mem::replace(&mut *b, Batch::new()),
+                Ok(mut b) if b.records > 0 => {
+                    let next = Batch::sized(b.body.len());
+                    std::mem::replace(&mut *b, next)
+                }
                 _ => continue,
             };
             self.send(ep, batch);

@@ -178,9 +178,61 @@ impl Serialize for Tags<'_> {
     }
 }
 
+/// The JSON between a record's own values, with the call's context in it: the same for every
+/// record of one answer.
+struct Fixed {
+    /// From the end of `split` to the start of `treatment`'s value.
+    environment: Vec<u8>,
+    /// From the end of `treatment` to the end of `time`.
+    time: Vec<u8>,
+    /// From the end of `label` to the start of `splitVersionNumber`'s value.
+    machine: Vec<u8>,
+    /// From the end of `splitVersionNumber` to the start of `properties`' value.
+    sdk: Vec<u8>,
+}
+
+impl Fixed {
+    fn new(c: &Context) -> Self {
+        let pair = |name: &str, v: &str| {
+            let mut b = format!("\"{name}\":\"").into_bytes();
+            push_escaped(&mut b, v.as_bytes());
+            b.push(b'"');
+            b
+        };
+        let join = |parts: &[&[u8]]| parts.concat();
+        Self {
+            environment: join(&[
+                b"\",",
+                &pair("environmentId", &c.environment_id),
+                b",",
+                &pair("environmentName", &c.environment_name),
+                b",\"treatment\":\"",
+            ]),
+            time: join(&[
+                b"\",\"time\":",
+                itoa::Buffer::new().format(c.time_ms).as_bytes(),
+            ]),
+            machine: join(&[
+                b"\",",
+                &pair("machineName", &c.machine_name),
+                b",",
+                &pair("machineIp", &c.machine_ip),
+                b",\"splitVersionNumber\":",
+            ]),
+            sdk: join(&[
+                b",",
+                &pair("sdk", &c.sdk),
+                b",",
+                &pair("sdkVersion", &c.sdk_version),
+                b",\"properties\":\"",
+            ]),
+        }
+    }
+}
+
 /// Writes records into one [`Encoded`], reusing its scratch buffers.
 pub(super) struct Writer<'c> {
-    ctx: &'c Context,
+    fixed: Fixed,
     out: &'c mut Encoded,
     props: Vec<u8>,
     label: String,
@@ -193,7 +245,7 @@ pub(super) struct Writer<'c> {
 impl<'c> Writer<'c> {
     pub(super) fn new(ctx: &'c Context, out: &'c mut Encoded) -> Self {
         Self {
-            ctx,
+            fixed: Fixed::new(ctx),
             out,
             props: Vec::with_capacity(256),
             label: String::new(),
@@ -296,28 +348,25 @@ impl<'c> Writer<'c> {
             None | Some("") => NO_TREATMENT,
             Some(v) => v,
         };
-        let c = self.ctx;
-        let rec = Out {
-            key: entity,
-            split,
-            environment_id: &c.environment_id,
-            environment_name: &c.environment_name,
-            treatment,
-            time: c.time_ms,
-            bucketing_key: entity,
-            label,
-            machine_name: &c.machine_name,
-            machine_ip: &c.machine_ip,
-            split_version_number: r.snapshot.unwrap_or(0),
-            sdk: &c.sdk,
-            sdk_version: &c.sdk_version,
-        };
-        let (entity_part, flag_part) = (&self.entity_part, &self.props);
-        write_record(&mut self.out.bytes, &rec, |b| {
-            b.extend_from_slice(entity_part);
-            push_escaped(b, flag_part);
-            Ok(())
-        })?;
+        // [`Out`]'s fields in its order, the call's own written once per answer ([`Fixed`]).
+        let (b, f, mut n) = (&mut self.out.bytes, &self.fixed, itoa::Buffer::new());
+        b.extend_from_slice(b"{\"key\":\"");
+        push_escaped(b, entity.as_bytes());
+        b.extend_from_slice(b"\",\"split\":\"");
+        push_escaped(b, split.as_bytes());
+        b.extend_from_slice(&f.environment);
+        push_escaped(b, treatment.as_bytes());
+        b.extend_from_slice(&f.time);
+        b.extend_from_slice(b",\"bucketingKey\":\"");
+        push_escaped(b, entity.as_bytes());
+        b.extend_from_slice(b"\",\"label\":\"");
+        push_escaped(b, label.as_bytes());
+        b.extend_from_slice(&f.machine);
+        b.extend_from_slice(n.format(r.snapshot.unwrap_or(0)).as_bytes());
+        b.extend_from_slice(&f.sdk);
+        b.extend_from_slice(&self.entity_part);
+        push_escaped(b, &self.props);
+        b.extend_from_slice(b"\"}");
         self.out.ends.push(self.out.bytes.len());
         Ok(())
     }
