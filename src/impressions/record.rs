@@ -193,39 +193,38 @@ struct Fixed {
 
 impl Fixed {
     fn new(c: &Context) -> Self {
-        let pair = |name: &str, v: &str| {
-            let mut b = format!("\"{name}\":\"").into_bytes();
-            push_escaped(&mut b, v.as_bytes());
-            b.push(b'"');
-            b
+        // `before` "a":"…","b":"…" `after`, the values escaped.
+        let two = |before: &str, a: (&str, &str), b: (&str, &str), after: &str| {
+            let mut out = before.as_bytes().to_vec();
+            for (i, (name, v)) in [a, b].into_iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                out.extend_from_slice(format!("{sep}\"{name}\":\"").as_bytes());
+                push_escaped(&mut out, v.as_bytes());
+                out.push(b'"');
+            }
+            out.extend_from_slice(after.as_bytes());
+            out
         };
-        let join = |parts: &[&[u8]]| parts.concat();
         Self {
-            environment: join(&[
-                b"\",",
-                &pair("environmentId", &c.environment_id),
-                b",",
-                &pair("environmentName", &c.environment_name),
-                b",\"treatment\":\"",
-            ]),
-            time: join(&[
-                b"\",\"time\":",
-                itoa::Buffer::new().format(c.time_ms).as_bytes(),
-            ]),
-            machine: join(&[
-                b"\",",
-                &pair("machineName", &c.machine_name),
-                b",",
-                &pair("machineIp", &c.machine_ip),
-                b",\"splitVersionNumber\":",
-            ]),
-            sdk: join(&[
-                b",",
-                &pair("sdk", &c.sdk),
-                b",",
-                &pair("sdkVersion", &c.sdk_version),
-                b",\"properties\":\"",
-            ]),
+            environment: two(
+                "\",",
+                ("environmentId", &c.environment_id),
+                ("environmentName", &c.environment_name),
+                ",\"treatment\":\"",
+            ),
+            time: format!("\",\"time\":{}", c.time_ms).into_bytes(),
+            machine: two(
+                "\",",
+                ("machineName", &c.machine_name),
+                ("machineIp", &c.machine_ip),
+                ",\"splitVersionNumber\":",
+            ),
+            sdk: two(
+                ",",
+                ("sdk", &c.sdk),
+                ("sdkVersion", &c.sdk_version),
+                ",\"properties\":\"",
+            ),
         }
     }
 }
