@@ -75,8 +75,9 @@ pub fn start(
                     }
                 });
                 // Drained only once the runtime is gone: connection tasks outside the accept
-                // loop (h2 streams, connections to Flagr) may still hold tapped bodies.
-                drop(rt);
+                // loop (h2 streams, connections to Flagr) may still hold tapped bodies. A name
+                // lookup still running in its blocking pool is not waited for past a second.
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
                 let _ = tx.send(drained);
             });
         if let Err(e) = spawned {
