@@ -253,23 +253,16 @@ pub fn encode_exposures(
         })
         .to_string();
         w.push(
-            record::Out {
+            &record::Row {
                 key: entity,
                 split,
-                environment_id: &ctx.environment_id,
-                environment_name: &ctx.environment_name,
                 treatment,
                 time,
-                bucketing_key: entity,
                 label: "exposure",
-                machine_name: &ctx.machine_name,
-                machine_ip: &ctx.machine_ip,
                 split_version_number: int_of(row, "flagSnapshotID"),
-                sdk: &ctx.sdk,
-                sdk_version: &ctx.sdk_version,
             },
             &properties,
-        )?;
+        );
     }
     Ok(())
 }

@@ -57,8 +57,9 @@ impl Encoded {
     }
 }
 
-/// The seed's record, field names and order exact, every string borrowed; `properties`, the
-/// last field, is written after it by [`write_record`].
+/// The seed's record as serde writes it, without `properties` (the last field): the
+/// reference [`Writer`]'s hand-written records are checked against.
+#[cfg(test)]
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Out<'a> {
@@ -77,18 +78,14 @@ pub(super) struct Out<'a> {
     pub sdk_version: &'a str,
 }
 
-/// `rec` and then `"properties"`, whose escaped content `props` writes.
-fn write_record(
-    buf: &mut Vec<u8>,
-    rec: &Out<'_>,
-    props: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-) -> Result<(), serde_json::Error> {
-    serde_json::to_writer(&mut *buf, rec)?;
-    buf.pop(); // its closing brace
-    buf.extend_from_slice(b",\"properties\":\"");
-    props(buf)?;
-    buf.extend_from_slice(b"\"}");
-    Ok(())
+/// A record's own values (the call's come from [`Fixed`]).
+pub(super) struct Row<'a> {
+    pub key: &'a str,
+    pub split: &'a str,
+    pub treatment: &'a str,
+    pub time: i64,
+    pub label: &'a str,
+    pub split_version_number: i64,
 }
 
 /// Bytes a JSON string cannot hold as they are.
@@ -183,8 +180,6 @@ impl Serialize for Tags<'_> {
 struct Fixed {
     /// From the end of `split` to the start of `treatment`'s value.
     environment: Vec<u8>,
-    /// From the end of `treatment` to the end of `time`.
-    time: Vec<u8>,
     /// From the end of `label` to the start of `splitVersionNumber`'s value.
     machine: Vec<u8>,
     /// From the end of `splitVersionNumber` to the start of `properties`' value.
@@ -212,7 +207,6 @@ impl Fixed {
                 ("environmentName", &c.environment_name),
                 ",\"treatment\":\"",
             ),
-            time: format!("\",\"time\":{}", c.time_ms).into_bytes(),
             machine: two(
                 "\",",
                 ("machineName", &c.machine_name),
@@ -229,9 +223,31 @@ impl Fixed {
     }
 }
 
+/// A record's fields in the seed's order up to the opening quote of `properties`' value.
+fn head(b: &mut Vec<u8>, f: &Fixed, r: &Row<'_>) {
+    let mut n = itoa::Buffer::new();
+    b.extend_from_slice(b"{\"key\":\"");
+    push_escaped(b, r.key.as_bytes());
+    b.extend_from_slice(b"\",\"split\":\"");
+    push_escaped(b, r.split.as_bytes());
+    b.extend_from_slice(&f.environment);
+    push_escaped(b, r.treatment.as_bytes());
+    b.extend_from_slice(b"\",\"time\":");
+    b.extend_from_slice(n.format(r.time).as_bytes());
+    b.extend_from_slice(b",\"bucketingKey\":\"");
+    push_escaped(b, r.key.as_bytes());
+    b.extend_from_slice(b"\",\"label\":\"");
+    push_escaped(b, r.label.as_bytes());
+    b.extend_from_slice(&f.machine);
+    b.extend_from_slice(n.format(r.split_version_number).as_bytes());
+    b.extend_from_slice(&f.sdk);
+}
+
 /// Writes records into one [`Encoded`], reusing its scratch buffers.
 pub(super) struct Writer<'c> {
     fixed: Fixed,
+    /// When Flagr answered (an evaluation's records carry it).
+    time_ms: i64,
     out: &'c mut Encoded,
     props: Vec<u8>,
     label: String,
@@ -245,6 +261,7 @@ impl<'c> Writer<'c> {
     pub(super) fn new(ctx: &'c Context, out: &'c mut Encoded) -> Self {
         Self {
             fixed: Fixed::new(ctx),
+            time_ms: ctx.time_ms,
             out,
             props: Vec::with_capacity(256),
             label: String::new(),
@@ -253,14 +270,17 @@ impl<'c> Writer<'c> {
         }
     }
 
-    /// One record with the call's context filled in.
-    pub(super) fn push(&mut self, rec: Out<'_>, properties: &str) -> Result<(), serde_json::Error> {
-        write_record(&mut self.out.bytes, &rec, |b| {
-            push_escaped(b, properties.as_bytes());
-            Ok(())
-        })?;
+    /// One record with the call's context filled in; `properties` is JSON text.
+    pub(super) fn push(&mut self, row: &Row<'_>, properties: &str) {
+        head(&mut self.out.bytes, &self.fixed, row);
+        push_escaped(&mut self.out.bytes, properties.as_bytes());
+        self.end();
+    }
+
+    /// Closes `properties` and the record.
+    fn end(&mut self) {
+        self.out.bytes.extend_from_slice(b"\"}");
         self.out.ends.push(self.out.bytes.len());
-        Ok(())
     }
 
     /// Makes the entity half of `properties` unless the previous record had this entity.
@@ -347,26 +367,18 @@ impl<'c> Writer<'c> {
             None | Some("") => NO_TREATMENT,
             Some(v) => v,
         };
-        // [`Out`]'s fields in its order, the call's own written once per answer ([`Fixed`]).
-        let (b, f, mut n) = (&mut self.out.bytes, &self.fixed, itoa::Buffer::new());
-        b.extend_from_slice(b"{\"key\":\"");
-        push_escaped(b, entity.as_bytes());
-        b.extend_from_slice(b"\",\"split\":\"");
-        push_escaped(b, split.as_bytes());
-        b.extend_from_slice(&f.environment);
-        push_escaped(b, treatment.as_bytes());
-        b.extend_from_slice(&f.time);
-        b.extend_from_slice(b",\"bucketingKey\":\"");
-        push_escaped(b, entity.as_bytes());
-        b.extend_from_slice(b"\",\"label\":\"");
-        push_escaped(b, label.as_bytes());
-        b.extend_from_slice(&f.machine);
-        b.extend_from_slice(n.format(r.snapshot.unwrap_or(0)).as_bytes());
-        b.extend_from_slice(&f.sdk);
-        b.extend_from_slice(&self.entity_part);
-        push_escaped(b, &self.props);
-        b.extend_from_slice(b"\"}");
-        self.out.ends.push(self.out.bytes.len());
+        let row = Row {
+            key: entity,
+            split,
+            treatment,
+            time: self.time_ms,
+            label,
+            split_version_number: r.snapshot.unwrap_or(0),
+        };
+        head(&mut self.out.bytes, &self.fixed, &row);
+        self.out.bytes.extend_from_slice(&self.entity_part);
+        push_escaped(&mut self.out.bytes, &self.props);
+        self.end();
         Ok(())
     }
 }
