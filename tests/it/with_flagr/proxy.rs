@@ -178,18 +178,24 @@ async fn admin_workflow_is_identical_through_flaghook() {
     assert!(m.contains("flaghook_proxy_request_duration_seconds_bucket{route_class=\"evaluation\""));
 }
 
+/// Flags f0 to f29, straight at Flagr; listed with their segments they come back chunked.
+async fn thirty_flags(f: &Flagr) {
+    for i in 0..30 {
+        let description = format!("flag number {i} {}", "x".repeat(100));
+        call(
+            "POST",
+            &format!("{}/flags", f.api()),
+            Some(json!({"description": description, "key": format!("f{i}")})),
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_bodies_arrive_byte_for_byte() {
     let f = flagr(&[]).await;
     let fh = Flaghook::start(&f.url(), "").await;
-    for i in 0..30 {
-        call(
-            "POST",
-            &format!("{}/flags", f.api()),
-            Some(json!({"description": format!("flag number {i}"), "key": format!("f{i}")})),
-        )
-        .await;
-    }
+    thirty_flags(&f).await;
     let get = |base: String| async move {
         let r = client()
             .get(format!("{base}/flags?preload=true"))
@@ -229,21 +235,13 @@ async fn gzip_bodies_arrive_byte_for_byte() {
     assert_eq!(v["key"], "zipped");
 }
 
-/// A keep-alive client's requests go over one connection of its own to Flagr, read and
-/// written by flaghook itself: a chunked list of 30 flags arrives byte for byte, a HEAD answer
+/// A keep-alive client's requests go over one connection of its own to Flagr: a chunked list of 30 flags arrives byte for byte, a HEAD answer
 /// without its body, a 404 and an evaluation after them, and still one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keep_alive_client_one_connection_every_answer_whole() {
     let f = flagr(&[]).await;
     let fh = Flaghook::start(&f.url(), "").await;
-    for i in 0..30 {
-        call(
-            "POST",
-            &format!("{}/flags", f.api()),
-            Some(json!({"description": format!("flag number {i} {}", "x".repeat(100)), "key": format!("f{i}")})),
-        )
-        .await;
-    }
+    thirty_flags(&f).await;
     let dials = "flaghook_proxy_upstream_connections_total";
     let before = fh.metric(dials).await;
     // One client, one request at a time: reqwest keeps the one connection.
