@@ -372,6 +372,7 @@ impl App {
             header_read_timeout: cfg.proxy.header_read_timeout,
             slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             grace: cfg.proxy.shutdown_grace,
+            share: None,
         };
 
         let gitsync = gitsync::GitSync::start(

@@ -9,6 +9,7 @@
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +83,59 @@ pub struct Limits {
     pub slots: Arc<Semaphore>,
     /// On shutdown, open connections get this long to finish their requests.
     pub grace: Duration,
+    /// This loop's place among the loops accepting on one socket, if there are several.
+    pub share: Option<Share>,
 }
+
+/// The accept loops of one socket, each with its count of open connections. A new connection
+/// wakes them all; a loop holding more than another lets that one take it (nginx's workers
+/// balance through their accept mutex; `SO_REUSEPORT`, which would let the kernel spread
+/// them, is not used). Without this the first loop awake takes a whole burst of connections
+/// and the other threads stay idle.
+#[derive(Clone, Debug)]
+pub struct Share {
+    me: usize,
+    open: Arc<[AtomicUsize]>,
+}
+
+impl Share {
+    /// One share for each of `n` loops.
+    pub fn split(n: usize) -> Vec<Share> {
+        let open: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        (0..n)
+            .map(|me| Share {
+                me,
+                open: open.clone(),
+            })
+            .collect()
+    }
+
+    /// True when another loop has fewer connections open than this one.
+    fn ahead(&self) -> bool {
+        let mine = self.open[self.me].load(Ordering::Relaxed);
+        self.open
+            .iter()
+            .enumerate()
+            .any(|(i, o)| i != self.me && o.load(Ordering::Relaxed) < mine)
+    }
+
+    /// Counts a connection of this loop's until the guard is dropped.
+    fn hold(&self) -> ShareHeld {
+        self.open[self.me].fetch_add(1, Ordering::Relaxed);
+        ShareHeld(self.clone())
+    }
+}
+
+struct ShareHeld(Share);
+
+impl Drop for ShareHeld {
+    fn drop(&mut self) {
+        self.0.open[self.0.me].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a loop that is ahead leaves a new connection to the others before taking it.
+const DEFER: Duration = Duration::from_millis(1);
 
 /// Serves until `shutdown` fires, then lets in-flight requests finish for up to `grace`.
 /// Returns false when the grace period ran out with connections still open.
@@ -123,8 +176,15 @@ where
     // they hold the service (and through it the tap), which must close for the drain to end.
     let mut tasks = tokio::task::JoinSet::new();
     loop {
+        let defer = limits.share.as_ref().is_some_and(Share::ahead);
+        let accept = async {
+            if defer {
+                tokio::time::sleep(DEFER).await;
+            }
+            listener.accept().await
+        };
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = accept => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -152,6 +212,7 @@ where
             limits.header_read_timeout,
         );
         open.inc();
+        let held = limits.share.as_ref().map(Share::hold);
         tasks.spawn(async move {
             // Until its first bytes tell HTTP/1.1 from h2, hyper holds no timer on a connection:
             // a client that sends nothing would keep its place for ever.
@@ -166,7 +227,7 @@ where
                 tracing::debug!(%peer, "client sent no request in time: closed");
             }
             open.dec();
-            drop(permit);
+            drop((permit, held));
         });
     }
     drop(listener);
@@ -202,4 +263,67 @@ async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool 
     tokio::time::timeout(timeout, decided)
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_with_more_connections_than_another_is_ahead() {
+        let s = Share::split(3);
+        assert!(!s[0].ahead());
+        let a = s[0].hold();
+        assert!(s[0].ahead());
+        assert!(!s[1].ahead());
+        let (b, c) = (s[1].hold(), s[2].hold());
+        assert!(!s[0].ahead(), "level");
+        drop(b);
+        assert!(s[0].ahead() && s[2].ahead() && !s[1].ahead());
+        drop((a, c));
+        assert!(s.iter().all(|x| !x.ahead()));
+    }
+
+    /// A loop that is ahead only defers: when no other loop takes the connection, it does.
+    #[tokio::test]
+    async fn a_loop_ahead_still_serves_when_the_others_do_not() {
+        let shares = Share::split(2);
+        // Loop 1 never runs; loop 0 already holds a connection, so it is ahead.
+        let _held = shares[0].hold();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = crate::metrics::Registry::default();
+        let counters = ListenerMetrics::new(&r).counters(Listener::Proxy);
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(5),
+            slots: Arc::new(Semaphore::new(8)),
+            grace: Duration::from_secs(1),
+            share: Some(shares[0].clone()),
+        };
+        let stop = CancellationToken::new();
+        let make = |_| {
+            hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"served"),
+                )))
+            })
+        };
+        let served = tokio::spawn(serve(listener, make, limits, counters, stop.clone()));
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            // A loop that never took it would leave this read waiting: fail instead.
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert!(answer.ends_with("served"), "{answer}");
+        stop.cancel();
+        assert!(served.await.unwrap());
+    }
 }

@@ -26,13 +26,17 @@ pub struct LegacyStates {
 #[derive(Clone)]
 pub struct LegacyLayer {
     on: Arc<AtomicBool>,
-    flagr: FlagrClient,
+    // Shared: the stack is cloned for every request, and a client's clone copies its base URL.
+    flagr: Arc<FlagrClient>,
 }
 
 impl LegacyLayer {
     /// `on`: true while the upstream is a legacy Flagr (detection may change it at run time).
     pub fn new(on: Arc<AtomicBool>, flagr: FlagrClient) -> Self {
-        Self { on, flagr }
+        Self {
+            on,
+            flagr: Arc::new(flagr),
+        }
     }
 }
 
@@ -52,7 +56,7 @@ impl<S> tower::Layer<S> for LegacyLayer {
 pub struct Legacy<S> {
     inner: S,
     on: Arc<AtomicBool>,
-    flagr: FlagrClient,
+    flagr: Arc<FlagrClient>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for Legacy<S>

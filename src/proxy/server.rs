@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{OwnConnection, PeerAddr, Proxy, TapBody};
-use crate::listener::{Counters, Limits};
+use crate::listener::{Counters, Limits, Share};
 
 /// One listening socket on `addr` (an address in use is an error, as for any listener), and
 /// `n - 1` duplicates of it, nonblocking, ready for [`start`].
@@ -59,9 +59,16 @@ pub fn start(
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut done = Vec::with_capacity(listeners.len());
-    for (i, ((listener, proxy), rt)) in listeners.into_iter().zip(runtimes).enumerate() {
+    let shares = Share::split(listeners.len());
+    for (i, (((listener, proxy), rt), share)) in
+        listeners.into_iter().zip(runtimes).zip(shares).enumerate()
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (limits, counters, stop) = (limits.clone(), counters.clone(), shutdown.clone());
+        let limits = Limits {
+            share: Some(share),
+            ..limits.clone()
+        };
+        let (counters, stop) = (counters.clone(), shutdown.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("flaghook-proxy-{i}"))
             .spawn(move || {
