@@ -76,7 +76,7 @@ impl Default for LogConfig {
 }
 
 /// The async runtime.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads running everything but the proxy (derivation, impressions, delivery, the
@@ -84,8 +84,19 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// Threads serving the proxy listener, each with its own runtime and connections to Flagr
     /// (a request never leaves the thread that accepted its connection); 0: one per CPU.
-    /// At most 256.
+    /// At most 256. One by default, as nginx's one worker: a thread serves some 50,000
+    /// requests a second, and each thread more costs CPU per request (fewer requests per
+    /// wake-up; BENCHMARKS.md); more where flaghook's own thread is the bottleneck.
     pub proxy_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: 0,
+            proxy_threads: 1,
+        }
+    }
 }
 
 impl RuntimeConfig {
