@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::{IntCounter, IntGauge};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -87,25 +87,31 @@ pub struct Limits {
     pub share: Option<Share>,
 }
 
-/// The accept loops of one socket, each with its count of open connections. A new connection
-/// wakes them all; a loop holding more than another lets that one take it (nginx's workers
-/// balance through their accept mutex; `SO_REUSEPORT`, which would let the kernel spread
-/// them, is not used). Without this the first loop awake takes a whole burst of connections
-/// and the other threads stay idle.
+/// The accept loops of one socket, each with its count of open connections. A loop with more
+/// open than another does not wait for the next connection until that is no longer so: new
+/// connections go to the loops with the fewest (nginx's workers balance through their accept
+/// mutex; `SO_REUSEPORT`, which would let the kernel spread them, is not used). Without this
+/// the first loop awake takes whole bursts of connections and the other threads stay idle.
 #[derive(Clone, Debug)]
 pub struct Share {
     me: usize,
     open: Arc<[AtomicUsize]>,
+    changed: Arc<Notify>,
 }
+
+/// A loop that has stopped: never the one with the fewest.
+const RETIRED: usize = usize::MAX / 2;
 
 impl Share {
     /// One share for each of `n` loops.
     pub fn split(n: usize) -> Vec<Share> {
         let open: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        let changed = Arc::new(Notify::new());
         (0..n)
             .map(|me| Share {
                 me,
                 open: open.clone(),
+                changed: changed.clone(),
             })
             .collect()
     }
@@ -119,10 +125,32 @@ impl Share {
             .any(|(i, o)| i != self.me && o.load(Ordering::Relaxed) < mine)
     }
 
+    /// Returns once this loop is not ahead of another.
+    async fn turn(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Listening before looking: a change in between is not missed.
+            changed.as_mut().enable();
+            if !self.ahead() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Counts a connection of this loop's until the guard is dropped.
     fn hold(&self) -> ShareHeld {
         self.open[self.me].fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
         ShareHeld(self.clone())
+    }
+
+    /// This loop takes no more connections (it stopped, or could not start): the others stop
+    /// leaving them to it.
+    pub fn retire(&self) {
+        self.open[self.me].store(RETIRED, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 }
 
@@ -131,11 +159,24 @@ struct ShareHeld(Share);
 impl Drop for ShareHeld {
     fn drop(&mut self) {
         self.0.open[self.0.me].fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
-/// How long a loop that is ahead leaves a new connection to the others before taking it.
-const DEFER: Duration = Duration::from_millis(1);
+/// Accepts on the listening socket (or its duplicate), once it is this loop's turn.
+struct Acceptor {
+    listener: TcpListener,
+    share: Option<Share>,
+}
+
+impl Acceptor {
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        if let Some(s) = &self.share {
+            s.turn().await;
+        }
+        self.listener.accept().await
+    }
+}
 
 /// Serves until `shutdown` fires, then lets in-flight requests finish for up to `grace`.
 /// Returns false when the grace period ran out with connections still open.
@@ -175,22 +216,25 @@ where
     // Every connection's task, so the ones still open when the grace period ends can be cut:
     // they hold the service (and through it the tap), which must close for the drain to end.
     let mut tasks = tokio::task::JoinSet::new();
+    let acceptor = Acceptor {
+        listener,
+        share: limits.share.clone(),
+    };
+    // One accept at a time, kept across the loop's turns (a connection ending is no reason to
+    // start waiting again).
+    let mut accept = Box::pin(acceptor.accept());
     loop {
-        let defer = limits.share.as_ref().is_some_and(Share::ahead);
-        let accept = async {
-            if defer {
-                tokio::time::sleep(DEFER).await;
-            }
-            listener.accept().await
-        };
         let (stream, peer) = tokio::select! {
-            r = accept => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            r = &mut accept => {
+                accept.set(acceptor.accept());
+                match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 }
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -230,7 +274,11 @@ where
             drop((permit, held));
         });
     }
-    drop(listener);
+    drop(accept);
+    if let Some(s) = &acceptor.share {
+        s.retire();
+    }
+    drop(acceptor);
     let drained = tokio::time::timeout(limits.grace, graceful.shutdown())
         .await
         .is_ok();
@@ -282,34 +330,41 @@ mod tests {
         assert!(s[0].ahead() && s[2].ahead() && !s[1].ahead());
         drop((a, c));
         assert!(s.iter().all(|x| !x.ahead()));
+        let _a = s[0].hold();
+        s[1].retire();
+        s[2].retire();
+        assert!(!s[0].ahead(), "retired loops are never the ones with fewer");
     }
 
-    /// A loop that is ahead only defers: when no other loop takes the connection, it does.
-    #[tokio::test]
-    async fn a_loop_ahead_still_serves_when_the_others_do_not() {
-        let shares = Share::split(2);
-        // Loop 1 never runs; loop 0 already holds a connection, so it is ahead.
-        let _held = shares[0].hold();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// A loop answering every request with `name`, on `listener`, counted in `share`.
+    fn serving(
+        listener: std::net::TcpListener,
+        share: Share,
+        name: &'static str,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<bool> {
         let r = crate::metrics::Registry::default();
         let counters = ListenerMetrics::new(&r).counters(Listener::Proxy);
         let limits = Limits {
             header_read_timeout: Duration::from_secs(5),
             slots: Arc::new(Semaphore::new(8)),
             grace: Duration::from_secs(1),
-            share: Some(shares[0].clone()),
+            share: Some(share),
         };
-        let stop = CancellationToken::new();
-        let make = |_| {
-            hyper::service::service_fn(|_req: Request<Incoming>| async {
+        let make = move |_| {
+            hyper::service::service_fn(move |_req: Request<Incoming>| async move {
                 Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(b"served"),
+                    bytes::Bytes::from_static(name.as_bytes()),
                 )))
             })
         };
-        let served = tokio::spawn(serve(listener, make, limits, counters, stop.clone()));
-        let answer = tokio::task::spawn_blocking(move || {
+        let listener = TcpListener::from_std(listener).unwrap();
+        tokio::spawn(serve(listener, make, limits, counters, stop.clone()))
+    }
+
+    /// One request on a new connection that the client closes; the answer's body.
+    async fn ask(addr: SocketAddr) -> String {
+        tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             // A loop that never took it would leave this read waiting: fail instead.
@@ -318,11 +373,50 @@ mod tests {
                 .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
-            out
+            out.rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or_default()
+                .to_string()
         })
         .await
-        .unwrap();
-        assert!(answer.ends_with("served"), "{answer}");
+        .unwrap()
+    }
+
+    fn socket() -> std::net::TcpListener {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    }
+
+    /// Two loops on one socket: a new connection goes to the one with fewer open (the one
+    /// ahead does not wait for it).
+    #[tokio::test]
+    async fn a_new_connection_goes_to_the_loop_with_fewer_open() {
+        let shares = Share::split(2);
+        let _held = shares[0].hold();
+        let (l, stop) = (socket(), CancellationToken::new());
+        let addr = l.local_addr().unwrap();
+        let dup = l.try_clone().unwrap();
+        let a = serving(l, shares[0].clone(), "busy", &stop);
+        let b = serving(dup, shares[1].clone(), "idle", &stop);
+        for _ in 0..5 {
+            assert_eq!(ask(addr).await, "idle");
+        }
+        stop.cancel();
+        assert!(a.await.unwrap() && b.await.unwrap());
+    }
+
+    /// A loop that stopped (or never started) is not left connections: the others take them.
+    #[tokio::test]
+    async fn a_retired_loop_is_not_waited_for() {
+        let shares = Share::split(2);
+        // Loop 0 holds a connection, loop 1 none, but loop 1 is gone.
+        let _held = shares[0].hold();
+        shares[1].retire();
+        let (l, stop) = (socket(), CancellationToken::new());
+        let addr = l.local_addr().unwrap();
+        let served = serving(l, shares[0].clone(), "served", &stop);
+        assert_eq!(ask(addr).await, "served");
         stop.cancel();
         assert!(served.await.unwrap());
     }

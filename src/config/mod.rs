@@ -84,9 +84,9 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// Threads serving the proxy listener, each with its own runtime and connections to Flagr
     /// (a request never leaves the thread that accepted its connection); 0: one per CPU.
-    /// At most 256. One by default, as nginx's one worker: a thread serves some 50,000
-    /// requests a second, and each thread more costs CPU per request (fewer requests per
-    /// wake-up; BENCHMARKS.md); more where flaghook's own thread is the bottleneck.
+    /// At most 256. One by default, as nginx's one worker: two threads sharing the same load
+    /// each handle fewer requests per wake-up and cost about a sixth more CPU per request
+    /// (BENCHMARKS.md); more are for where flaghook's one thread is the bottleneck.
     pub proxy_threads: usize,
 }
 
