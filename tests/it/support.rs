@@ -16,7 +16,15 @@ use axum::response::IntoResponse;
 use serde_json::Value;
 
 /// A free loopback port (bound and released; the small race is acceptable on loopback).
+/// Below the kernel's ephemeral range (32768 and up), so that no outgoing connection of the
+/// processes under test takes it between this check and the bind of whoever it is for.
 pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let port = fastrand::u16(20_000..32_000);
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -232,6 +240,25 @@ impl Flaghook {
     }
 
     pub async fn start_with_env(upstream: &str, extra: &str, env: &[(&str, &str)]) -> Flaghook {
+        // A port found free can still be taken before flaghook binds it (another test's process):
+        // such a start is tried again on other ports, a few times.
+        for _ in 0..4 {
+            let mut fh = Self::configured(upstream, extra, env);
+            if fh.try_spawn().await {
+                return fh;
+            }
+            if !fh.log().contains("Address already in use") {
+                panic!("flaghook did not start:\n{}", fh.log());
+            }
+            fh.kill();
+        }
+        let mut fh = Self::configured(upstream, extra, env);
+        fh.spawn().await;
+        fh
+    }
+
+    /// A config on two free ports, not yet started.
+    fn configured(upstream: &str, extra: &str, env: &[(&str, &str)]) -> Flaghook {
         let dir = tempfile::tempdir().expect("tempdir");
         let (pp, ap) = (free_port(), free_port());
         // Each flaghook keeps its store in its own folder unless the test names one.
@@ -249,7 +276,7 @@ impl Flaghook {
         );
         let cfg = merge_sections(&cfg);
         std::fs::write(dir.path().join("flaghook.toml"), cfg).expect("config written");
-        let mut fh = Flaghook {
+        Flaghook {
             child: None,
             proxy: format!("http://127.0.0.1:{pp}"),
             admin: format!("http://127.0.0.1:{ap}"),
@@ -258,13 +285,17 @@ impl Flaghook {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        fh.spawn().await;
-        fh
+        }
     }
 
     /// Starts the binary on this instance's config, store and log (appended to).
     async fn spawn(&mut self) {
+        let ok = self.try_spawn().await;
+        assert!(ok, "flaghook did not start:\n{}", self.log());
+    }
+
+    /// Starts the binary; true once it answers its health check.
+    async fn try_spawn(&mut self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -281,11 +312,18 @@ impl Flaghook {
         }
         self.child = Some(cmd.spawn().expect("flaghook starts"));
         let health = format!("{}/healthz", self.admin);
-        let ok = wait_until(Duration::from_secs(20), || async {
-            matches!(client().get(&health).send().await, Ok(r) if r.status() == 200)
+        let child = self.child.as_mut().expect("just started");
+        let mut exited = false;
+        let answered = wait_until(Duration::from_secs(20), || {
+            // One that exited (a port taken) is not waited for.
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            let (gone, health) = (exited, &health);
+            async move {
+                gone || matches!(client().get(health).send().await, Ok(r) if r.status() == 200)
+            }
         })
         .await;
-        assert!(ok, "flaghook did not start:\n{}", self.log());
+        answered && !exited
     }
 
     /// The process's peak resident memory (VmHWM), in bytes.
