@@ -171,10 +171,25 @@ struct Acceptor {
 
 impl Acceptor {
     async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
-        if let Some(s) = &self.share {
+        let Some(s) = &self.share else {
+            return self.listener.accept().await;
+        };
+        loop {
             s.turn().await;
+            let changed = s.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if s.ahead() {
+                continue;
+            }
+            // Waiting for a connection stops when the counts change (a connection of another
+            // loop ended): whose turn it is may have changed too. Accepting is cancel-safe.
+            tokio::select! {
+                biased;
+                () = changed => continue,
+                r = self.listener.accept() => return r,
+            }
         }
-        self.listener.accept().await
     }
 }
 
