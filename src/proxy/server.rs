@@ -59,13 +59,15 @@ pub fn start(
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut done = Vec::with_capacity(listeners.len());
-    let shares = Share::split(listeners.len());
+    let n = listeners.len();
+    let shares = Share::split(n);
     for (i, (((listener, proxy), rt), share)) in
         listeners.into_iter().zip(runtimes).zip(shares).enumerate()
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let limits = Limits {
-            share: Some(share),
+            // One loop alone has no one to take turns with.
+            share: (n > 1).then_some(share),
             ..limits.clone()
         };
         let (counters, stop) = (counters.clone(), shutdown.clone());
