@@ -125,20 +125,6 @@ impl Share {
             .any(|(i, o)| i != self.me && o.load(Ordering::Relaxed) < mine)
     }
 
-    /// Returns once this loop is not ahead of another.
-    async fn turn(&self) {
-        loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            // Listening before looking: a change in between is not missed.
-            changed.as_mut().enable();
-            if !self.ahead() {
-                return;
-            }
-            changed.await;
-        }
-    }
-
     /// Counts a connection of this loop's until the guard is dropped.
     fn hold(&self) -> ShareHeld {
         self.open[self.me].fetch_add(1, Ordering::Relaxed);
@@ -175,11 +161,12 @@ impl Acceptor {
             return self.listener.accept().await;
         };
         loop {
-            s.turn().await;
             let changed = s.changed.notified();
             let mut changed = std::pin::pin!(changed);
+            // Listening before looking: a change in between is not missed.
             changed.as_mut().enable();
             if s.ahead() {
+                changed.await;
                 continue;
             }
             // Waiting for a connection stops when the counts change (a connection of another

@@ -8,8 +8,8 @@
 //!
 //! Each thread runs a current-thread runtime accepting on the one listening socket (a duplicate
 //! of it registered with its own event loop; a thread with more connections open than another
-//! leaves it the next one, [`crate::listener::Share`]) with its own upstream connections, as nginx's workers do: no wake-ups or work stealing across
-//! threads on the request path, which costs a multi-threaded runtime about an eighth of the
+//! leaves it the next one, [`crate::listener::Share`]) with its own upstream connections, as
+//! nginx's workers do: no wake-ups or work stealing across threads on the request path, which costs a multi-threaded runtime about an eighth of the
 //! proxy's CPU per request (BENCHMARKS.md). Not `SO_REUSEPORT`: with it, another process of
 //! the same user could bind the port too and be handed a share of the clients.
 

@@ -15,9 +15,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::Value;
 
-/// A free loopback port (bound and released; the small race is acceptable on loopback).
-/// Below the kernel's ephemeral range (32768 and up), so that no outgoing connection of the
-/// processes under test takes it between this check and the bind of whoever it is for.
+/// A free loopback port (bound and released), below the kernel's ephemeral range (32768 and
+/// up), so that no outgoing connection of the processes under test takes it between this check
+/// and the bind of whoever it is for; another test may still (see `Flaghook::start_with_env`).
 pub fn free_port() -> u16 {
     for _ in 0..200 {
         let port = fastrand::u16(20_000..32_000);
@@ -242,19 +242,17 @@ impl Flaghook {
     pub async fn start_with_env(upstream: &str, extra: &str, env: &[(&str, &str)]) -> Flaghook {
         // A port found free can still be taken before flaghook binds it (another test's process):
         // such a start is tried again on other ports, a few times.
-        for _ in 0..4 {
+        for attempt in 1.. {
             let mut fh = Self::configured(upstream, extra, env);
             if fh.try_spawn().await {
                 return fh;
             }
-            if !fh.log().contains("Address already in use") {
+            if attempt == 5 || !fh.log().contains("Address already in use") {
                 panic!("flaghook did not start:\n{}", fh.log());
             }
             fh.kill();
         }
-        let mut fh = Self::configured(upstream, extra, env);
-        fh.spawn().await;
-        fh
+        unreachable!("the attempts end in a return or a panic")
     }
 
     /// A config on two free ports, not yet started.
