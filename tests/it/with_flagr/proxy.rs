@@ -229,6 +229,71 @@ async fn gzip_bodies_arrive_byte_for_byte() {
     assert_eq!(v["key"], "zipped");
 }
 
+/// A keep-alive client's requests go over one connection of its own to Flagr, read and
+/// written by flaghook itself: a chunked list of 30 flags arrives byte for byte, a HEAD answer
+/// without its body, a 404 and an evaluation after them, and still one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keep_alive_client_one_connection_every_answer_whole() {
+    let f = flagr(&[]).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    for i in 0..30 {
+        call(
+            "POST",
+            &format!("{}/flags", f.api()),
+            Some(json!({"description": format!("flag number {i} {}", "x".repeat(100)), "key": format!("f{i}")})),
+        )
+        .await;
+    }
+    let dials = "flaghook_proxy_upstream_connections_total";
+    let before = fh.metric(dials).await;
+    // One client, one request at a time: reqwest keeps the one connection.
+    let c = client();
+    let list = |base: String| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .get(format!("{base}/flags?preload=true"))
+                .send()
+                .await
+                .unwrap();
+            let chunked = r.headers().get("transfer-encoding").is_some();
+            (r.status(), chunked, r.bytes().await.unwrap())
+        }
+    };
+    let (s1, chunked, via) = list(fh.api()).await;
+    let (s2, _, direct) = list(f.api()).await;
+    assert_eq!((s1.as_u16(), s2.as_u16()), (200, 200));
+    assert!(chunked, "Flagr's list of 30 flags comes chunked");
+    assert!(via.len() > 4096, "{}", via.len());
+    assert_eq!(via, direct);
+    let head = |base: String| {
+        let c = c.clone();
+        async move {
+            let r = c.head(format!("{base}/flags/1")).send().await.unwrap();
+            (r.status(), r.bytes().await.unwrap().len())
+        }
+    };
+    assert_eq!(head(fh.api()).await, head(f.api()).await);
+    let r = c
+        .get(format!("{}/flags/999999", fh.api()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(format!("{}/evaluation", fh.api()))
+        .json(&json!({"entityID": "u1", "flagKey": "f1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["flagKey"], "f1");
+    let (_, again, _) = list(fh.api()).await;
+    assert!(again);
+    assert_eq!(fh.metric(dials).await - before, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_mib_request_passes_and_is_counted_uninspected() {
     let f = flagr(&[]).await;
