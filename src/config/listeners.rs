@@ -37,6 +37,12 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Bodies larger than this are streamed but not inspected (counted).
     pub inspect_max_bytes: usize,
+    /// A keep-alive HTTP/1.1 client's request whose body is at most this long (and of known
+    /// length) is read whole and sent with its head in one write over the client connection's
+    /// own connection to Flagr, the cheapest way through; larger or streamed ones, h2 and
+    /// closing clients go through the shared pool. Memory: up to this per client connection
+    /// with a request in flight. 0: only bodiless requests.
+    pub inline_body_max_bytes: usize,
     /// Bytes of copied bodies in flight or waiting for derivation, all exchanges together;
     /// a copy beyond it is not made (the request passes, counted as not inspected).
     pub tap_max_bytes: usize,
@@ -64,6 +70,7 @@ impl Default for ProxyConfig {
             pool_max_idle: 256,
             pool_idle_timeout: Duration::from_secs(90),
             inspect_max_bytes: 1 << 20,
+            inline_body_max_bytes: 64 << 10,
             tap_max_bytes: 32 << 20,
             tap_capacity: 8192,
             header_read_timeout: Duration::from_secs(30),

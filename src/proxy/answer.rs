@@ -1,5 +1,5 @@
-//! What the proxy answers with: Flagr's body or a short JSON error of flaghook's own, and the
-//! boxed future every layer returns.
+//! What the proxy answers with when Flagr does not: a short JSON error of flaghook's own; and
+//! the boxed future every layer returns.
 //!
 //! In: nothing. Out: the shared types and [`error_response`]. Never: depends on a layer.
 
@@ -9,11 +9,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-
-/// Flagr's body, or flaghook's own short error.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+use http_body_util::Full;
 
 /// Marks an answer of flaghook's own (not Flagr's): nothing of it is tapped or derived.
 #[derive(Clone, Copy, Debug)]
@@ -23,9 +19,9 @@ pub struct OwnAnswer;
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A short JSON error of flaghook's own, marked `X-Flaghook-Error: 1`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<UpstreamBody> {
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({"error": code, "message": message}).to_string();
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -14,7 +14,7 @@
 //! Tap           bodies of inspected routes copied; an Exchange when the answer ends (tap/)
 //! Legacy        Flagr 1.1.x: the flag read before and after a mutation (legacy.rs)
 //! Forwarded     hop-by-hop headers dropped, X-Forwarded-* set (headers.rs)
-//! Upstream      Flagr over pooled connections; 502/504 of flaghook's own (upstream.rs)
+//! Upstream      Flagr over own or pooled connections; 502/504 of flaghook's own (upstream/)
 //! ```
 //!
 //! tower-http's own layers were weighed for each job: its timeout answers 408 where a proxy
@@ -38,7 +38,7 @@ use http::header::HeaderName;
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
 
-pub use answer::{error_response, OwnAnswer, UpstreamBody};
+pub use answer::{error_response, OwnAnswer};
 pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr};
 pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};
@@ -46,7 +46,7 @@ pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer};
 pub use metrics::{ProxyMetrics, UpstreamFailure};
 pub use server::{bind, serve, start};
 pub use tap::{Captured, DropStage, Exchange, Tap, TapBody, TapLayer, TapMetrics, TapSender};
-pub use upstream::{OwnConnection, Upstream, UpstreamError};
+pub use upstream::{OwnConnection, Upstream, UpstreamBody, UpstreamError, WireBody};
 
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, RouteTable};

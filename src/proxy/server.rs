@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{OwnConnection, PeerAddr, Proxy, TapBody};
+use super::{OwnConnection, PeerAddr, Proxy};
 use crate::listener::{Counters, Limits, Share};
 
 /// One listening socket on `addr` (an address in use is an error, as for any listener), and
@@ -121,7 +121,7 @@ pub async fn serve(
     let make = move |peer| {
         let proxy = proxy.clone();
         let peer = PeerAddr::new(peer);
-        let own = OwnConnection::<TapBody<Incoming>>::default();
+        let own = OwnConnection::default();
         service_fn(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(peer.clone());
             // Only a client that keeps its connection gets one to Flagr to keep: h2 requests

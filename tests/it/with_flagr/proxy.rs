@@ -235,9 +235,10 @@ async fn gzip_bodies_arrive_byte_for_byte() {
     assert_eq!(v["key"], "zipped");
 }
 
-/// A keep-alive client's requests go over one connection of its own to Flagr, on whichever
-/// proxy thread took the connection: a chunked list of 30 flags arrives byte for byte, a HEAD answer
-/// without its body, a 404 and an evaluation after them, and still one connection.
+/// A keep-alive client's requests go over one connection of its own to Flagr, read and
+/// written by flaghook itself on whichever proxy thread took the connection: a chunked list of
+/// 30 flags arrives byte for byte, a HEAD answer without its body, a 404 and an evaluation
+/// after them, and still one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keep_alive_client_one_connection_every_answer_whole() {
     let f = flagr(&[]).await;

@@ -1,17 +1,22 @@
-//! The innermost service: sends the request to Flagr over pooled keep-alive connections, TCP
-//! or (`proxy.upstream_socket`) a Unix socket Flagr listens on beside it.
+//! The innermost service: sends the request to Flagr, TCP or (`proxy.upstream_socket`) a Unix
+//! socket Flagr listens on beside it. A keep-alive HTTP/1.1 client's requests with a body of
+//! known, bounded size go over that client connection's own connection to Flagr, spoken by
+//! the request's task (wire.rs); the rest over hyper's pooled client.
 //!
 //! In: a request whose headers the outer layers have settled. Out: Flagr's response, or a short
 //! JSON 502 (Flagr refused or broke the connection), 504 (no answer in time) or 400 (a URI
 //! that cannot be aimed at Flagr), each counted.
-//! Never: sends a request twice when it may have reached Flagr (a mutation might apply twice;
-//! only a request hyper hands back unwritten goes out again, once, on a new connection), or
+//! Never: sends a request twice when it may have reached Flagr (a mutation might apply twice):
+//! only one hyper hands back unwritten, or an idempotent one (RFC 9110 §9.2.2) to which a
+//! reused connection gave back not a byte, goes out again, once, on a new connection. Never
 //! fails: every error is a response.
+
+mod wire;
 
 use std::convert::Infallible;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,9 +25,8 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,9 +34,18 @@ use tokio::net::UnixStream;
 
 use tower::Service;
 
-use super::answer::{error_response, BoxFuture, UpstreamBody};
+use super::answer::{error_response, BoxFuture};
 use super::metrics::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
+pub use wire::{OwnConnection, WireBody};
+
+/// Flagr's body (from the pool or an own connection), or flaghook's own short error.
+pub type UpstreamBody = Either<Either<Incoming, WireBody>, Full<Bytes>>;
+
+/// An answer of flaghook's own, as the proxy's body type.
+fn own_answer(status: StatusCode, code: &str, message: &str) -> Response<UpstreamBody> {
+    error_response(status, code, message).map(Either::Right)
+}
 
 /// Why the upstream client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +73,8 @@ struct Inner<B> {
     flagr: Flagr<B>,
     authority: Authority,
     timeout: Duration,
+    /// Requests with a body up to this size go over an own connection (`proxy.inline_body_max_bytes`).
+    inline_max: u64,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -103,6 +118,7 @@ where
                 flagr,
                 authority,
                 timeout: cfg.upstream_timeout,
+                inline_max: cfg.inline_body_max_bytes as u64,
                 metrics,
             }),
         })
@@ -136,7 +152,10 @@ where
 {
     async fn send(&self, req: Request<B>) -> Response<UpstreamBody> {
         let (mut parts, body) = req.into_parts();
-        let own = parts.extensions.remove::<OwnConnection<B>>();
+        let own = parts
+            .extensions
+            .remove::<OwnConnection>()
+            .filter(|_| wire::fits(&parts.method, &body, self.inline_max));
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -153,8 +172,9 @@ where
         let result = if let Some(own) = own {
             // Origin form: the connection already leads to Flagr.
             parts.uri = Uri::from(path_and_query);
-            let req = Request::from_parts(parts, body);
-            tokio::time::timeout(self.timeout, self.send_own(&own, req)).await
+            tokio::time::timeout(self.timeout, self.send_own(&own, parts, body))
+                .await
+                .map(|r| r.map(|r| r.map(Either::Right)))
         } else {
             parts.uri = match Uri::builder()
                 .scheme(Scheme::HTTP)
@@ -164,7 +184,7 @@ where
             {
                 Ok(u) => u,
                 Err(_) => {
-                    return error_response(
+                    return own_answer(
                         StatusCode::BAD_REQUEST,
                         "bad_request",
                         "invalid request URI",
@@ -172,14 +192,16 @@ where
                 }
             };
             let req = Request::from_parts(parts, body);
-            tokio::time::timeout(self.timeout, self.send_pooled(req)).await
+            tokio::time::timeout(self.timeout, self.send_pooled(req))
+                .await
+                .map(|r| r.map(|r| r.map(Either::Left)))
         };
         match result {
             Ok(Ok(resp)) => resp.map(Either::Left),
             Ok(Err(Failure(why, e))) => {
                 self.metrics.upstream_failed(why);
                 tracing::warn!(error = %e, kind = why.as_str(), "flagr did not answer");
-                error_response(
+                own_answer(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
                     "flaghook could not reach Flagr",
@@ -188,7 +210,7 @@ where
             Err(_) => {
                 self.metrics.upstream_failed(UpstreamFailure::Timeout);
                 tracing::warn!(timeout = ?self.timeout, "flagr timed out");
-                error_response(
+                own_answer(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
                     "Flagr did not answer in time",
@@ -212,119 +234,57 @@ where
         })
     }
 
-    /// Over the client connection's own connection to Flagr, made on its first request.
+    /// Over the client connection's own connection to Flagr, made on its first request (or
+    /// again once Flagr closed it).
     async fn send_own(
         &self,
-        own: &OwnConnection<B>,
-        req: Request<B>,
-    ) -> Result<Response<Incoming>, Failure> {
-        let mut sender = match own.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => self.dial().await?,
+        own: &OwnConnection,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Result<Response<WireBody>, Failure> {
+        let request = wire::encode(&parts, body).await.map_err(Failure::other)?;
+        let (mut conn, mut reused) = match own.take() {
+            Some(c) => (c, true),
+            None => (self.dial().await?, false),
         };
-        // Free once the previous answer was read, which HTTP/1's one-at-a-time makes so by now.
-        if sender.ready().await.is_err() {
-            sender = self.dial().await?;
-        }
-        let sent = sender.try_send_request(req);
-        own.put(sender);
-        match sent.await {
-            Ok(r) => Ok(r),
-            Err(mut e) => match e.take_message() {
-                // Never written (Flagr closed the idle connection just then): safe to send once
-                // more, on a new connection.
-                Some(req) => {
-                    let mut sender = self.dial().await?;
-                    let sent = sender.try_send_request(req);
-                    own.put(sender);
-                    sent.await.map_err(|e| Failure::other(e.into_error()))
+        loop {
+            match wire::exchange(conn, &request, &parts.method, own).await {
+                Ok(r) => return Ok(r),
+                // Flagr closed the kept connection just as the request went out: it never read
+                // it, most likely, but only a request that may apply twice goes again.
+                Err((_, e)) if reused && e.nothing_back() && parts.method.is_idempotent() => {
+                    conn = self.dial().await?;
+                    reused = false;
                 }
-                None => Err(Failure::other(e.into_error())),
-            },
+                Err((_, e)) => return Err(Failure::other(Box::new(e))),
+            }
         }
     }
 
-    async fn dial(&self) -> Result<http1::SendRequest<B>, Failure> {
+    async fn dial(&self) -> Result<wire::Conn, Failure> {
         self.metrics.dials.inc();
         let connect =
             |e: Box<dyn std::error::Error + Send + Sync>| Failure(UpstreamFailure::Connect, e);
-        match &self.flagr {
+        let stream = match &self.flagr {
             Flagr::Tcp { dial, at, .. } => {
-                handshake(
-                    dial.clone()
-                        .call(at.clone())
-                        .await
-                        .map_err(|e| connect(e.into()))?,
-                )
-                .await
+                let io = dial.clone().call(at.clone()).await;
+                wire::Stream::Tcp(io.map_err(|e| connect(e.into()))?.into_inner())
             }
             Flagr::Unix { dial, .. } => {
-                handshake(
-                    dial.clone()
-                        .call(Uri::default())
-                        .await
-                        .map_err(|e| connect(e.into()))?,
-                )
-                .await
+                let io = dial.clone().call(Uri::default()).await;
+                wire::Stream::Unix(io.map_err(|e| connect(e.into()))?.0.into_inner())
             }
-        }
+        };
+        Ok(wire::Conn::new(stream))
     }
-}
-
-/// An HTTP/1 connection to Flagr over `io`, driven by a task of its own on this thread.
-async fn handshake<I, B>(io: I) -> Result<http1::SendRequest<B>, Failure>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(io)
-        .await
-        .map_err(|e| Failure(UpstreamFailure::Connect, e.into()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "connection to flagr ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 /// Why Flagr gave no answer, and what said so.
 struct Failure(UpstreamFailure, Box<dyn std::error::Error + Send + Sync>);
 
 impl Failure {
-    fn other(e: hyper::Error) -> Self {
-        Self(UpstreamFailure::Other, e.into())
-    }
-}
-
-/// A client connection's own connection to Flagr, carried in its HTTP/1 requests' extensions.
-/// Such a client sends its next request only after the previous answer, so the connection is
-/// free whenever a request comes: no pool to search, and no task per request to hand the
-/// connection back to one (the shared pool's cost; h2 clients, whose requests overlap, use it).
-pub struct OwnConnection<B>(Arc<Mutex<Option<http1::SendRequest<B>>>>);
-
-impl<B> Default for OwnConnection<B> {
-    fn default() -> Self {
-        Self(Arc::new(Mutex::new(None)))
-    }
-}
-
-impl<B> Clone for OwnConnection<B> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<B> OwnConnection<B> {
-    fn take(&self) -> Option<http1::SendRequest<B>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn put(&self, s: http1::SendRequest<B>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    fn other(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        Self(UpstreamFailure::Other, e)
     }
 }
 
@@ -476,7 +436,7 @@ mod tests {
                 close,
             );
             let up = upstream(addr, Duration::from_secs(5));
-            let own = OwnConnection::<Full<Bytes>>::default();
+            let own = OwnConnection::default();
             for i in 0..3 {
                 let mut req = Request::get(format!("/api/v1/flags/{i}?a=b"))
                     .body(Full::new(Bytes::new()))
@@ -549,8 +509,7 @@ mod tests {
         let mut req = Request::post("/api/v1/flags")
             .body(Full::new(Bytes::from_static(b"{\"key\":\"k1\"}")))
             .unwrap();
-        req.extensions_mut()
-            .insert(OwnConnection::<Full<Bytes>>::default());
+        req.extensions_mut().insert(OwnConnection::default());
         let r = up.oneshot(req).await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(read.load(Ordering::SeqCst), 1);
@@ -563,7 +522,7 @@ mod tests {
         let (addr, read) =
             read_one_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
         let up = upstream(addr, Duration::from_secs(5));
-        let own = OwnConnection::<Full<Bytes>>::default();
+        let own = OwnConnection::default();
         for _ in 0..3 {
             let mut req = get();
             req.extensions_mut().insert(own.clone());
@@ -596,8 +555,7 @@ mod tests {
         let r = crate::metrics::Registry::default();
         let up = Upstream::new(&cfg, Arc::new(ProxyMetrics::new(&r))).unwrap();
         let mut req = get();
-        req.extensions_mut()
-            .insert(OwnConnection::<Full<Bytes>>::default());
+        req.extensions_mut().insert(OwnConnection::default());
         assert_eq!(
             text(up.clone().oneshot(req).await.unwrap()).await,
             "/api/v1/health"

@@ -1,0 +1,721 @@
+//! HTTP/1.1 to Flagr spoken by the request's own task, over a client connection's own
+//! connection: the request written in one go, the answer's head read and parsed here, its
+//! body read from the socket only as the client's connection asks for more.
+//!
+//! In: a request whose body has a known length of at most `proxy.inline_body_max_bytes`, and
+//! the connection the previous answer left behind. Out: Flagr's response, whose body hands the
+//! connection back when it was read to its end and Flagr keeps it open.
+//! Never: reuses a connection with an answer not read to its end, one Flagr said it closes or
+//! one it wrote to unasked; accepts a head over 64 KiB or an answer whose framing is unclear.
+//!
+//! Why not hyper's client here: it drives each connection from a task of its own, so each
+//! request crosses a channel to that task and the answer and its body two more back, with the
+//! wake-ups between them: about a quarter of the proxy's CPU per request (BENCHMARKS.md).
+//! hyper still serves the clients, and every request this does not take (streamed bodies, h2,
+//! closing clients) goes through its pooled client. Parsing is httparse's, as in hyper.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The largest response head (status line and headers) read before giving up.
+const MAX_HEAD: usize = 64 * 1024;
+/// Response headers at most (hyper's client allows as many).
+const MAX_HEADERS: usize = 100;
+/// Room made in the read buffer before each read.
+const READ_AHEAD: usize = 16 * 1024;
+
+/// A connection to Flagr and what was read from it but not yet used.
+pub(super) struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+}
+
+/// TCP or the Unix socket Flagr listens on.
+pub(super) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    pub(super) fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// True when Flagr closed the connection while it sat idle (or wrote to it unasked): the
+    /// event loop already saw it readable, so asking costs no system call unless it did.
+    fn stale(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = match &self.stream {
+            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
+            Stream::Unix(s) => s.poll_read_ready(&mut cx),
+        };
+        if ready.is_pending() {
+            return false;
+        }
+        // Readable: at its end, in error, or bytes nobody asked for. Only "would block"
+        // (readiness left over from a read that filled the buffer) means it is fine.
+        let mut probe = [0u8; 1];
+        let read = match &self.stream {
+            Stream::Tcp(s) => s.try_read(&mut probe),
+            Stream::Unix(s) => s.try_read(&mut probe),
+        };
+        !matches!(read, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_AHEAD / 4 {
+            self.buf.reserve(READ_AHEAD);
+        }
+        match &mut self.stream {
+            Stream::Tcp(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, &mut self.buf),
+            Stream::Unix(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, &mut self.buf),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(bytes).await,
+            Stream::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+}
+
+/// A client connection's own connection to Flagr, carried in its HTTP/1 requests' extensions.
+/// Such a client sends its next request only after the previous answer, so the connection is
+/// free whenever a request comes: no pool to search, no task to hand it to.
+#[derive(Clone, Default)]
+pub struct OwnConnection(Arc<Mutex<Option<Conn>>>);
+
+impl OwnConnection {
+    /// The connection left by the previous answer, unless Flagr has closed it since.
+    pub(super) fn take(&self) -> Option<Conn> {
+        let c = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        (!c.stale()).then_some(c)
+    }
+
+    fn put(&self, c: Conn) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+}
+
+/// True when the request can go this way: its whole body known in size and at most `max`.
+pub(super) fn fits<B: Body>(method: &Method, body: &B, max: u64) -> bool {
+    *method != Method::CONNECT && body.size_hint().exact().is_some_and(|n| n <= max)
+}
+
+/// The request as it goes on the wire: head and body in one buffer, so one write sends it.
+/// `parts.uri` is in origin form.
+pub(super) async fn encode<B>(parts: &Parts, mut body: B) -> Result<Vec<u8>, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let len = body.size_hint().exact().unwrap_or(0);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(path.len() + headers + 64 + len as usize);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        // HeaderValue holds no CR or LF, so nothing here can end a line early.
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let sends_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) && (len > 0 || sends_body) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let start = out.len();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    if (out.len() - start) as u64 != len {
+        return Err("the request body did not match its length".into());
+    }
+    Ok(out)
+}
+
+/// Why an exchange gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WireError {
+    /// The connection ended (or was reset) before a byte of the answer came back.
+    #[error("flagr closed the connection without answering")]
+    Closed,
+    #[error("reading flagr's answer: {0}")]
+    Io(#[source] io::Error),
+    #[error("flagr's answer is not HTTP/1.1 this proxy can frame: {0}")]
+    Malformed(&'static str),
+}
+
+impl WireError {
+    /// True when nothing came back: on a reused connection Flagr most likely closed it just
+    /// as the request went out, and never read it.
+    pub(super) fn nothing_back(&self) -> bool {
+        matches!(self, WireError::Closed)
+    }
+}
+
+fn nothing_back(e: io::Error) -> WireError {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => WireError::Closed,
+        _ => WireError::Io(e),
+    }
+}
+
+/// Writes the request and reads the answer's head. The body is read later, by the
+/// response's [`WireBody`], which puts `conn` back in `home` when it ends cleanly.
+pub(super) async fn exchange(
+    mut conn: Conn,
+    request: &[u8],
+    method: &Method,
+    home: &OwnConnection,
+) -> Result<Response<WireBody>, (Conn, WireError)> {
+    if let Err(e) = conn.write_all(request).await {
+        return Err((conn, nothing_back(e)));
+    }
+    loop {
+        let head = match read_head(&mut conn).await {
+            Ok(h) => h,
+            Err(e) => return Err((conn, e)),
+        };
+        match head.status.as_u16() {
+            // 100 Continue and the like come before the answer; 101 was never asked for.
+            101 => return Err((conn, WireError::Malformed("101 without an upgrade"))),
+            100..=199 => continue,
+            _ => {}
+        }
+        let framing = match framing(method, head.status, &head.headers) {
+            Ok(f) => f,
+            Err(why) => return Err((conn, WireError::Malformed(why))),
+        };
+        let keep = head.version == Version::HTTP_11
+            && !matches!(framing, Framing::UntilClose)
+            && !says_close(&head.headers);
+        let mut r = Response::new(WireBody::new(conn, framing, keep, home.clone()));
+        *r.status_mut() = head.status;
+        *r.version_mut() = head.version;
+        *r.headers_mut() = head.headers;
+        return Ok(r);
+    }
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+async fn read_head(conn: &mut Conn) -> Result<Head, WireError> {
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(h) = parse_head(&mut conn.buf)? {
+                return Ok(h);
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Err(WireError::Malformed("response head over 64 KiB"));
+            }
+        }
+        let got_some = !conn.buf.is_empty();
+        match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) if got_some => {
+                return Err(WireError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(WireError::Closed),
+            Ok(_) => {}
+            Err(e) if got_some => return Err(WireError::Io(e)),
+            Err(e) => return Err(nothing_back(e)),
+        }
+    }
+}
+
+/// A whole head off the front of `buf`, or None while it is incomplete. Header values are
+/// slices of the head's bytes, not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(WireError::Malformed("over 100 response headers"))
+        }
+        Err(_) => return Err(WireError::Malformed("unparsable response head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(WireError::Malformed("no status"))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| WireError::Malformed("bad header name"))?;
+        let at = h.value.as_ptr() as usize - base;
+        fields.push((name, at, h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, at, n) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| WireError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How the answer's body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing, &'static str> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        // The last coding of the last field decides; an unreadable one is not chunked.
+        let last = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').map(str::trim).rfind(|t| !t.is_empty()));
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| "bad content-length")?.split(',') {
+            let n: u64 = part.trim().parse().map_err(|_| "bad content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+fn says_close(h: &HeaderMap) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
+}
+
+/// Where a chunked body is.
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// Flagr's answer body, read from the connection as it is polled. Ended cleanly on a
+/// connection Flagr keeps, it puts the connection back for the client's next request;
+/// dropped early or failed, it closes it.
+pub struct WireBody {
+    conn: Option<Conn>,
+    state: State,
+    keep: bool,
+    home: OwnConnection,
+}
+
+impl WireBody {
+    fn new(conn: Conn, framing: Framing, keep: bool, home: OwnConnection) -> Self {
+        let state = match framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut b = Self {
+            conn: Some(conn),
+            state,
+            keep,
+            home,
+        };
+        if matches!(state, State::Done) {
+            b.finish();
+        }
+        b
+    }
+
+    /// The body ended: the connection goes home if Flagr keeps it and sent nothing more.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(c) = self.conn.take() {
+            if self.keep && c.buf.is_empty() {
+                self.home.put(c);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.state = State::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+fn bad(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl Body for WireBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let me = &mut *self;
+        loop {
+            let Some(conn) = me.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            // What the bytes in hand allow, before reading more.
+            match me.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(rest) | State::Chunked(Chunk::Data(rest)) if !buf.is_empty() => {
+                    let n = rest.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    let rest = rest - n;
+                    me.state = match me.state {
+                        State::Length(_) => State::Length(rest),
+                        _ if rest == 0 => State::Chunked(Chunk::DataEnd),
+                        _ => State::Chunked(Chunk::Data(rest)),
+                    };
+                    if matches!(me.state, State::Length(0)) {
+                        me.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Chunked(Chunk::Size) if !buf.is_empty() => {
+                    match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            me.state = State::Chunked(if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            });
+                            continue;
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < 1024 => {}
+                        _ => return me.fail(bad("bad chunk size")),
+                    }
+                }
+                State::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
+                    if &buf[..2] != b"\r\n" {
+                        return me.fail(bad("chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    me.state = State::Chunked(Chunk::Size);
+                    continue;
+                }
+                // Trailer fields are read past, not passed on (HTTP/1 clients of hyper's
+                // server would not get them either).
+                State::Chunked(Chunk::Trailers) if !buf.is_empty() => {
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+                    };
+                    match end {
+                        Some(n) => {
+                            buf.advance(n);
+                            me.finish();
+                            return Poll::Ready(None);
+                        }
+                        None if buf.len() >= MAX_HEAD => {
+                            return me.fail(bad("trailers over 64 KiB"));
+                        }
+                        None => {}
+                    }
+                }
+                _ => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(me.state, State::UntilClose) => {
+                    me.state = State::Done;
+                    me.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return me.fail(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) => return me.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> Result<Option<Head>, WireError> {
+        parse_head(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_whole_and_its_values_kept() {
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+        let h = head(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::NOT_FOUND);
+        assert_eq!(h.version, Version::HTTP_11);
+        let xa: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert!(matches!(
+            head(b"HTTP/1.1 abc\r\n\r\n"),
+            Err(WireError::Malformed(_))
+        ));
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(101));
+        assert!(matches!(
+            head(many.as_bytes()),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            m
+        };
+        let ok = StatusCode::OK;
+        let f = |m: &Method, s, hs: &[(&str, &str)]| framing(m, s, &h(hs));
+        let cl = [("content-length", "5")];
+        assert_eq!(f(&Method::GET, ok, &cl), Ok(Framing::Length(5)));
+        assert_eq!(f(&Method::HEAD, ok, &cl), Ok(Framing::Empty));
+        assert_eq!(
+            f(&Method::GET, StatusCode::NO_CONTENT, &[]),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            f(&Method::GET, StatusCode::NOT_MODIFIED, &cl),
+            Ok(Framing::Empty)
+        );
+        // Transfer-Encoding wins over Content-Length; chunked must come last.
+        let te = [
+            ("transfer-encoding", "gzip, chunked"),
+            ("content-length", "5"),
+        ];
+        assert_eq!(f(&Method::GET, ok, &te), Ok(Framing::Chunked));
+        let te = [("transfer-encoding", "chunked, gzip")];
+        assert_eq!(f(&Method::GET, ok, &te), Ok(Framing::UntilClose));
+        assert_eq!(f(&Method::GET, ok, &[]), Ok(Framing::UntilClose));
+        let same = [("content-length", "5, 5"), ("content-length", "5")];
+        assert_eq!(f(&Method::GET, ok, &same), Ok(Framing::Length(5)));
+        let differ = [("content-length", "5"), ("content-length", "6")];
+        assert!(f(&Method::GET, ok, &differ).is_err());
+        assert!(f(&Method::GET, ok, &[("content-length", "-1")]).is_err());
+    }
+
+    async fn pair() -> (Conn, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (Conn::new(Stream::Tcp(c)), s)
+    }
+
+    /// Chunked bodies in pieces as small as a byte, trailers read past; the connection goes
+    /// home after the answer, and not when Flagr says it closes.
+    #[tokio::test]
+    async fn chunked_answers_arriving_byte_by_byte_are_whole_and_the_connection_kept() {
+        use tokio::io::AsyncReadExt;
+        for close in [false, true] {
+            let (conn, mut flagr) = pair().await;
+            let home = OwnConnection::default();
+            let served = tokio::spawn(async move {
+                let mut req = [0u8; 1024];
+                let n = flagr.read(&mut req).await.unwrap();
+                let head = if close {
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                };
+                let answer =
+                    format!("{head}5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-t: 1\r\n\r\n");
+                for b in answer.as_bytes() {
+                    flagr.write_all(&[*b]).await.unwrap();
+                    flagr.flush().await.unwrap();
+                }
+                (String::from_utf8_lossy(&req[..n]).into_owned(), flagr)
+            });
+            let r = exchange(
+                conn,
+                b"GET / HTTP/1.1\r\nhost: f\r\n\r\n",
+                &Method::GET,
+                &home,
+            )
+            .await
+            .map_err(|(_, e)| e)
+            .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello, world");
+            let (req, _flagr) = served.await.unwrap();
+            assert!(req.starts_with("GET / HTTP/1.1\r\n"));
+            assert_eq!(home.0.lock().unwrap().is_some(), !close);
+        }
+    }
+
+    /// A body dropped before its end takes the connection with it; one read to its end brings
+    /// it back, and a connection Flagr then closes is not handed out again.
+    #[tokio::test]
+    async fn only_a_connection_read_to_the_end_and_still_open_is_reused() {
+        use tokio::io::AsyncReadExt;
+        let (conn, mut flagr) = pair().await;
+        let home = OwnConnection::default();
+        let mut req = [0u8; 256];
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+        flagr.write_all(answer).await.unwrap();
+        let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &Method::GET, &home)
+            .await
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let _ = flagr.read(&mut req).await.unwrap();
+        assert_eq!(r.body().size_hint().exact(), Some(10));
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"0123456789");
+        let conn = home.take().expect("kept after a whole answer");
+        // Half an answer, then the body is dropped: nothing goes home.
+        flagr
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            .await
+            .unwrap();
+        let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &Method::GET, &home)
+            .await
+            .map_err(|(_, e)| e)
+            .unwrap();
+        drop(r);
+        assert!(home.take().is_none());
+        // Kept, then closed by Flagr while idle: not handed out.
+        let (conn, flagr) = pair().await;
+        home.put(conn);
+        drop(flagr);
+        // The event loop has to see the close first: bounded wait, no timing asserted.
+        let mut seen = false;
+        for _ in 0..1000 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if home.0.lock().unwrap().as_ref().unwrap().stale() {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "the closed connection was never seen as stale");
+        assert!(home.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_is_encoded_with_its_body_and_length() {
+        let req = http::Request::post("/api/v1/evaluation?x=1")
+            .header("host", "flagr")
+            .header("x-b", "2")
+            .body(http_body_util::Full::new(Bytes::from_static(b"{\"a\":1}")))
+            .unwrap();
+        let (parts, body) = req.into_parts();
+        let out = encode(&parts, body).await.unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /api/v1/evaluation?x=1 HTTP/1.1\r\nhost: flagr\r\nx-b: 2\r\n\
+             content-length: 7\r\n\r\n{\"a\":1}"
+        );
+        let req = http::Request::get("/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let (parts, body) = req.into_parts();
+        assert_eq!(
+            encode(&parts, body).await.unwrap(),
+            b"GET / HTTP/1.1\r\n\r\n"
+        );
+    }
+}
