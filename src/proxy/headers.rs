@@ -8,10 +8,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
+use futures_util::future::{FutureExt, Map};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-
-use super::answer::BoxFuture;
 
 // Built once: parsing a header name from a string on every request shows up in profiles.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -70,7 +69,8 @@ where
 {
     type Response = Response<RB>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<RB>, Infallible>>;
+    // A named future, not a boxed one: no allocation per request for a header pass.
+    type Future = Map<S::Future, StripAnswer<RB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -83,13 +83,18 @@ where
         };
         strip_hop_by_hop(req.headers_mut());
         add_forwarded(req.headers_mut(), &peer);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            strip_hop_by_hop(resp.headers_mut());
-            Ok(resp)
-        })
+        self.inner.call(req).map(strip_answer::<RB>)
     }
+}
+
+/// What [`Forwarded`] does to the answer, as a function its future can name.
+pub type StripAnswer<RB> = fn(Result<Response<RB>, Infallible>) -> Result<Response<RB>, Infallible>;
+
+fn strip_answer<RB>(resp: Result<Response<RB>, Infallible>) -> Result<Response<RB>, Infallible> {
+    resp.map(|mut r| {
+        strip_hop_by_hop(r.headers_mut());
+        r
+    })
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, and
@@ -129,16 +134,25 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` unless an outer proxy did.
 fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue) {
-    let xff = match h.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-        Some(prev) if !prev.is_empty() => {
-            HeaderValue::from_bytes(&[prev, b", ", ip.as_bytes()].concat()).ok()
-        }
-        _ => Some(ip.clone()),
+    // One pass over the names tells which are there; a lookup by name hashes it.
+    let (mut has_for, mut has_proto) = (false, false);
+    for n in h.keys() {
+        has_for |= *n == X_FORWARDED_FOR;
+        has_proto |= *n == X_FORWARDED_PROTO;
+    }
+    let prev = has_for
+        .then(|| h.get(X_FORWARDED_FOR))
+        .flatten()
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty());
+    let xff = match prev {
+        Some(prev) => HeaderValue::from_bytes(&[prev, b", ", ip.as_bytes()].concat()).ok(),
+        None => Some(ip.clone()),
     };
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
-    if !h.contains_key(X_FORWARDED_PROTO) {
+    if !has_proto {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::{Request, Response, StatusCode};
 
 use super::answer::BoxFuture;
@@ -71,7 +72,8 @@ where
 {
     type Response = Response<RB>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<RB>, Infallible>>;
+    // Requests that are not legacy mutations go on as they are, without a box of their own.
+    type Future = Either<S::Future, BoxFuture<Result<Response<RB>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -80,13 +82,13 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mutation = match req.extensions().get::<Route>() {
             Some(Route::Mutation(m)) if self.on.load(Ordering::Relaxed) => *m,
-            _ => return Box::pin(self.inner.call(req)),
+            _ => return Either::Left(self.inner.call(req)),
         };
         // The ready clone goes into the future; this one waits for the next poll_ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let flagr = self.flagr.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let flag = mutation.path_flag();
             let before = match flag {
                 Some(f) => flagr.flag(f).await.ok().flatten(),
@@ -107,6 +109,6 @@ where
             };
             resp.extensions_mut().insert(LegacyStates { before, after });
             Ok(resp)
-        })
+        }))
     }
 }

@@ -6,13 +6,14 @@
 //! the response untouched. Never: reads a body, or waits on anything but the inner service.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use tokio::time::Instant;
 
-use super::answer::BoxFuture;
 use super::metrics::ProxyMetrics;
 use crate::flagr::{Route, RouteTable};
 use crate::metrics::{method_label, status_class};
@@ -103,7 +104,8 @@ where
 {
     type Response = Response<RB>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<RB>, Infallible>>;
+    // A named future, not a boxed one: no allocation per request for counting it.
+    type Future = Measured<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -116,24 +118,69 @@ where
             .get::<Route>()
             .map_or("passthrough", Route::class);
         let method = method_label(req.method());
-        let metrics = self.metrics.clone();
-        metrics.in_flight.inc();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await;
-            metrics.in_flight.dec();
+        self.metrics.in_flight.inc();
+        Measured {
+            inner: self.inner.call(req),
+            count: Some(Count {
+                metrics: self.metrics.clone(),
+                started,
+                class,
+                method,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Measure`]'s future: the inner one, counted when it is ready (or dropped unfinished,
+    /// so `in_flight` never stays up for a client that went away).
+    pub struct Measured<F> {
+        #[pin]
+        inner: F,
+        count: Option<Count>,
+    }
+
+    impl<F> PinnedDrop for Measured<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(c) = this.project().count.take() {
+                c.metrics.in_flight.dec();
+            }
+        }
+    }
+}
+
+/// What a request is counted under, until its answer is ready.
+struct Count {
+    metrics: Arc<ProxyMetrics>,
+    started: Instant,
+    class: &'static str,
+    method: &'static str,
+}
+
+impl<F, RB> Future for Measured<F>
+where
+    F: Future<Output = Result<Response<RB>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let me = self.project();
+        let resp = ready!(me.inner.poll(cx));
+        if let Some(c) = me.count.take() {
+            c.metrics.in_flight.dec();
             if let Ok(r) = &resp {
-                metrics
+                let status = status_class(r.status().as_u16());
+                c.metrics
                     .requests
-                    .with_label_values(&[class, method, status_class(r.status().as_u16())])
+                    .with_label_values(&[c.class, c.method, status])
                     .inc();
             }
-            metrics
+            c.metrics
                 .duration
-                .with_label_values(&[class])
-                .observe(started.elapsed().as_secs_f64());
-            resp
-        })
+                .with_label_values(&[c.class])
+                .observe(c.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(resp)
     }
 }
 
@@ -141,7 +188,7 @@ where
 mod tests {
     use super::*;
     use crate::metrics::Registry;
-    use tower::{Layer, ServiceExt};
+    use tower::{Layer, Service, ServiceExt};
 
     #[tokio::test]
     async fn classifies_then_counts_by_route_class() {
@@ -164,6 +211,15 @@ mod tests {
         let count = |labels: &[&str]| metrics.requests.with_label_values(labels).get();
         assert_eq!(count(&["mutation", "POST", "2xx"]), 1);
         assert_eq!(count(&["passthrough", "GET", "4xx"]), 1);
+        assert_eq!(metrics.in_flight.get(), 0);
+        // A request whose client went away before the answer is not in flight any more.
+        let pending = tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<()>, Infallible>>()
+        });
+        let mut svc = MeasureLayer::new(metrics.clone()).layer(pending);
+        let fut = svc.call(Request::get("/").body(()).unwrap());
+        assert_eq!(metrics.in_flight.get(), 1);
+        drop(fut);
         assert_eq!(metrics.in_flight.get(), 0);
     }
 }

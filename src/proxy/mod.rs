@@ -39,13 +39,15 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 
 pub use answer::{error_response, OwnAnswer};
-pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr};
+pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr, StripAnswer};
 pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};
-pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer};
+pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer, Measured};
 pub use metrics::{ProxyMetrics, UpstreamFailure};
 pub use server::{bind, serve, start};
-pub use tap::{Captured, DropStage, Exchange, Tap, TapBody, TapLayer, TapMetrics, TapSender};
+pub use tap::{
+    Captured, DropStage, Exchange, PassAnswer, Tap, TapBody, TapLayer, TapMetrics, TapSender,
+};
 pub use upstream::{OwnConnection, Upstream, UpstreamBody, UpstreamError, WireBody};
 
 use crate::config::ProxyConfig;

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::future::{Either, FutureExt, Map};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
@@ -242,7 +243,11 @@ where
 {
     type Response = Response<TapBody<RB>>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<TapBody<RB>>, Infallible>>;
+    // Routes that are not inspected pass without a box of their own.
+    type Future = Either<
+        Map<S::Future, PassAnswer<RB>>,
+        BoxFuture<Result<Response<TapBody<RB>>, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -262,7 +267,7 @@ where
         };
         if !inspect {
             let fut = self.inner.call(req.map(TapBody::passthrough));
-            return Box::pin(async move { Ok(fut.await?.map(TapBody::passthrough)) });
+            return Either::Left(fut.map(pass_answer::<RB>));
         }
         let h = req.headers();
         let meta = RequestMeta {
@@ -288,7 +293,7 @@ where
         };
         let fut = self.inner.call(req);
         let sender = me.sender.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let mut resp = fut.await?;
             if resp.extensions().get::<OwnAnswer>().is_some() {
                 // flaghook's own 502/504: Flagr answered nothing, so there is nothing to derive.
@@ -321,8 +326,18 @@ where
                     },
                 )
             }))
-        })
+        }))
     }
+}
+
+/// What [`Tap`] does to an answer it does not inspect, as a function its future can name.
+pub type PassAnswer<RB> =
+    fn(Result<Response<RB>, Infallible>) -> Result<Response<TapBody<RB>>, Infallible>;
+
+fn pass_answer<RB: http_body::Body<Data = Bytes>>(
+    resp: Result<Response<RB>, Infallible>,
+) -> Result<Response<TapBody<RB>>, Infallible> {
+    resp.map(|r| r.map(TapBody::passthrough))
 }
 
 #[cfg(test)]

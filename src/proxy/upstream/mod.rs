@@ -75,6 +75,8 @@ struct Inner<B> {
     timeout: Duration,
     /// Requests with a body up to this size go over an own connection (`proxy.inline_body_max_bytes`).
     inline_max: u64,
+    /// An own connection idle longer than this is closed, as the pool's are.
+    max_idle: Duration,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -119,6 +121,7 @@ where
                 authority,
                 timeout: cfg.upstream_timeout,
                 inline_max: cfg.inline_body_max_bytes as u64,
+                max_idle: cfg.pool_idle_timeout,
                 metrics,
             }),
         })
@@ -243,7 +246,7 @@ where
         body: B,
     ) -> Result<Response<WireBody>, Failure> {
         let request = wire::encode(&parts, body).await.map_err(Failure::other)?;
-        let (mut conn, mut reused) = match own.take() {
+        let (mut conn, mut reused) = match own.take(self.max_idle) {
             Some(c) => (c, true),
             None => (self.dial().await?, false),
         };
@@ -251,8 +254,9 @@ where
             match wire::exchange(conn, &request, &parts.method, own).await {
                 Ok(r) => return Ok(r),
                 // Flagr closed the kept connection just as the request went out: it never read
-                // it, most likely, but only a request that may apply twice goes again.
-                Err((_, e)) if reused && e.nothing_back() && parts.method.is_idempotent() => {
+                // it, most likely; but only a request that changes nothing goes again (a PUT or
+                // DELETE Flagr did apply would be applied, or fail, a second time).
+                Err((_, e)) if reused && e.nothing_back() && parts.method.is_safe() => {
                     conn = self.dial().await?;
                     reused = false;
                 }
@@ -369,6 +373,7 @@ impl hyper::rt::Write for UnixIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
     use http_body_util::Full;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
@@ -456,11 +461,11 @@ mod tests {
         }
     }
 
-    /// A bare HTTP/1.1 server: reads each connection's first request whole (head and
-    /// Content-Length body), answers `answer` (nothing when empty), and closes without saying
-    /// so. Counts the requests it read.
-    async fn read_one_then_close(
-        answer: &'static [u8],
+    /// A bare HTTP/1.1 server: on each connection reads a request whole (head and
+    /// Content-Length body) for each of `answers` and writes that answer (nothing when empty),
+    /// then closes without saying so. Counts the requests it read.
+    async fn answer_then_close(
+        answers: &'static [&'static [u8]],
     ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -470,28 +475,32 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                let whole = loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        break false;
+                for answer in answers {
+                    let mut chunk = [0u8; 1024];
+                    let whole = loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            break false;
+                        };
+                        if n == 0 {
+                            break false;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + len {
+                            buf.drain(..end + 4 + len);
+                            break true;
+                        }
                     };
-                    if n == 0 {
-                        break false;
+                    if !whole {
+                        break;
                     }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    if buf.len() >= end + 4 + len {
-                        break true;
-                    }
-                };
-                if whole {
                     count.fetch_add(1, Ordering::SeqCst);
                     let _ = s.write_all(answer).await;
                 }
@@ -504,7 +513,7 @@ mod tests {
     /// sent again (it may have applied).
     #[tokio::test]
     async fn a_request_flagr_may_have_read_is_never_sent_again() {
-        let (addr, read) = read_one_then_close(b"").await;
+        let (addr, read) = answer_then_close(&[b""]).await;
         let up = upstream(addr, Duration::from_secs(5));
         let mut req = Request::post("/api/v1/flags")
             .body(Full::new(Bytes::from_static(b"{\"key\":\"k1\"}")))
@@ -519,8 +528,7 @@ mod tests {
     /// client connection goes out on a new one.
     #[tokio::test]
     async fn a_connection_flagr_closed_is_replaced() {
-        let (addr, read) =
-            read_one_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let (addr, read) = answer_then_close(&[OK]).await;
         let up = upstream(addr, Duration::from_secs(5));
         let own = OwnConnection::default();
         for _ in 0..3 {
@@ -531,6 +539,41 @@ mod tests {
             assert_eq!(text(r).await, "ok");
         }
         assert_eq!(read.load(Ordering::SeqCst), 3);
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// On a kept connection Flagr read the next request and hung up without answering: a GET
+    /// goes again on a new connection; a POST, PUT or DELETE does not (Flagr may have applied
+    /// it), and the client gets a 502.
+    #[tokio::test]
+    async fn only_requests_that_change_nothing_go_again_on_a_new_connection() {
+        for (method, again) in [
+            (Method::GET, true),
+            (Method::POST, false),
+            (Method::PUT, false),
+            (Method::DELETE, false),
+        ] {
+            let (addr, read) = answer_then_close(&[OK, b""]).await;
+            let up = upstream(addr, Duration::from_secs(5));
+            let own = OwnConnection::default();
+            let mut req = get();
+            req.extensions_mut().insert(own.clone());
+            assert_eq!(text(up.clone().oneshot(req).await.unwrap()).await, "ok");
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri("/api/v1/flags/1")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            req.extensions_mut().insert(own.clone());
+            let r = up.clone().oneshot(req).await.unwrap();
+            let want = if again {
+                (StatusCode::OK, 3)
+            } else {
+                (StatusCode::BAD_GATEWAY, 2)
+            };
+            assert_eq!((r.status(), read.load(Ordering::SeqCst)), want, "{method}");
+        }
     }
 
     /// `proxy.upstream_socket`: both the own connections and the pool reach Flagr over it.

@@ -17,7 +17,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -27,6 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,6 +43,8 @@ const READ_AHEAD: usize = 16 * 1024;
 pub(super) struct Conn {
     stream: Stream,
     buf: BytesMut,
+    /// When the last answer on it ended (set as it goes home).
+    idle_since: Instant,
 }
 
 /// TCP or the Unix socket Flagr listens on.
@@ -54,22 +58,16 @@ impl Conn {
         Self {
             stream,
             buf: BytesMut::new(),
+            idle_since: Instant::now(),
         }
     }
 
-    /// True when Flagr closed the connection while it sat idle (or wrote to it unasked): the
-    /// event loop already saw it readable, so asking costs no system call unless it did.
+    /// True when Flagr closed the connection while it sat idle (or wrote to it unasked).
+    /// `try_read` makes no system call unless the event loop saw the socket readable.
     fn stale(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let ready = match &self.stream {
-            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
-            Stream::Unix(s) => s.poll_read_ready(&mut cx),
-        };
-        if ready.is_pending() {
-            return false;
-        }
         // Readable: at its end, in error, or bytes nobody asked for. Only "would block"
-        // (readiness left over from a read that filled the buffer) means it is fine.
+        // (nothing there, or readiness left over from a read that filled the buffer) means it
+        // is fine.
         let mut probe = [0u8; 1];
         let read = match &self.stream {
             Stream::Tcp(s) => s.try_read(&mut probe),
@@ -103,13 +101,16 @@ impl Conn {
 pub struct OwnConnection(Arc<Mutex<Option<Conn>>>);
 
 impl OwnConnection {
-    /// The connection left by the previous answer, unless Flagr has closed it since.
-    pub(super) fn take(&self) -> Option<Conn> {
+    /// The connection left by the previous answer, unless Flagr has closed it since or it
+    /// sat idle longer than `max_idle` (as the pool's connections, so Flagr's own idle limit
+    /// does not close it under a request).
+    pub(super) fn take(&self, max_idle: Duration) -> Option<Conn> {
         let c = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-        (!c.stale()).then_some(c)
+        (c.idle_since.elapsed() <= max_idle && !c.stale()).then_some(c)
     }
 
-    fn put(&self, c: Conn) {
+    fn put(&self, mut c: Conn) {
+        c.idle_since = Instant::now();
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     }
 }
@@ -139,6 +140,11 @@ where
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        // The length written is the body's as sent; the whole body goes at once, so there is
+        // nothing to wait for a 100 Continue for. (Hop-by-hop headers are gone already.)
+        if name == header::CONTENT_LENGTH || name == header::EXPECT {
+            continue;
+        }
         // HeaderValue holds no CR or LF, so nothing here can end a line early.
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -146,7 +152,7 @@ where
         out.extend_from_slice(b"\r\n");
     }
     let sends_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-    if !parts.headers.contains_key(header::CONTENT_LENGTH) && (len > 0 || sends_body) {
+    if len > 0 || sends_body {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -204,22 +210,35 @@ pub(super) async fn exchange(
     if let Err(e) = conn.write_all(request).await {
         return Err((conn, nothing_back(e)));
     }
+    let mut interim = false;
     loop {
-        let head = match read_head(&mut conn).await {
+        let mut head = match read_head(&mut conn).await {
             Ok(h) => h,
+            // After a 1xx Flagr did answer something: it read the request.
+            Err(WireError::Closed) if interim => {
+                return Err((conn, WireError::Io(io::ErrorKind::UnexpectedEof.into())))
+            }
             Err(e) => return Err((conn, e)),
         };
         match head.status.as_u16() {
             // 100 Continue and the like come before the answer; 101 was never asked for.
             101 => return Err((conn, WireError::Malformed("101 without an upgrade"))),
-            100..=199 => continue,
+            100..=199 => {
+                interim = true;
+                continue;
+            }
             _ => {}
         }
         let framing = match framing(method, head.status, &head.headers) {
             Ok(f) => f,
             Err(why) => return Err((conn, WireError::Malformed(why))),
         };
+        // Both Transfer-Encoding and Content-Length: the length is not the body's (RFC 9112
+        // §6.3), so it does not reach the client, and the connection is not trusted again.
+        let both = head.headers.contains_key(header::TRANSFER_ENCODING)
+            && head.headers.remove(header::CONTENT_LENGTH).is_some();
         let keep = head.version == Version::HTTP_11
+            && !both
             && !matches!(framing, Framing::UntilClose)
             && !says_close(&head.headers);
         let mut r = Response::new(WireBody::new(conn, framing, keep, home.clone()));
@@ -334,7 +353,12 @@ fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing
     let mut length = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().map_err(|_| "bad content-length")?.split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| "bad content-length")?;
+            let part = part.trim();
+            // Digits only: Rust's parse would also take a leading '+'.
+            if !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("bad content-length");
+            }
+            let n: u64 = part.parse().map_err(|_| "bad content-length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting content-length");
             }
@@ -459,6 +483,10 @@ impl Body for WireBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::Chunked(Chunk::Size) if !buf.is_empty() => {
+                    // httparse would read an empty size line as the last chunk.
+                    if !buf[0].is_ascii_hexdigit() {
+                        return me.fail(bad("bad chunk size"));
+                    }
                     match httparse::parse_chunk_size(buf) {
                         Ok(httparse::Status::Complete((used, size))) => {
                             buf.advance(used);
@@ -666,7 +694,7 @@ mod tests {
         assert_eq!(r.body().size_hint().exact(), Some(10));
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"0123456789");
-        let conn = home.take().expect("kept after a whole answer");
+        let conn = home.take(IDLE).expect("kept after a whole answer");
         // Half an answer, then the body is dropped: nothing goes home.
         flagr
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
@@ -676,8 +704,11 @@ mod tests {
             .await
             .map_err(|(_, e)| e)
             .unwrap();
-        drop(r);
-        assert!(home.take().is_none());
+        let mut body = r.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"01234");
+        drop(body);
+        assert!(home.take(IDLE).is_none());
         // Kept, then closed by Flagr while idle: not handed out.
         let (conn, flagr) = pair().await;
         home.put(conn);
@@ -692,13 +723,121 @@ mod tests {
             }
         }
         assert!(seen, "the closed connection was never seen as stale");
-        assert!(home.take().is_none());
+        assert!(home.take(IDLE).is_none());
+        // Open but idle longer than allowed: not handed out either.
+        let (conn, _flagr) = pair().await;
+        home.put(conn);
+        assert!(home.take(IDLE).is_some());
+        let (conn, _flagr) = pair().await;
+        home.put(conn);
+        assert!(home.take(Duration::ZERO).is_none());
     }
+
+    /// One answer as Flagr might write it, read through; what the client gets, whether the
+    /// connection went home, and how the exchange ended.
+    async fn through(answer: &[u8], method: Method) -> Result<(Response<Bytes>, bool), String> {
+        let (conn, mut flagr) = pair().await;
+        let home = OwnConnection::default();
+        flagr.write_all(answer).await.unwrap();
+        let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &method, &home)
+            .await
+            .map_err(|(_, e)| e.to_string())?;
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let kept = home.take(IDLE).is_some();
+        Ok((Response::from_parts(parts, body), kept))
+    }
+
+    /// Each way an answer can be framed (RFC 9112 §6.3), and when its connection is kept.
+    #[tokio::test]
+    async fn answers_are_framed_and_connections_kept_only_when_sound() {
+        let get = || Method::GET;
+        // Interim answers are read past.
+        let (r, kept) = through(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            get(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.status(), &r.body()[..], kept),
+            (StatusCode::OK, &b"ok"[..], true)
+        );
+        // No body after HEAD, 204 or 304, whatever the headers say; the connection is kept.
+        let (r, kept) = through(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            Method::HEAD,
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.body().len(), kept), (0, true));
+        assert_eq!(r.headers()["content-length"], "9");
+        let (r, kept) = through(b"HTTP/1.1 204 No Content\r\n\r\n", get())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status(), r.body().len(), kept),
+            (StatusCode::NO_CONTENT, 0, true)
+        );
+        // Not kept: Flagr says it closes; HTTP/1.0; bytes after the body; no length at all.
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+        ] {
+            let (r, kept) = through(answer, get()).await.unwrap();
+            assert_eq!((&r.body()[..], kept), (&b"ok"[..], false));
+        }
+        // Transfer-Encoding and Content-Length: the length is dropped, the connection too.
+        let (r, kept) = through(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+            get(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((&r.body()[..], kept), (&b"ok"[..], false));
+        assert!(!r.headers().contains_key("content-length"));
+    }
+
+    /// Answers that cannot be framed end in an error, never in a guess.
+    #[tokio::test]
+    async fn answers_that_cannot_be_framed_are_errors() {
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        for answer in [
+            huge.as_bytes(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            assert!(through(answer, Method::GET).await.is_err());
+        }
+        // A close after a 1xx is not "nothing came back": the request was read.
+        let (conn, mut flagr) = pair().await;
+        flagr
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        drop(flagr);
+        let home = OwnConnection::default();
+        let e = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &Method::GET, &home)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .1;
+        assert!(!e.nothing_back());
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
 
     #[tokio::test]
     async fn a_request_is_encoded_with_its_body_and_length() {
         let req = http::Request::post("/api/v1/evaluation?x=1")
             .header("host", "flagr")
+            .header("content-length", "99")
+            .header("expect", "100-continue")
             .header("x-b", "2")
             .body(http_body_util::Full::new(Bytes::from_static(b"{\"a\":1}")))
             .unwrap();
