@@ -187,7 +187,9 @@ async fn sink(addr: &str) {
                 } else {
                     body.to_vec()
                 };
-                if let Ok(Value::Array(a)) = serde_json::from_slice::<Value>(&raw) {
+                // Each record is checked to be JSON but no tree is built: the receiver shares the
+                // two cores with Flagr here, and in production it runs elsewhere.
+                if let Ok(a) = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&raw) {
                     rc.fetch_add(a.len() as u64, Ordering::Relaxed);
                 }
                 "ok"

@@ -68,7 +68,9 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             pool_max_idle: 256,
-            pool_idle_timeout: Duration::from_secs(90),
+            // Flagr closes connections idle for 10 s (its --cleanup-timeout): letting go
+            // sooner means a kept connection is never reused just as Flagr closes it.
+            pool_idle_timeout: Duration::from_secs(8),
             inspect_max_bytes: 1 << 20,
             inline_body_max_bytes: 64 << 10,
             tap_max_bytes: 32 << 20,

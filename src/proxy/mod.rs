@@ -48,6 +48,8 @@ pub use server::{bind, serve, start};
 pub use tap::{
     Captured, DropStage, Exchange, PassAnswer, Tap, TapBody, TapLayer, TapMetrics, TapSender,
 };
+#[cfg(fuzzing)]
+pub use upstream::fuzz_answer;
 pub use upstream::{OwnConnection, Upstream, UpstreamBody, UpstreamError, WireBody};
 
 use crate::config::ProxyConfig;

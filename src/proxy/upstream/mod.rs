@@ -37,6 +37,8 @@ use tower::Service;
 use super::answer::{error_response, BoxFuture};
 use super::metrics::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
+#[cfg(fuzzing)]
+pub use wire::fuzz_answer;
 pub use wire::{OwnConnection, WireBody};
 
 /// Flagr's body (from the pool or an own connection), or flaghook's own short error.

@@ -557,6 +557,38 @@ impl Body for WireBody {
     }
 }
 
+/// For the fuzz target only (`cargo fuzz` builds with `--cfg fuzzing`): `answer` as the bytes
+/// Flagr sends, then its end, read through as the proxy reads an answer. Gives the head, the
+/// body (or that reading it failed) and whether the connection would have gone home; None when
+/// the exchange gave no answer.
+#[cfg(fuzzing)]
+pub async fn fuzz_answer(
+    answer: &[u8],
+    method: &Method,
+) -> Option<(http::response::Parts, Option<Bytes>, bool)> {
+    let (ours, mut theirs) = UnixStream::pair().ok()?;
+    let bytes = answer.to_vec();
+    let flagr = tokio::spawn(async move {
+        let _ = theirs.write_all(&bytes).await;
+        let _ = theirs.shutdown().await;
+        theirs
+    });
+    let home = OwnConnection::default();
+    let conn = Conn::new(Stream::Unix(ours));
+    let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", method, &home).await;
+    let out = match r {
+        Ok(r) => {
+            let (parts, body) = r.into_parts();
+            let body = body.collect().await.ok().map(|b| b.to_bytes());
+            let kept = home.0.lock().is_ok_and(|c| c.is_some());
+            Some((parts, body, kept))
+        }
+        Err(_) => None,
+    };
+    drop(flagr.await);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
