@@ -67,7 +67,10 @@ pub(super) fn context_map<'a>(raw: Option<&'a RawValue>) -> BTreeMap<Text<'a>, &
 
 /// The answer's results: the batch's, or the single one.
 pub(super) fn parse(raw: &[u8]) -> Result<Vec<EvalResult<'_>>, serde_json::Error> {
-    let mut top: EvalResult<'_> = serde_json::from_slice(raw)?;
+    // UTF-8 checked once for the whole answer: reading from a `str`, serde_json does not check
+    // each string (and each key) again, as it does reading from bytes.
+    let text = std::str::from_utf8(raw).map_err(serde::de::Error::custom)?;
+    let mut top: EvalResult<'_> = serde_json::from_str(text)?;
     Ok(match top.results.take() {
         Some(v) => v,
         None => vec![top],
@@ -136,6 +139,7 @@ mod tests {
         let single = parse(br#"{"flagID": 3, "variantKey": "on"}"#).unwrap();
         assert_eq!((single.len(), single[0].flag_id), (1, Some(3)));
         assert!(parse(b"[1, 2]").is_err());
+        assert!(parse(b"{\"flagKey\": \"\xff\"}").is_err(), "not UTF-8");
         assert!(parse(br#"{"evaluationResults": 5}"#).is_err());
     }
 }
