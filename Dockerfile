@@ -2,7 +2,8 @@
 # syntax=docker/dockerfile:1
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY link ./link
 COPY src ./src
 COPY config ./config
 COPY examples ./examples

@@ -1,5 +1,5 @@
 //! What the proxy answers with when Flagr does not: a short JSON error of flaghook's own; and
-//! the boxed future every layer returns.
+//! the boxed future of the few paths that cannot name their future.
 //!
 //! In: nothing. Out: the shared types and [`error_response`]. Never: depends on a layer.
 
@@ -15,7 +15,7 @@ use http_body_util::Full;
 #[derive(Clone, Copy, Debug)]
 pub struct OwnAnswer;
 
-/// What every layer's `call` returns.
+/// What a path that cannot name its future returns (kept rare: each costs an allocation).
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A short JSON error of flaghook's own, marked `X-Flaghook-Error: 1`.
