@@ -225,6 +225,10 @@ impl App {
             derive::ImpressionSink::new(&cfg, deliveries.clone(), metrics.impressions.clone());
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
+        let impression_queue = impression_sink
+            .as_ref()
+            .map(|s| derive::ImpressionQueue::new(s.cfg.queue));
+        let impression_queue_tx = impression_queue.as_ref().map(|q| q.sender());
         let (hint_tx, hint_rx) = mpsc::channel(cfg.derive.lane_capacity);
         let follower = changelog::Follower::new(
             &cfg,
@@ -317,18 +321,22 @@ impl App {
         let derive_task = tokio::spawn(derive::run(
             deriver,
             tap_rx,
+            impression_queue,
             cfg.derive.lanes,
             cfg.derive.lane_capacity,
         ));
 
         // Git sync's calls through the proxy prove themselves with this; nobody else has it.
         let gitsync_token = uuid::Uuid::new_v4().simple().to_string();
-        let tap = proxy::TapSender::new(
+        let mut tap = proxy::TapSender::new(
             tap_tx,
             metrics.tap.clone(),
             cfg.proxy.inspect_max_bytes,
             proxy::tap::ByteBudget::new(cfg.proxy.tap_max_bytes),
         );
+        if let Some(queue) = &impression_queue_tx {
+            tap = tap.with_impressions(queue.clone());
+        }
         // One stack per proxy thread: each keeps its own upstream pool on its own thread.
         let threads = cfg.runtime.proxy_threads();
         let stacks = (0..threads)

@@ -155,6 +155,9 @@ impl TapMetrics {
 #[derive(Clone)]
 pub struct TapSender {
     tx: mpsc::Sender<Exchange>,
+    /// Evaluations and exposures go straight to the impression workers' queue: one hand-over
+    /// (and one wake-up) per call instead of two through the mutation deriver.
+    impressions: Option<mpsc::Sender<Exchange>>,
     metrics: Arc<TapMetrics>,
     cap: usize,
     budget: Arc<ByteBudget>,
@@ -169,15 +172,26 @@ impl TapSender {
     ) -> Self {
         Self {
             tx,
+            impressions: None,
             metrics,
             cap,
             budget,
         }
     }
 
+    /// Where evaluation and exposure exchanges go (without it, to the tap channel as the rest).
+    pub fn with_impressions(mut self, tx: mpsc::Sender<Exchange>) -> Self {
+        self.impressions = Some(tx);
+        self
+    }
+
     fn send(&self, ex: Exchange) {
-        if self.tx.try_send(ex).is_err() {
-            self.metrics.dropped(DropStage::Tap);
+        let (tx, stage) = match (&ex.route, &self.impressions) {
+            (Route::Evaluation(_) | Route::Exposure, Some(imp)) => (imp, DropStage::Impressions),
+            _ => (&self.tx, DropStage::Tap),
+        };
+        if tx.try_send(ex).is_err() {
+            self.metrics.dropped(stage);
         }
     }
 }
@@ -421,5 +435,39 @@ mod tests {
         let ex = rx.try_recv().expect("an evaluation exchange");
         assert!(matches!(ex.request_body, Captured::Skipped));
         assert!(ex.response_body.bytes().is_some());
+    }
+
+    #[tokio::test]
+    async fn evaluations_go_to_the_impression_queue_when_given_one_and_mutations_do_not() {
+        let (l, mut rx) = layer(true);
+        let (imp_tx, mut imp_rx) = mpsc::channel(8);
+        let shared = &l.shared;
+        let l = TapLayer {
+            shared: Arc::new(TapShared {
+                sender: shared.sender.clone().with_impressions(imp_tx),
+                routes: RouteTable::new(""),
+                inspect_impressions: true,
+                user_header: shared.user_header.clone(),
+            }),
+        };
+        call(&l, "POST", "/api/v1/evaluation", r#"{"flagKey":"k"}"#).await;
+        call(
+            &l,
+            "POST",
+            "/api/v1/evaluation/batch",
+            r#"{"flagKeys":["k"]}"#,
+        )
+        .await;
+        call(&l, "POST", "/api/v1/flags", r#"{"key":"k"}"#).await;
+        for _ in 0..2 {
+            let ex = imp_rx
+                .try_recv()
+                .expect("an evaluation on the impression queue");
+            assert!(matches!(ex.route, Route::Evaluation(_)));
+        }
+        assert!(imp_rx.try_recv().is_err(), "the mutation went elsewhere");
+        let ex = rx.try_recv().expect("the mutation on the tap channel");
+        assert!(matches!(ex.route, Route::Mutation(_)));
+        assert!(rx.try_recv().is_err(), "no evaluation on the tap channel");
     }
 }
