@@ -46,7 +46,8 @@ pub struct ProxyConfig {
     /// Bytes of copied bodies in flight or waiting for derivation, all exchanges together;
     /// a copy beyond it is not made (the request passes, counted as not inspected).
     pub tap_max_bytes: usize,
-    /// Capacity of the channel between the proxy and the derive worker; full = dropped, counted.
+    /// Capacity of the channel between the proxy and the derive worker (flag changes;
+    /// evaluations go to `impressions.queue`); full = dropped, counted.
     pub tap_capacity: usize,
     /// A client must send its request headers within this time.
     #[serde(with = "humantime_serde")]

@@ -440,17 +440,18 @@ mod tests {
     #[tokio::test]
     async fn evaluations_go_to_the_impression_queue_when_given_one_and_mutations_do_not() {
         let (l, mut rx) = layer(true);
-        let (imp_tx, mut imp_rx) = mpsc::channel(8);
-        let shared = &l.shared;
+        let (imp_tx, mut imp_rx) = mpsc::channel(2);
+        let sender = l.shared.sender.clone().with_impressions(imp_tx);
+        let metrics = sender.metrics.clone();
         let l = TapLayer {
             shared: Arc::new(TapShared {
-                sender: shared.sender.clone().with_impressions(imp_tx),
+                sender,
                 routes: RouteTable::new(""),
                 inspect_impressions: true,
-                user_header: shared.user_header.clone(),
+                user_header: l.shared.user_header.clone(),
             }),
         };
-        call(&l, "POST", "/api/v1/evaluation", r#"{"flagKey":"k"}"#).await;
+        call(&l, "POST", "/api/v1/exposures", r#"[{"flagKey":"k"}]"#).await;
         call(
             &l,
             "POST",
@@ -458,14 +459,20 @@ mod tests {
             r#"{"flagKeys":["k"]}"#,
         )
         .await;
+        // The queue holds two: a third is dropped and counted at the impression stage.
+        call(&l, "POST", "/api/v1/evaluation", r#"{"flagKey":"k"}"#).await;
         call(&l, "POST", "/api/v1/flags", r#"{"key":"k"}"#).await;
-        for _ in 0..2 {
-            let ex = imp_rx
-                .try_recv()
-                .expect("an evaluation on the impression queue");
-            assert!(matches!(ex.route, Route::Evaluation(_)));
-        }
+        let first = imp_rx
+            .try_recv()
+            .expect("the exposure on the impression queue");
+        assert!(matches!(first.route, Route::Exposure));
+        let second = imp_rx
+            .try_recv()
+            .expect("the batch on the impression queue");
+        assert!(matches!(second.route, Route::Evaluation(_)));
         assert!(imp_rx.try_recv().is_err(), "the mutation went elsewhere");
+        let dropped = |stage: &str| metrics.dropped.with_label_values(&[stage]).get();
+        assert_eq!((dropped("impressions"), dropped("tap")), (1, 0));
         let ex = rx.try_recv().expect("the mutation on the tap channel");
         assert!(matches!(ex.route, Route::Mutation(_)));
         assert!(rx.try_recv().is_err(), "no evaluation on the tap channel");
