@@ -225,10 +225,10 @@ impl App {
             derive::ImpressionSink::new(&cfg, deliveries.clone(), metrics.impressions.clone());
 
         let (tap_tx, tap_rx) = mpsc::channel(cfg.proxy.tap_capacity);
-        let impression_queue = impression_sink
+        let (impression_tx, impression_rx) = impression_sink
             .as_ref()
-            .map(|s| derive::ImpressionQueue::new(s.cfg.queue));
-        let impression_queue_tx = impression_queue.as_ref().map(|q| q.sender());
+            .map(|s| derive::impression_queue(s.cfg.queue))
+            .unzip();
         let (hint_tx, hint_rx) = mpsc::channel(cfg.derive.lane_capacity);
         let follower = changelog::Follower::new(
             &cfg,
@@ -321,7 +321,7 @@ impl App {
         let derive_task = tokio::spawn(derive::run(
             deriver,
             tap_rx,
-            impression_queue,
+            impression_rx,
             cfg.derive.lanes,
             cfg.derive.lane_capacity,
         ));
@@ -334,8 +334,8 @@ impl App {
             cfg.proxy.inspect_max_bytes,
             proxy::tap::ByteBudget::new(cfg.proxy.tap_max_bytes),
         );
-        if let Some(queue) = &impression_queue_tx {
-            tap = tap.with_impressions(queue.clone());
+        if let Some(tx) = impression_tx {
+            tap = tap.with_impressions(tx);
         }
         // One stack per proxy thread: each keeps its own upstream pool on its own thread.
         let threads = cfg.runtime.proxy_threads();

@@ -1,7 +1,8 @@
 //! The worker behind the tap: turns tapped exchanges into hints for the changelog follower
 //! (Flagr 1.2.x), change sets (legacy 1.1.x, from the pre-fetched states) and impression records.
 //!
-//! In: [`Exchange`]s from the proxy. Out: [`Hint`]s to the follower; on legacy Flagr,
+//! In: mutation [`Exchange`]s on the tap channel; evaluations and exposures on the impression
+//! workers' queue ([`impression_queue`], which the tap fills). Out: [`Hint`]s to the follower; on legacy Flagr,
 //! [`ChangeSet`]s published to [`Deliveries`]; impression records to the batchers.
 //! Never: runs on the request path; on legacy Flagr one flag's mutations are handled by one
 //! lane, in the order Flagr answered them, so its events keep their order.
@@ -158,7 +159,7 @@ struct Work {
 pub async fn run(
     deriver: Arc<Deriver>,
     mut rx: mpsc::Receiver<Exchange>,
-    impressions: Option<ImpressionQueue>,
+    impressions: Option<ImpressionReceiver>,
     lanes: usize,
     lane_capacity: usize,
 ) {
@@ -169,29 +170,21 @@ pub async fn run(
         senders.push(tx);
         handles.push(tokio::spawn(lane(deriver.clone(), rx)));
     }
-    // Impression mapping is CPU work: a small pool shares one queue, which the tap sends
-    // evaluations to directly (those that come this way are forwarded).
-    let mut impressions = impressions;
-    let imp_tx = deriver.impressions.as_ref().map(|sink| {
-        let queue = impressions
-            .take()
-            .unwrap_or_else(|| ImpressionQueue::new(sink.cfg.queue));
+    // Impression mapping is CPU work: a small pool shares one queue, which the tap fills.
+    if let (Some(sink), Some(queue)) = (&deriver.impressions, impressions) {
         for _ in 0..sink.cfg.workers {
             handles.push(tokio::spawn(impression_worker(
                 deriver.clone(),
                 sink.clone(),
-                queue.rx.clone(),
+                queue.clone(),
             )));
         }
-        queue.tx
-    });
+    }
     while let Some(ex) = rx.recv().await {
         let Route::Mutation(mutation) = ex.route else {
-            if let Some(tx) = &imp_tx {
-                if tx.try_send(ex).is_err() {
-                    deriver.metrics.tap.dropped(DropStage::Impressions);
-                }
-            }
+            // Evaluations and exposures go from the tap to the impression workers' queue; one
+            // here came from a tap given none, so no impression is made of it.
+            deriver.metrics.tap.dropped(DropStage::Impressions);
             continue;
         };
         deriver
@@ -251,35 +244,20 @@ pub async fn run(
         }
     }
     drop(senders);
-    drop(imp_tx);
     for h in handles {
         let _ = h.await;
     }
 }
 
-/// The impression workers' queue, bounded (full: dropped and counted): tokio's mpsc behind a
-/// mutex, so that the workers take turns.
-pub struct ImpressionQueue {
-    tx: mpsc::Sender<Exchange>,
-    rx: SharedReceiver,
+/// The impression workers' queue, bounded (full: dropped and counted): the sending half for
+/// the tap, which hands evaluations and exposures over; the receiving half behind a mutex, so
+/// that the workers take turns. The workers end once every sender is gone and the queue is empty.
+pub fn impression_queue(cap: usize) -> (mpsc::Sender<Exchange>, ImpressionReceiver) {
+    let (tx, rx) = mpsc::channel(cap);
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
 }
 
-impl ImpressionQueue {
-    pub fn new(cap: usize) -> Self {
-        let (tx, rx) = mpsc::channel(cap);
-        Self {
-            tx,
-            rx: Arc::new(tokio::sync::Mutex::new(rx)),
-        }
-    }
-
-    /// For the tap, which hands evaluations and exposures over here.
-    pub fn sender(&self) -> mpsc::Sender<Exchange> {
-        self.tx.clone()
-    }
-}
-
-type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Exchange>>>;
+pub type ImpressionReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Exchange>>>;
 
 /// How long a worker that has emptied the queue waits before it sleeps on it. A hand-over to a
 /// sleeping worker wakes a thread (a system call on the proxy thread, a context switch on the
@@ -287,27 +265,26 @@ type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Exchange>>>;
 /// that gathers for 2 ms wakes at most 500 times a second; records wait far longer in batches.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
-async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: SharedReceiver) {
+async fn impression_worker(d: Arc<Deriver>, sink: Arc<ImpressionSink>, rx: ImpressionReceiver) {
+    // Set by each exchange taken; cleared by the one gathering pause that follows.
     let mut busy = false;
     loop {
-        let ex = {
-            let mut queue = rx.lock().await;
-            match queue.try_recv() {
-                Ok(ex) => Some(ex),
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-                Err(mpsc::error::TryRecvError::Empty) if busy => None,
-                Err(mpsc::error::TryRecvError::Empty) => queue.recv().await,
-            }
-        };
-        let ex = match ex {
-            Some(ex) => ex,
-            None if busy => {
+        let mut queue = rx.lock().await;
+        let ex = match queue.try_recv() {
+            Ok(ex) => ex,
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) if busy => {
+                drop(queue);
                 busy = false;
                 tokio::time::sleep(GATHER).await;
                 continue;
             }
-            None => return,
+            Err(mpsc::error::TryRecvError::Empty) => match queue.recv().await {
+                Some(ex) => ex,
+                None => return,
+            },
         };
+        drop(queue);
         busy = true;
         let gate = Gate::recording(sink.cfg.flags == RecordedFlags::All, &sink.known);
         let records = impressions_of(&ex, &sink.cfg, &gate, d.inspect_cap);

@@ -377,20 +377,28 @@ mod tests {
     }
 
     fn layer(impressions: bool) -> (TapLayer, mpsc::Receiver<Exchange>) {
+        let (l, rx, _) = layer_with(impressions, None);
+        (l, rx)
+    }
+
+    /// A tap layer, its tap channel and metrics; `queue`: the impression workers' queue.
+    fn layer_with(
+        impressions: bool,
+        queue: Option<mpsc::Sender<Exchange>>,
+    ) -> (TapLayer, mpsc::Receiver<Exchange>, Arc<TapMetrics>) {
         let (tx, rx) = mpsc::channel(8);
-        let sender = TapSender::new(
-            tx,
-            Arc::new(TapMetrics::new(&Registry::default())),
-            1 << 20,
-            ByteBudget::new(1 << 20),
-        );
+        let metrics = Arc::new(TapMetrics::new(&Registry::default()));
+        let mut sender = TapSender::new(tx, metrics.clone(), 1 << 20, ByteBudget::new(1 << 20));
+        if let Some(queue) = queue {
+            sender = sender.with_impressions(queue);
+        }
         let l = TapLayer::new(
             sender,
             RouteTable::new(""),
             impressions,
             HeaderName::from_static("x-email"),
         );
-        (l, rx)
+        (l, rx, metrics)
     }
 
     async fn call(l: &TapLayer, method: &str, path: &str, body: &'static str) -> Bytes {
@@ -439,18 +447,8 @@ mod tests {
 
     #[tokio::test]
     async fn evaluations_go_to_the_impression_queue_when_given_one_and_mutations_do_not() {
-        let (l, mut rx) = layer(true);
         let (imp_tx, mut imp_rx) = mpsc::channel(2);
-        let sender = l.shared.sender.clone().with_impressions(imp_tx);
-        let metrics = sender.metrics.clone();
-        let l = TapLayer {
-            shared: Arc::new(TapShared {
-                sender,
-                routes: RouteTable::new(""),
-                inspect_impressions: true,
-                user_header: l.shared.user_header.clone(),
-            }),
-        };
+        let (l, mut rx, metrics) = layer_with(true, Some(imp_tx));
         call(&l, "POST", "/api/v1/exposures", r#"[{"flagKey":"k"}]"#).await;
         call(
             &l,
