@@ -49,7 +49,9 @@ pub struct ProxyConfig {
     /// Capacity of the channel between the proxy and the derive worker (flag changes;
     /// evaluations go to `impressions.queue`); full = dropped, counted.
     pub tap_capacity: usize,
-    /// A client must send its request headers within this time.
+    /// A client must send its request headers within this time, also between keep-alive
+    /// requests (checked every half of it: an idle connection is closed 1 to 1.5 times it
+    /// after its last request ended).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Open client connections at most; more are closed at once (counted).
@@ -142,6 +144,14 @@ impl ProxyConfig {
             return Err(ConfigError::invalid(
                 "proxy.path_prefix",
                 "must start with '/' and not end with '/' (or be empty)",
+            ));
+        }
+        if self.header_read_timeout < Duration::from_millis(10) {
+            // Below this a connection would be closed before a client on another host could
+            // send its next request.
+            return Err(ConfigError::invalid(
+                "proxy.header_read_timeout",
+                "must be at least 10ms",
             ));
         }
         positive("proxy.inspect_max_bytes", self.inspect_max_bytes)?;

@@ -49,6 +49,7 @@ fn bad_values_name_the_key() {
         ("[proxy]\nlisten = \"nope\"\n", "listen"),
         ("[proxy]\nupstream_timeout = \"forever\"\n", "upstream_timeout"),
         ("[proxy]\npath_prefix = \"flagr\"\n", "proxy.path_prefix"),
+        ("[proxy]\nheader_read_timeout = \"0s\"\n", "proxy.header_read_timeout"),
         ("[delivery]\njitter = 2.0\n", "delivery.jitter"),
         ("[delivery]\nretry_schedule = []\n", "delivery.retry_schedule"),
         ("[log]\nformat = \"xml\"\n", "log.format"),
