@@ -49,9 +49,9 @@ pub struct ProxyConfig {
     /// Capacity of the channel between the proxy and the derive worker (flag changes;
     /// evaluations go to `impressions.queue`); full = dropped, counted.
     pub tap_capacity: usize,
-    /// A client must send its request headers within this time, also between keep-alive
-    /// requests (checked every half of it: an idle connection is closed 1 to 1.5 times it
-    /// after its last request ended).
+    /// A client connection with no request in flight for this long (silent, idle between
+    /// requests, or stalled in a request head) is closed: checked every half of it, so 1 to
+    /// 1.5 times it after its last request ended. At least 10 ms.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Open client connections at most; more are closed at once (counted).

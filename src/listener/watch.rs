@@ -142,9 +142,12 @@ impl Closing {
     pub(super) fn activity(&self) -> Arc<Activity> {
         let a = Arc::new(Activity::default());
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        // Ended connections are swept only when the list would grow: amortised O(1).
+        // Ended connections are swept only when the list would grow, and the list keeps room
+        // for as many again as are open after a sweep: amortised O(1) per connection.
         if open.len() == open.capacity() {
             open.retain(|w| w.strong_count() > 0);
+            let room = open.len().max(16);
+            open.reserve(room);
         }
         open.push(Arc::downgrade(&a));
         a
@@ -162,9 +165,16 @@ impl Closing {
 
 /// How a watched connection ended.
 pub(super) enum Outcome<E> {
-    /// It finished by itself (or after a graceful close).
+    /// It finished by itself, or after the listener asked it to.
     Done(Result<(), E>),
-    /// Closed gracefully for idling, it idled on: cut.
+    /// Closed for idling (gracefully, or cut when it idled on after that).
+    Idle,
+}
+
+/// What a tick of the watch decided.
+enum Verdict {
+    Busy,
+    Close,
     Cut,
 }
 
@@ -185,15 +195,17 @@ pin_project_lite::pin_project! {
         period: Duration,
         seen: u64,
         quiet: u8,
+        // Asked to close (by the listener or for idling), and whether for idling.
         asked: bool,
+        idled: bool,
         timed_out: IntCounter,
     }
 }
 
 impl<C, F: FnMut(Pin<&mut C>)> Watched<C, F> {
-    /// Watches `conn`: idle for `timeout` (checked every half of it, so closed between 1 and
-    /// 1.5 times it after its last request ended, or after it opened), it is closed
-    /// gracefully and counted in `timed_out`.
+    /// Watches `conn`: with no request in flight for `timeout` (checked every half of it, so
+    /// closed between 1 and 1.5 times it after its last request ended, or after it opened),
+    /// it is closed gracefully and counted in `timed_out`.
     pub(super) fn new(
         conn: C,
         close: F,
@@ -214,7 +226,29 @@ impl<C, F: FnMut(Pin<&mut C>)> Watched<C, F> {
             seen: 0,
             quiet: 0,
             asked: false,
+            idled: false,
             timed_out,
+        }
+    }
+}
+
+impl Activity {
+    /// One tick: busy when a request is in flight or one began or ended since the last tick;
+    /// two quiet ticks in a row close the connection, a third cuts it.
+    fn tick(&self, seen: &mut u64, quiet: &mut u8) -> Verdict {
+        let begun = self.begun.load(Ordering::Relaxed);
+        let ended = self.ended.load(Ordering::Relaxed);
+        let progress = begun.wrapping_add(ended);
+        if begun != ended || progress != *seen {
+            *seen = progress;
+            *quiet = 0;
+            return Verdict::Busy;
+        }
+        *quiet = quiet.saturating_add(1);
+        match *quiet {
+            1 => Verdict::Busy,
+            2 => Verdict::Close,
+            _ => Verdict::Cut,
         }
     }
 }
@@ -228,36 +262,62 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        // The connection first: a request that arrived with the tick is read (and counted)
+        // before the tick is judged.
+        if let Poll::Ready(r) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(if *this.idled {
+                Outcome::Idle
+            } else {
+                Outcome::Done(r)
+            });
+        }
+        let fresh = !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if fresh {
             *this.waker = Some(cx.waker().clone());
             this.activity.waker.register(cx.waker());
-            let _ = this.tick.as_mut().poll(cx);
         }
+        let mut asked_now = false;
         if !*this.asked && this.closing.flag.load(Ordering::Acquire) {
             *this.asked = true;
+            asked_now = true;
             (this.close)(this.conn.as_mut());
         }
-        if this.tick.is_elapsed() {
-            let begun = this.activity.begun.load(Ordering::Relaxed);
-            let ended = this.activity.ended.load(Ordering::Relaxed);
-            let progress = begun.wrapping_add(ended);
-            if begun != ended || progress != *this.seen {
-                *this.seen = progress;
-                *this.quiet = 0;
-            } else {
-                // Two quiet halves: a whole timeout without a request.
-                *this.quiet += 1;
-                if *this.quiet >= 2 && !*this.asked {
-                    *this.asked = true;
-                    this.timed_out.inc();
-                    (this.close)(this.conn.as_mut());
-                } else if *this.quiet >= 3 {
-                    return Poll::Ready(Outcome::Cut);
+        // Polling the timer registers the waker (only needed when it changed) and tells a
+        // tick; every Ready is a tick, also one that fired again while it was being reset.
+        if fresh || this.tick.is_elapsed() {
+            while poll_tick(this.tick.as_mut(), cx).is_ready() {
+                match this.activity.tick(this.seen, this.quiet) {
+                    Verdict::Busy => {}
+                    Verdict::Close if !*this.asked => {
+                        *this.asked = true;
+                        *this.idled = true;
+                        asked_now = true;
+                        this.timed_out.inc();
+                        (this.close)(this.conn.as_mut());
+                    }
+                    Verdict::Close => {}
+                    Verdict::Cut => return Poll::Ready(Outcome::Idle),
                 }
+                this.tick.as_mut().reset(Instant::now() + *this.period);
             }
-            this.tick.as_mut().reset(Instant::now() + *this.period);
-            let _ = this.tick.as_mut().poll(cx);
         }
-        this.conn.poll(cx).map(Outcome::Done)
+        if asked_now {
+            // A graceful close may end an idle connection at once.
+            if let Poll::Ready(r) = this.conn.as_mut().poll(cx) {
+                return Poll::Ready(if *this.idled {
+                    Outcome::Idle
+                } else {
+                    Outcome::Done(r)
+                });
+            }
+        }
+        Poll::Pending
     }
+}
+
+/// Polls the watch's timer outside the task's cooperative budget: a poll refused for want of
+/// budget would register no waker, and with the waker unchanged the timer is not polled again
+/// until it has fired, which nothing would then report.
+fn poll_tick(tick: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    std::pin::pin!(tokio::task::coop::unconstrained(tick)).poll(cx)
 }
