@@ -50,8 +50,9 @@ pub struct ProxyConfig {
     /// evaluations go to `impressions.queue`); full = dropped, counted.
     pub tap_capacity: usize,
     /// A client connection with no request in flight for this long (silent, idle between
-    /// requests, or stalled in a request head) is closed: checked every half of it, so 1 to
-    /// 1.5 times it after its last request ended. At least 10 ms.
+    /// requests, stalled in a request head or not reading its answer) is closed: checked every
+    /// half of it, so gracefully 1 to 1.5 times it after its last request ended, cut by 2 times
+    /// it. At least 10 ms.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Open client connections at most; more are closed at once (counted).

@@ -87,8 +87,9 @@ pub struct Counters {
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// A connection with no request in flight for this long (silent, idle between requests,
-    /// or stalled in a request head) is closed: checked every half of it, so between 1 and
-    /// 1.5 times it after the connection's last request ended (or it opened).
+    /// or stalled in a request head) is closed: checked every half of it, gracefully 1 to 1.5
+    /// times it after the connection's last request ended (or it opened), cut by 2 times it
+    /// if it does not go then.
     pub header_read_timeout: Duration,
     /// Open connections at most, shared by every accept loop of the listener; further ones are
     /// closed as soon as they are accepted.
@@ -211,10 +212,12 @@ where
     B::Error: Into<BoxError>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No timer for HTTP/1.1: hyper would arm one per request for its header timeout; the
-    // connection's watch keeps that timeout instead (see `watch`).
+    // No timer and no header timeout for HTTP/1.1: hyper would arm a timer per request for
+    // it (and with a timer it defaults to 30 s); the connection's watch keeps that timeout
+    // instead (see `watch`).
     builder
         .http1()
+        .header_read_timeout(None)
         .keep_alive(true)
         // A client that sent its whole request gets its answer even if it closes its side
         // meanwhile, and hyper does not read ahead while a request is in flight: that read
@@ -293,6 +296,9 @@ where
                 }
                 watch::Outcome::Idle => {
                     tracing::debug!(%peer, "client connection closed: no request in time");
+                }
+                watch::Outcome::Cut => {
+                    tracing::debug!(%peer, "client connection cut: it idled on after shutdown began");
                 }
             }
             open.dec();
@@ -477,7 +483,16 @@ mod tests {
                         return (String::from_utf8_lossy(&got).into_owned(), false);
                     }
                 }
-                Err(e) => panic!("connection held open: {e}"),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("connection held open: {e}")
+                }
+                // Reset by the server: closed too.
+                Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
             }
         }
     }
@@ -489,8 +504,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_and_stalled_clients_are_closed_but_slow_answers_are_not() {
         let stop = CancellationToken::new();
-        let timeout = Duration::from_millis(300);
-        let (addr, counters, task) = watched(timeout, Duration::from_secs(5), timeout * 4, &stop);
+        // Long enough that a slow machine's client thread sends its request in time; the
+        // bounds themselves are checked with paused time in `watch`'s tests.
+        let timeout = Duration::from_secs(1);
+        let (addr, counters, task) = watched(timeout, Duration::from_secs(5), timeout * 3, &stop);
         let (answer, idled, stalled) = tokio::task::spawn_blocking(move || {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             let answer = exchange(&mut s, GET);
@@ -541,8 +558,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_half_closed_client_gets_its_answer() {
         let stop = CancellationToken::new();
-        let timeout = Duration::from_millis(200);
-        let (addr, counters, task) = watched(timeout, Duration::from_secs(5), timeout * 3, &stop);
+        let timeout = Duration::from_secs(1);
+        let (addr, counters, task) = watched(timeout, Duration::from_secs(5), timeout * 2, &stop);
         let got = tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -1,12 +1,14 @@
 //! One client connection's watch: the header-read timeout and the listener's shutdown, at no
-//! cost per request beyond two counter increments.
+//! cost per request beyond two counter increments and a reference count.
 //!
 //! In: a served connection (hyper's), its service (wrapped in [`Tracked`], which counts the
 //! requests it begins and ends), the listener's [`Closing`] and the timeout.
 //! Out: the connection's outcome; a graceful close when it has idled (no request in flight and
 //! none begun or ended) for the timeout or the listener closes, a cut when a gracefully closed
-//! one still idles half a timeout later.
-//! Never: closes a connection with a request in flight for idling, holds a lock or a timer per
+//! one still idles half a timeout later (a client stalled in a request head, or one that stopped
+//! reading an answer hyper has already taken whole, as nginx's `send_timeout`).
+//! Never: closes a connection while its service is still answering a request (Flagr slow, a
+//! body still streaming from it) for idling, holds a lock or a timer per
 //! request (hyper's own header timer allocated, registered and dropped one for every request:
 //! about 5 % of the proxy's instructions per request), or wakes a connection that has nothing
 //! to do.
@@ -169,6 +171,8 @@ pub(super) enum Outcome<E> {
     Done(Result<(), E>),
     /// Closed for idling (gracefully, or cut when it idled on after that).
     Idle,
+    /// Asked by the listener to close, it idled on: cut.
+    Cut,
 }
 
 /// What a tick of the watch decided.
@@ -189,8 +193,9 @@ pin_project_lite::pin_project! {
         close: F,
         activity: Arc<Activity>,
         closing: Arc<Closing>,
-        // The waker the timer and the close flag hold: they are registered again only when
-        // the connection is polled with one that would wake something else.
+        // The waker the timer and `Activity`'s waker (the listener's close) hold: they are
+        // registered again only when the connection is polled with one that would wake
+        // something else.
         waker: Option<Waker>,
         period: Duration,
         seen: u64,
@@ -296,7 +301,8 @@ where
                         (this.close)(this.conn.as_mut());
                     }
                     Verdict::Close => {}
-                    Verdict::Cut => return Poll::Ready(Outcome::Idle),
+                    Verdict::Cut if *this.idled => return Poll::Ready(Outcome::Idle),
+                    Verdict::Cut => return Poll::Ready(Outcome::Cut),
                 }
                 this.tick.as_mut().reset(Instant::now() + *this.period);
             }
@@ -320,4 +326,112 @@ where
 /// until it has fired, which nothing would then report.
 fn poll_tick(tick: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
     std::pin::pin!(tokio::task::coop::unconstrained(tick)).poll(cx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that stays open until asked to close, or (`deaf`) for ever.
+    struct Open {
+        deaf: bool,
+        closed: bool,
+    }
+
+    impl Future for Open {
+        type Output = Result<(), ()>;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.closed {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    type Watch = tokio::task::JoinHandle<Outcome<()>>;
+
+    /// A watched connection with a 10 s timeout, its activity, the listener's closing and the
+    /// idle counter.
+    fn watch(deaf: bool) -> (Watch, Arc<Activity>, Arc<Closing>, IntCounter) {
+        let closing = Arc::new(Closing::default());
+        let activity = closing.activity();
+        let counter = IntCounter::new("t", "t").unwrap();
+        let w = Watched::new(
+            Open {
+                deaf,
+                closed: false,
+            },
+            |mut c: Pin<&mut Open>| c.closed = !c.deaf,
+            activity.clone(),
+            closing.clone(),
+            Duration::from_secs(10),
+            counter.clone(),
+        );
+        (tokio::spawn(w), activity, closing, counter)
+    }
+
+    async fn at(start: Instant, secs: f64) {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(secs)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_the_timeout_and_not_before() {
+        let start = Instant::now();
+        let (w, _, _, counter) = watch(false);
+        at(start, 9.9).await;
+        assert!(!w.is_finished(), "closed before the timeout");
+        at(start, 10.1).await;
+        assert!(matches!(w.await.unwrap(), Outcome::Idle));
+        assert_eq!(counter.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_keep_it_open_and_the_timeout_counts_from_the_last_one() {
+        let start = Instant::now();
+        let (w, a, _, counter) = watch(false);
+        // A request every 6 s (under the timeout) for a minute.
+        for i in 1..=10 {
+            at(start, 6.0 * i as f64).await;
+            a.begun.fetch_add(1, Ordering::Relaxed);
+            a.ended.fetch_add(1, Ordering::Relaxed);
+        }
+        // One in flight for a minute and a half, far past the timeout.
+        a.begun.fetch_add(1, Ordering::Relaxed);
+        at(start, 150.0).await;
+        assert!(!w.is_finished(), "closed with requests coming or in flight");
+        a.ended.fetch_add(1, Ordering::Relaxed);
+        // Idle from 150 s: not closed before 160 s, closed by 165 s.
+        at(start, 159.9).await;
+        assert!(
+            !w.is_finished(),
+            "closed before a whole timeout after the last request"
+        );
+        at(start, 165.1).await;
+        assert!(matches!(w.await.unwrap(), Outcome::Idle));
+        assert_eq!(counter.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_ignores_the_graceful_close_is_cut() {
+        let start = Instant::now();
+        let (w, _, _, counter) = watch(true);
+        at(start, 14.9).await;
+        assert!(!w.is_finished());
+        assert_eq!(counter.get(), 1, "asked to close at 10 s");
+        at(start, 15.1).await;
+        assert!(matches!(w.await.unwrap(), Outcome::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_listener_closing_reaches_an_idle_connection_at_once() {
+        let start = Instant::now();
+        let (w, _, closing, counter) = watch(false);
+        at(start, 1.0).await;
+        closing.close_all();
+        at(start, 1.001).await;
+        assert!(w.is_finished());
+        assert!(matches!(w.await.unwrap(), Outcome::Done(Ok(()))));
+        assert_eq!(counter.get(), 0);
+    }
 }
