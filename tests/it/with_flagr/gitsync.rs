@@ -51,13 +51,11 @@ impl Repos {
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
         let (daemon, url) = if served {
             let port = free_port();
-            let child = Command::new("git")
-                .args([
-                    "daemon",
-                    "--reuseaddr",
-                    "--export-all",
-                    "--listen=127.0.0.1",
-                ])
+            // git-daemon itself, not `git daemon`: killing the `git` wrapper would leave the
+            // daemon it started running.
+            let exec_path = git(&bare, &["--exec-path"]);
+            let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+                .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
                 .arg(format!("--port={port}"))
                 .arg(format!("--base-path={}", dir.path().display()))
                 .arg(dir.path())
