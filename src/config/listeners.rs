@@ -24,7 +24,8 @@ pub struct ProxyConfig {
     pub upstream_socket: String,
     /// Flagr's `FLAGR_WEB_PREFIX`, e.g. `/flagr`. Empty for none.
     pub path_prefix: String,
-    /// How long to wait for Flagr's response headers before answering 504.
+    /// How long to wait for Flagr's response headers before answering 504, and the longest
+    /// Flagr may go silent within an answer it has begun before the answer is cut.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
     /// How long to wait for a TCP connection to Flagr before answering 502.

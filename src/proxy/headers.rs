@@ -1,45 +1,25 @@
 //! Headers on the way through: hop-by-hop headers dropped both ways (RFC 9110 §7.6.1),
 //! `X-Forwarded-For` appended and `X-Forwarded-Proto` set, and flaghook's own error answers.
 //!
-//! In: the client's request (its peer in a [`PeerAddr`] extension) and Flagr's response.
+//! In: the client's request (its peer in what it [`Carried`]) and Flagr's response.
 //! Out: the same, with only those headers changed. Never: touches a body or another header.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use futures_util::future::{FutureExt, Map};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 
+use super::upstream::Carried;
+#[cfg(test)]
+use super::upstream::PeerAddr;
+
 // Built once: parsing a header name from a string on every request shows up in profiles.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The client's address, put in the request's extensions by the listener, with its IP as a
-/// header value made once per connection instead of once per request.
-#[derive(Clone, Debug)]
-pub struct PeerAddr {
-    pub addr: SocketAddr,
-    ip: HeaderValue,
-}
-
-impl PeerAddr {
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = HeaderValue::try_from(addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { addr, ip }
-    }
-}
-
-/// Peer of a request: its [`PeerAddr`], or the unspecified address when there is none.
-pub(crate) fn peer_of<B>(req: &Request<B>) -> SocketAddr {
-    req.extensions()
-        .get::<PeerAddr>()
-        .map_or(([0, 0, 0, 0], 0).into(), |p| p.addr)
-}
 
 /// Applies [`Forwarded`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -77,7 +57,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = match req.extensions().get::<PeerAddr>() {
+        let peer = match Carried::of(&req).and_then(|c| c.peer.as_ref()) {
             Some(p) => p.ip.clone(),
             None => HeaderValue::from_static("0.0.0.0"),
         };
@@ -231,8 +211,7 @@ mod tests {
             .header("x-end-to-end", "kept")
             .body(())
             .unwrap();
-        req.extensions_mut()
-            .insert(PeerAddr::new(([192, 0, 2, 7], 1).into()));
+        Carried::of_mut(&mut req).peer = Some(PeerAddr::new(([192, 0, 2, 7], 1).into()));
         let resp = ForwardedLayer.layer(inner).oneshot(req).await.unwrap();
         assert_eq!(resp.headers()["x-seen"], "192.0.2.7|false|kept");
         assert!(!resp.headers().contains_key("connection"));

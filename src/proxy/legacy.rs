@@ -1,7 +1,7 @@
 //! Legacy Flagr (1.1.x keeps no snapshot history): a mutation's flag is read before the call
 //! is forwarded and again before the client gets its answer, so derivation knows what changed.
 //!
-//! In: a mutation (its [`Route`] from the extensions) while legacy mode is on. Out: Flagr's
+//! In: a mutation (its [`Route`] from what the request carries) while legacy mode is on. Out: Flagr's
 //! response with a [`LegacyStates`] extension. Never: costs anything on Flagr 1.2.x or on other
 //! routes; a failed read costs the event its before or after, never the request.
 
@@ -14,6 +14,7 @@ use futures_util::future::Either;
 use http::{Request, Response, StatusCode};
 
 use super::answer::BoxFuture;
+use super::upstream::Carried;
 use crate::flagr::{FlagState, FlagrClient, Mutation, Route};
 
 /// The flag before and after a legacy mutation, as far as they could be read.
@@ -80,8 +81,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mutation = match req.extensions().get::<Route>() {
-            Some(Route::Mutation(m)) if self.on.load(Ordering::Relaxed) => *m,
+        let mutation = match Carried::route_of(&req) {
+            Some(Route::Mutation(m)) if self.on.load(Ordering::Relaxed) => m,
             _ => return Either::Left(self.inner.call(req)),
         };
         // The ready clone goes into the future; this one waits for the next poll_ready.

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use http::header::{HeaderMap, HeaderName};
 use http::Request;
 
+use super::upstream::Carried;
 use crate::flagr::Route;
 
 const X_FLAGHOOK_SOURCE: HeaderName = HeaderName::from_static("x-flaghook-source");
@@ -67,7 +68,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let mutation = matches!(req.extensions().get::<Route>(), Some(Route::Mutation(_)));
+        let mutation = matches!(Carried::route_of(&req), Some(Route::Mutation(_)));
         if let Some(commit) = take(req.headers_mut(), &self.token) {
             if mutation {
                 req.extensions_mut().insert(GitSyncCommit(commit));
@@ -121,7 +122,7 @@ mod tests {
             .header("x-flaghook-commit", "abc123")
             .body(())
             .unwrap();
-        req.extensions_mut().insert(route);
+        Carried::of_mut(&mut req).route = Some(route);
         GitSyncMarkLayer::new("the-token")
             .layer(inner)
             .oneshot(req)

@@ -2,7 +2,7 @@
 //! metrics for it ([`Measure`]: in flight, count by route class, method and status class, and
 //! time to Flagr's response headers).
 //!
-//! In: the client's request. Out: the same request with its [`Route`] in the extensions, and
+//! In: the client's request. Out: the same request with its [`Route`](crate::flagr::Route) in what it [`Carried`], and
 //! the response untouched. Never: reads a body, or waits on anything but the inner service.
 
 use std::convert::Infallible;
@@ -15,7 +15,8 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 use super::metrics::ProxyMetrics;
-use crate::flagr::{Route, RouteTable};
+use super::upstream::Carried;
+use crate::flagr::RouteTable;
 use crate::metrics::{method_label, status_class};
 
 /// Applies [`Classify`].
@@ -42,7 +43,7 @@ impl<S> tower::Layer<S> for ClassifyLayer {
     }
 }
 
-/// Puts the request's [`Route`] in its extensions, for every layer below.
+/// Puts the request's [`Route`](crate::flagr::Route) in what it [`Carried`], for every layer below.
 #[derive(Clone, Debug)]
 pub struct Classify<S> {
     inner: S,
@@ -63,7 +64,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         let route = self.routes.classify(req.method(), req.uri().path());
-        req.extensions_mut().insert(route);
+        Carried::of_mut(&mut req).route = Some(route);
         self.inner.call(req)
     }
 }
@@ -113,10 +114,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let class = req
-            .extensions()
-            .get::<Route>()
-            .map_or("passthrough", Route::class);
+        let class = Carried::route_of(&req).map_or("passthrough", |r| r.class());
         let method = method_label(req.method());
         self.metrics.in_flight.inc();
         Measured {
@@ -187,6 +185,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flagr::Route;
     use crate::metrics::Registry;
     use tower::{Layer, Service, ServiceExt};
 
@@ -194,7 +193,7 @@ mod tests {
     async fn classifies_then_counts_by_route_class() {
         let metrics = Arc::new(ProxyMetrics::new(&Registry::default()));
         let inner = tower::service_fn(|req: Request<()>| async move {
-            let route = *req.extensions().get::<Route>().unwrap();
+            let route = Carried::route_of(&req).unwrap();
             let status = if matches!(route, Route::Mutation(_)) {
                 200
             } else {

@@ -8,7 +8,12 @@ use crate::metrics::{labels, latency_buckets, Registry};
 
 labels! {
     /// Why Flagr gave no answer.
-    pub enum UpstreamFailure { Connect => "connect", Timeout => "timeout", Other => "other" }
+    pub enum UpstreamFailure {
+        Connect => "connect",
+        Timeout => "timeout",
+        BodyTimeout => "body_timeout",
+        Other => "other",
+    }
 }
 
 /// The proxy's own metrics.
@@ -36,7 +41,8 @@ impl ProxyMetrics {
             ),
             upstream_errors: r.counter_vec(
                 "flaghook_proxy_upstream_errors_total",
-                "Requests Flagr did not answer, by kind (connect, timeout, other).",
+                "Requests Flagr did not answer, or stopped answering, by kind (connect, timeout, \
+                 body_timeout: nothing more of a begun answer for upstream_timeout, other).",
                 &["kind"],
             ),
             in_flight: r.gauge(

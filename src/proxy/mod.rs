@@ -39,7 +39,7 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 
 pub use answer::{error_response, OwnAnswer};
-pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, PeerAddr, StripAnswer};
+pub use headers::{strip_hop_by_hop, Forwarded, ForwardedLayer, StripAnswer};
 pub use legacy::{Legacy, LegacyLayer, LegacyStates};
 pub use marks::{GitSyncCommit, GitSyncMark, GitSyncMarkLayer};
 pub use measure::{Classify, ClassifyLayer, Measure, MeasureLayer, Measured};
@@ -50,7 +50,9 @@ pub use tap::{
 };
 #[cfg(fuzzing)]
 pub use upstream::fuzz_answer;
-pub use upstream::{OwnConnection, Upstream, UpstreamBody, UpstreamError, WireBody};
+pub use upstream::{
+    Carried, OwnConnection, PeerAddr, Quiet, Upstream, UpstreamBody, UpstreamError, WireBody,
+};
 
 use crate::config::ProxyConfig;
 use crate::flagr::{FlagrClient, RouteTable};

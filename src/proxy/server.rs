@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{OwnConnection, PeerAddr, Proxy};
+use super::{Carried, OwnConnection, PeerAddr, Proxy};
 use crate::listener::{Counters, Limits, Share};
 
 /// One listening socket on `addr` (an address in use is an error, as for any listener), and
@@ -123,12 +123,14 @@ pub async fn serve(
         let peer = PeerAddr::new(peer);
         let own = OwnConnection::default();
         service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(peer.clone());
             // Only a client that keeps its connection gets one to Flagr to keep: h2 requests
             // overlap (and HTTP/1.0 or `Connection: close` ones end theirs), so they use the pool.
-            if req.version() == http::Version::HTTP_11 && !closes(req.headers()) {
-                req.extensions_mut().insert(own.clone());
-            }
+            let keeps = req.version() == http::Version::HTTP_11 && !closes(req.headers());
+            req.extensions_mut().insert(Carried {
+                peer: Some(peer.clone()),
+                own: keeps.then(|| own.clone()),
+                route: None,
+            });
             proxy.clone().oneshot(req)
         })
     };

@@ -2,7 +2,7 @@
 //! about (mutations; evaluations and exposures when an impression webhook wants them), while
 //! every frame passes through untouched.
 //!
-//! In: a request (its [`Route`] from the extensions, or classified here when the layer is used
+//! In: a request (its [`Route`] from what it carries, or classified here when the layer is used
 //! alone) and the inner service's response. Out: the same response, its body wrapped in a
 //! [`TapBody`], and when that body ends one [`Exchange`] on the tap channel.
 //! Never: waits for derivation; a full channel or a spent byte budget drops the copy (counted),
@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 pub use body::{ByteBudget, Held, Pending, RequestSlot, TapBody};
 
 use super::answer::{BoxFuture, OwnAnswer};
-use super::headers::peer_of;
 use super::legacy::LegacyStates;
 use super::marks::GitSyncCommit;
+use super::upstream::{peer_of, Carried};
 use crate::flagr::{FlagState, Route, RouteTable};
 use crate::metrics::{labels, Registry};
 
@@ -269,8 +269,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let me = &self.shared;
-        let route = match req.extensions().get::<Route>() {
-            Some(r) => *r,
+        let route = match Carried::route_of(&req) {
+            Some(r) => r,
             None => me.routes.classify(req.method(), req.uri().path()),
         };
         // Only inspected routes pay for copies of headers and bodies.

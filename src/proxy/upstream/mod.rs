@@ -11,6 +11,8 @@
 //! reused connection gave back not a byte, goes out again, once, on a new connection. Never
 //! fails: every error is a response.
 
+mod carried;
+mod quiet;
 mod wire;
 
 use std::convert::Infallible;
@@ -37,12 +39,16 @@ use tower::Service;
 use super::answer::{error_response, BoxFuture};
 use super::metrics::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
+pub(crate) use carried::peer_of;
+pub use carried::{Carried, PeerAddr};
+pub use quiet::Quiet;
 #[cfg(fuzzing)]
 pub use wire::fuzz_answer;
 pub use wire::{OwnConnection, WireBody};
 
-/// Flagr's body (from the pool or an own connection), or flaghook's own short error.
-pub type UpstreamBody = Either<Either<Incoming, WireBody>, Full<Bytes>>;
+/// Flagr's body (from the pool or an own connection, its silence bounded), or flaghook's own
+/// short error.
+pub type UpstreamBody = Either<Quiet<Either<Incoming, WireBody>>, Full<Bytes>>;
 
 /// An answer of flaghook's own, as the proxy's body type.
 fn own_answer(status: StatusCode, code: &str, message: &str) -> Response<UpstreamBody> {
@@ -79,6 +85,8 @@ struct Inner<B> {
     inline_max: u64,
     /// An own connection idle longer than this is closed, as the pool's are.
     max_idle: Duration,
+    /// Flagr's silence within a begun answer, bounded by the same timeout.
+    quiet: Arc<quiet::Bound>,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -124,6 +132,10 @@ where
                 timeout: cfg.upstream_timeout,
                 inline_max: cfg.inline_body_max_bytes as u64,
                 max_idle: cfg.pool_idle_timeout,
+                quiet: Arc::new(quiet::Bound {
+                    limit: cfg.upstream_timeout,
+                    metrics: metrics.clone(),
+                }),
                 metrics,
             }),
         })
@@ -159,7 +171,8 @@ where
         let (mut parts, body) = req.into_parts();
         let own = parts
             .extensions
-            .remove::<OwnConnection>()
+            .get_mut::<Carried>()
+            .and_then(|c| c.own.take())
             .filter(|_| wire::fits(&parts.method, &body, self.inline_max));
         let path_and_query = parts
             .uri
@@ -202,7 +215,7 @@ where
                 .map(|r| r.map(|r| r.map(Either::Left)))
         };
         match result {
-            Ok(Ok(resp)) => resp.map(Either::Left),
+            Ok(Ok(resp)) => resp.map(|b| Either::Left(Quiet::new(b, self.quiet.clone()))),
             Ok(Err(Failure(why, e))) => {
                 self.metrics.upstream_failed(why);
                 tracing::warn!(error = %e, kind = why.as_str(), "flagr did not answer");
@@ -267,7 +280,7 @@ where
         }
     }
 
-    async fn dial(&self) -> Result<wire::Conn, Failure> {
+    async fn dial(&self) -> Result<Box<wire::Conn>, Failure> {
         self.metrics.dials.inc();
         let connect =
             |e: Box<dyn std::error::Error + Send + Sync>| Failure(UpstreamFailure::Connect, e);
@@ -448,7 +461,7 @@ mod tests {
                 let mut req = Request::get(format!("/api/v1/flags/{i}?a=b"))
                     .body(Full::new(Bytes::new()))
                     .unwrap();
-                req.extensions_mut().insert(own.clone());
+                Carried::of_mut(&mut req).own = Some(own.clone());
                 let r = up.clone().oneshot(req).await.unwrap();
                 assert_eq!(r.status(), StatusCode::OK);
                 assert_eq!(text(r).await, format!("/api/v1/flags/{i}?a=b"));
@@ -520,7 +533,7 @@ mod tests {
         let mut req = Request::post("/api/v1/flags")
             .body(Full::new(Bytes::from_static(b"{\"key\":\"k1\"}")))
             .unwrap();
-        req.extensions_mut().insert(OwnConnection::default());
+        Carried::of_mut(&mut req).own = Some(OwnConnection::default());
         let r = up.oneshot(req).await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(read.load(Ordering::SeqCst), 1);
@@ -535,7 +548,7 @@ mod tests {
         let own = OwnConnection::default();
         for _ in 0..3 {
             let mut req = get();
-            req.extensions_mut().insert(own.clone());
+            Carried::of_mut(&mut req).own = Some(own.clone());
             let r = up.clone().oneshot(req).await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
             assert_eq!(text(r).await, "ok");
@@ -560,14 +573,14 @@ mod tests {
             let up = upstream(addr, Duration::from_secs(5));
             let own = OwnConnection::default();
             let mut req = get();
-            req.extensions_mut().insert(own.clone());
+            Carried::of_mut(&mut req).own = Some(own.clone());
             assert_eq!(text(up.clone().oneshot(req).await.unwrap()).await, "ok");
             let mut req = Request::builder()
                 .method(method.clone())
                 .uri("/api/v1/flags/1")
                 .body(Full::new(Bytes::from_static(b"{}")))
                 .unwrap();
-            req.extensions_mut().insert(own.clone());
+            Carried::of_mut(&mut req).own = Some(own.clone());
             let r = up.clone().oneshot(req).await.unwrap();
             let want = if again {
                 (StatusCode::OK, 3)
@@ -600,7 +613,7 @@ mod tests {
         let r = crate::metrics::Registry::default();
         let up = Upstream::new(&cfg, Arc::new(ProxyMetrics::new(&r))).unwrap();
         let mut req = get();
-        req.extensions_mut().insert(OwnConnection::default());
+        Carried::of_mut(&mut req).own = Some(OwnConnection::default());
         assert_eq!(
             text(up.clone().oneshot(req).await.unwrap()).await,
             "/api/v1/health"
@@ -657,5 +670,70 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
         held.abort();
+    }
+
+    /// Flagr stalling in a body it has begun: the answer is cut after `upstream_timeout` of
+    /// silence and counted, over an own connection and a pooled one; a body that keeps coming,
+    /// though it takes longer than the timeout in all, is not cut.
+    #[tokio::test]
+    async fn a_body_flagr_stalls_in_is_cut_after_the_timeout_of_silence() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n";
+                    s.write_all(head).await.unwrap();
+                    // 12 of the 20 bytes, one every 100 ms (1.2 s in all), then silence.
+                    for _ in 0..12 {
+                        s.write_all(b"x").await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        let up = upstream(addr, Duration::from_secs(1));
+        for own in [true, false] {
+            let mut req = get();
+            if own {
+                Carried::of_mut(&mut req).own = Some(OwnConnection::default());
+            }
+            let r = up.clone().oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let mut body = r.into_body();
+            let mut got = 0;
+            let read = async {
+                loop {
+                    match body.frame().await {
+                        Some(Ok(f)) => got += f.into_data().map_or(0, |d| d.len()),
+                        Some(Err(e)) => return e.to_string(),
+                        None => return "ended".to_string(),
+                    }
+                }
+            };
+            let why = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("a stalled body is never cut");
+            assert!(why.contains("nothing more"), "own {own}: {why}");
+            assert_eq!(got, 12, "own {own}");
+        }
+        let cut = up
+            .inner
+            .metrics
+            .upstream_errors
+            .with_label_values(&["body_timeout"]);
+        assert_eq!(cut.get(), 2);
+        server.abort();
     }
 }

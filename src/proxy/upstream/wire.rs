@@ -54,12 +54,14 @@ pub(super) enum Stream {
 }
 
 impl Conn {
-    pub(super) fn new(stream: Stream) -> Self {
-        Self {
+    /// Boxed once when made: the connection then moves between a client connection, a
+    /// request's future and its answer's body as a pointer, not as its whole state.
+    pub(super) fn new(stream: Stream) -> Box<Self> {
+        Box::new(Self {
             stream,
             buf: BytesMut::new(),
             idle_since: Instant::now(),
-        }
+        })
     }
 
     /// True when Flagr closed the connection while it sat idle (or wrote to it unasked).
@@ -98,18 +100,18 @@ impl Conn {
 /// Such a client sends its next request only after the previous answer, so the connection is
 /// free whenever a request comes: no pool to search, no task to hand it to.
 #[derive(Clone, Default)]
-pub struct OwnConnection(Arc<Mutex<Option<Conn>>>);
+pub struct OwnConnection(Arc<Mutex<Option<Box<Conn>>>>);
 
 impl OwnConnection {
     /// The connection left by the previous answer, unless Flagr has closed it since or it
     /// sat idle longer than `max_idle` (as the pool's connections, so Flagr's own idle limit
     /// does not close it under a request).
-    pub(super) fn take(&self, max_idle: Duration) -> Option<Conn> {
+    pub(super) fn take(&self, max_idle: Duration) -> Option<Box<Conn>> {
         let c = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         (c.idle_since.elapsed() <= max_idle && !c.stale()).then_some(c)
     }
 
-    fn put(&self, mut c: Conn) {
+    fn put(&self, mut c: Box<Conn>) {
         c.idle_since = Instant::now();
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     }
@@ -202,11 +204,11 @@ fn nothing_back(e: io::Error) -> WireError {
 /// Writes the request and reads the answer's head. The body is read later, by the
 /// response's [`WireBody`], which puts `conn` back in `home` when it ends cleanly.
 pub(super) async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     request: &[u8],
     method: &Method,
     home: &OwnConnection,
-) -> Result<Response<WireBody>, (Conn, WireError)> {
+) -> Result<Response<WireBody>, (Box<Conn>, WireError)> {
     if let Err(e) = conn.write_all(request).await {
         return Err((conn, nothing_back(e)));
     }
@@ -400,14 +402,14 @@ enum State {
 /// connection Flagr keeps, it puts the connection back for the client's next request;
 /// dropped early or failed, it closes it.
 pub struct WireBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     state: State,
     keep: bool,
     home: OwnConnection,
 }
 
 impl WireBody {
-    fn new(conn: Conn, framing: Framing, keep: bool, home: OwnConnection) -> Self {
+    fn new(conn: Box<Conn>, framing: Framing, keep: bool, home: OwnConnection) -> Self {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -659,7 +661,7 @@ mod tests {
         assert!(f(&Method::GET, ok, &[("content-length", "-1")]).is_err());
     }
 
-    async fn pair() -> (Conn, TcpStream) {
+    async fn pair() -> (Box<Conn>, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
