@@ -1,5 +1,6 @@
 //! The proxy's listeners: [`crate::listener::serve`] with the [`Proxy`] stack behind every
-//! connection, and the peer's address in each request's extensions, on threads of its own.
+//! connection, and the peer's address (and its own connection to Flagr) in what each request
+//! [`Carried`], on threads of its own.
 //!
 //! In: bound listeners (one per thread, one address), a stack per thread, a shutdown token.
 //! Out: connections served by the stack; a task that ends when every thread has drained.

@@ -133,7 +133,10 @@ where
                 inline_max: cfg.inline_body_max_bytes as u64,
                 max_idle: cfg.pool_idle_timeout,
                 quiet: Arc::new(quiet::Bound {
-                    limit: cfg.upstream_timeout,
+                    // An absurd timeout would overflow the timer's deadline; a year is never.
+                    limit: cfg
+                        .upstream_timeout
+                        .min(Duration::from_secs(365 * 24 * 3600)),
                     metrics: metrics.clone(),
                 }),
                 metrics,

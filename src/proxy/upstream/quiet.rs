@@ -7,7 +7,8 @@
 //! `flaghook_proxy_upstream_errors_total{kind="body_timeout"}`.
 //! Never: counts a client that is not reading as Flagr's silence (the body is only polled when
 //! the client takes more); arms a timer for a body that is there when asked for, as an
-//! evaluation's answer is.
+//! evaluation's answer is. Silence is counted in frames: chunk-size lines trickling in without
+//! data would not restart it (Flagr, in Go, writes each chunk whole).
 
 use std::error::Error as StdError;
 use std::future::Future;

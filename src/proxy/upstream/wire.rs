@@ -96,7 +96,7 @@ impl Conn {
     }
 }
 
-/// A client connection's own connection to Flagr, carried in its HTTP/1 requests' extensions.
+/// A client connection's own connection to Flagr, in what its HTTP/1 requests carry.
 /// Such a client sends its next request only after the previous answer, so the connection is
 /// free whenever a request comes: no pool to search, no task to hand it to.
 #[derive(Clone, Default)]
