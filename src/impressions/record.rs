@@ -105,10 +105,8 @@ static NEEDS_ESCAPE: [bool; 256] = {
 fn push_escaped(out: &mut Vec<u8>, json: &[u8]) {
     out.reserve(json.len() + json.len() / 4);
     let mut run = 0;
-    for (i, &b) in json.iter().enumerate() {
-        if !NEEDS_ESCAPE[b as usize] {
-            continue;
-        }
+    let mut i = next_escape(json, 0);
+    while let Some(&b) = json.get(i) {
         out.extend_from_slice(&json[run..i]);
         run = i + 1;
         match b {
@@ -121,8 +119,37 @@ fn push_escaped(out: &mut Vec<u8>, json: &[u8]) {
             0x0c => out.extend_from_slice(b"\\f"),
             _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
         }
+        i = next_escape(json, run);
     }
     out.extend_from_slice(&json[run..]);
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The first byte at or after `from` that needs escaping, or `s.len()`. Eight bytes at a
+/// time: most of what is escaped (names, keys, the runs between quotes) has nothing to escape.
+fn next_escape(s: &[u8], mut from: usize) -> usize {
+    // A byte of `x` is zero where this has its high bit; the lowest such bit is exact (the
+    // borrow that can mark a higher byte wrongly only comes from a lower zero byte).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    while let Some(chunk) = s.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // `"`, `\` or a control byte (below 0x20; bytes from 0x80 up are never escaped).
+        let hit = zero(v ^ (ONES * u64::from(b'"')))
+            | zero(v ^ (ONES * u64::from(b'\\')))
+            | (v.wrapping_sub(ONES * 0x20) & !v & HIGHS);
+        if hit != 0 {
+            return from + (hit.trailing_zeros() / 8) as usize;
+        }
+        from += 8;
+    }
+    while s.get(from).is_some_and(|&b| !NEEDS_ESCAPE[b as usize]) {
+        from += 1;
+    }
+    from
 }
 
 /// The entity half of an evaluation's `properties` (its keys sort first).
@@ -132,20 +159,6 @@ struct EntityProps<'a> {
     entity_context: UserContext<'a>,
     #[serde(rename = "entityType")]
     entity_type: &'a str,
-}
-
-/// The flag half of an evaluation's `properties`, keys in the order a JSON object map sorts
-/// them.
-#[derive(Serialize)]
-struct FlagProps<'a> {
-    #[serde(rename = "flagID")]
-    flag_id: i64,
-    #[serde(rename = "flagTags")]
-    flag_tags: Tags<'a>,
-    #[serde(rename = "segmentID")]
-    segment_id: i64,
-    #[serde(rename = "variantID")]
-    variant_id: i64,
 }
 
 /// Flagr's `entityContext` without the keys Flagr injects (`@ts`, `@http_*`).
@@ -163,16 +176,20 @@ impl Serialize for UserContext<'_> {
     }
 }
 
-/// The flag's tags as Flagr sent them; `[]` when it sent none.
-struct Tags<'a>(Option<&'a RawValue>);
-
-impl Serialize for Tags<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(raw) => raw.serialize(s),
-            None => s.collect_seq(std::iter::empty::<()>()),
-        }
-    }
+/// The flag half of an evaluation's `properties` (keys in the order a JSON object map sorts
+/// them), written escaped as it goes into the string: only the tags, as Flagr sent them (`[]`
+/// when it sent none), can hold anything to escape.
+fn flag_half(b: &mut Vec<u8>, flag_id: i64, tags: Option<&RawValue>, segment: i64, variant: i64) {
+    let mut n = itoa::Buffer::new();
+    b.extend_from_slice(br#",\"flagID\":"#);
+    b.extend_from_slice(n.format(flag_id).as_bytes());
+    b.extend_from_slice(br#",\"flagTags\":"#);
+    push_escaped(b, tags.map_or("[]", |t| t.get()).as_bytes());
+    b.extend_from_slice(br#",\"segmentID\":"#);
+    b.extend_from_slice(n.format(segment).as_bytes());
+    b.extend_from_slice(br#",\"variantID\":"#);
+    b.extend_from_slice(n.format(variant).as_bytes());
+    b.push(b'}');
 }
 
 /// The JSON between a record's own values, with the call's context in it: the same for every
@@ -334,19 +351,6 @@ impl<'c> Writer<'c> {
         }
         let segment = r.segment.unwrap_or(0);
         self.entity(ec)?;
-        self.props.clear();
-        self.props.push(b',');
-        serde_json::to_writer(
-            &mut self.props,
-            &FlagProps {
-                flag_id,
-                flag_tags: Tags(r.tags),
-                segment_id: segment,
-                variant_id: r.variant.unwrap_or(0),
-            },
-        )?;
-        // `{` of the flag half: it continues the entity half's object.
-        self.props.remove(1);
         let msg = r
             .debug
             .as_ref()
@@ -377,7 +381,8 @@ impl<'c> Writer<'c> {
         };
         head(&mut self.out.bytes, &self.fixed, &row);
         self.out.bytes.extend_from_slice(&self.entity_part);
-        push_escaped(&mut self.out.bytes, &self.props);
+        let variant = r.variant.unwrap_or(0);
+        flag_half(&mut self.out.bytes, flag_id, r.tags, segment, variant);
         self.end();
         Ok(())
     }
@@ -471,5 +476,30 @@ mod tests {
             want.push('}');
             assert_eq!(std::str::from_utf8(got).unwrap(), want);
         }
+    }
+
+    /// The escape, checked against serde_json's on every byte value at every place in and
+    /// around an eight-byte word, and on text that mixes escapes, UTF-8 and long clean runs.
+    #[test]
+    fn escaping_matches_serde_json_wherever_the_byte_falls() {
+        let check = |text: &str| {
+            let mut out = b"x".to_vec();
+            super::push_escaped(&mut out, text.as_bytes());
+            let want = serde_json::to_string(text).unwrap();
+            assert_eq!(&out[1..], &want.as_bytes()[1..want.len() - 1], "{text:?}");
+        };
+        for c in (0u8..0x80).map(char::from).chain(['é', '€', '𝄞']) {
+            for at in 0..20 {
+                for len in [at + 1, at + 3, 24] {
+                    let mut t: String = "abcdefghijklmnopqrstuvwx".chars().take(len).collect();
+                    t.insert(at.min(t.len()), c);
+                    check(&t);
+                }
+            }
+        }
+        check("");
+        check(r#"{"entityContext":{"a":"say \"hi\"\n"},"entityType":"user","flagID":1}"#);
+        check(&"plain-and-long-".repeat(40));
+        check("\u{1}\u{1f}\u{7f} é\"\\");
     }
 }
