@@ -1,5 +1,6 @@
 //! Impression mapping from arbitrary evaluation answers and exposure requests, and the gzip
-//! decoding of tapped bodies. Never panics; every record written is a whole, typed record.
+//! decoding of tapped bodies. Never panics; every record written is a whole, typed record;
+//! whatever the answer reader reads, serde_json reads the same.
 #![no_main]
 use flaghook::derive::json_of;
 use flaghook::flagr::KnownFlags;
@@ -17,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         1 << 16,
     );
     let _ = sdk_from_user_agent(std::str::from_utf8(data).ok());
+    flaghook::impressions::check_answer_reader(data);
     let ctx = Context::default();
     let known = KnownFlags::new();
     let mut out = Encoded::default();

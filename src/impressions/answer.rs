@@ -2,7 +2,12 @@
 //! only when they carry escapes), the flag's tags and the entity's context kept as raw JSON.
 //!
 //! In: the bytes of a `POST /evaluation` or `/evaluation/batch` answer. Out: [`EvalResult`]s.
-//! Never: builds a `serde_json::Value` of the answer (the debug logs are skipped unread).
+//! Never: builds a `serde_json::Value` of the answer, or reads as valid what serde_json would
+//! refuse (the derived `Deserialize` is the reference the reader is checked against).
+//!
+//! A reader of its own rather than serde_json's: the answer's shape is fixed, and matching each
+//! key once against the few this needs, skipping the rest with one scan per string, takes
+//! about half of serde_json's time per answer, the largest part of an impression's cost.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -10,8 +15,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::scan::next_escape;
+
 /// One result; a batch answer is a result whose `evaluationResults` holds the others.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 #[serde(default)]
 pub(super) struct EvalResult<'a> {
     #[serde(rename = "evaluationResults", borrow)]
@@ -33,12 +40,12 @@ pub(super) struct EvalResult<'a> {
     #[serde(rename = "variantKey", borrow)]
     pub(super) variant_key: Option<Text<'a>>,
     #[serde(rename = "flagTags", borrow)]
-    pub(super) tags: Option<&'a RawValue>,
+    pub(super) tags: Option<Raw<'a>>,
     #[serde(rename = "dataRecordsEnabled")]
     pub(super) data_records_enabled: Option<bool>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 #[serde(default)]
 pub(super) struct EvalContext<'a> {
     #[serde(rename = "entityID", borrow)]
@@ -48,10 +55,10 @@ pub(super) struct EvalContext<'a> {
     /// Raw: Flagr echoes whatever the client sent (`[]` from some clients), and one odd
     /// context must not make the whole answer unreadable.
     #[serde(rename = "entityContext", borrow)]
-    pub(super) entity_context: Option<&'a RawValue>,
+    pub(super) entity_context: Option<Raw<'a>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 #[serde(default)]
 pub(super) struct DebugLog<'a> {
     #[serde(borrow)]
@@ -60,21 +67,524 @@ pub(super) struct DebugLog<'a> {
 
 /// An entity context's keys, sorted (as records have always shown them); empty when it is not
 /// a JSON object.
-pub(super) fn context_map<'a>(raw: Option<&'a RawValue>) -> BTreeMap<Text<'a>, &'a RawValue> {
-    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+pub(super) fn context_map<'a>(raw: Option<Raw<'a>>) -> BTreeMap<Text<'a>, &'a RawValue> {
+    raw.and_then(|r| serde_json::from_str(r.0).ok())
         .unwrap_or_default()
 }
 
 /// The answer's results: the batch's, or the single one.
 pub(super) fn parse(raw: &[u8]) -> Result<Vec<EvalResult<'_>>, serde_json::Error> {
-    // UTF-8 checked once for the whole answer: reading from a `str`, serde_json does not check
-    // each string (and each key) again, as it does reading from bytes.
+    // UTF-8 checked once for the whole answer: every string then splits at ASCII bytes.
+    let text = std::str::from_utf8(raw).map_err(serde::de::Error::custom)?;
+    let mut r = Reader {
+        s: text,
+        b: raw,
+        i: 0,
+    };
+    let mut top = r.result(0)?;
+    r.ws();
+    if r.i != raw.len() {
+        return Err(r.err("trailing characters"));
+    }
+    Ok(match top.results.take() {
+        Some(v) => v,
+        None => vec![top],
+    })
+}
+
+/// serde_json's reading of the same answer: the reference [`parse`] is checked against.
+#[cfg(any(test, fuzzing))]
+pub(super) fn parse_serde(raw: &[u8]) -> Result<Vec<EvalResult<'_>>, serde_json::Error> {
     let text = std::str::from_utf8(raw).map_err(serde::de::Error::custom)?;
     let mut top: EvalResult<'_> = serde_json::from_str(text)?;
     Ok(match top.results.take() {
         Some(v) => v,
         None => vec![top],
     })
+}
+
+/// JSON text, checked to be one whole value, borrowed from the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Raw<'a>(pub(super) &'a str);
+
+impl<'a> Raw<'a> {
+    pub(super) fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(|r| Raw(r.get()))
+    }
+}
+
+/// Nesting deeper than this is refused: below serde_json's own limit (128), so nothing read
+/// here is something serde_json would refuse for its depth.
+const MAX_DEPTH: u32 = 100;
+
+/// A cursor over the answer. Every method leaves `i` after what it read.
+struct Reader<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+type Error = serde_json::Error;
+
+/// Marks `bit` in `seen`: a key twice in one object is an error, as serde's derive has it.
+fn once(seen: &mut u16, bit: u16, r: &Reader<'_>) -> Result<(), Error> {
+    if *seen & bit != 0 {
+        return Err(r.err("duplicate field"));
+    }
+    *seen |= bit;
+    Ok(())
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, what: &str) -> Error {
+        serde::de::Error::custom(format_args!("{what} at byte {}", self.i))
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn word(&mut self, w: &[u8]) -> Result<(), Error> {
+        if self.b[self.i..].starts_with(w) {
+            self.i += w.len();
+            Ok(())
+        } else {
+            Err(self.err("expected a literal"))
+        }
+    }
+
+    /// `null` as `None`, anything else through `f`.
+    fn opt<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, Error>,
+    ) -> Result<Option<T>, Error> {
+        if self.peek() == Some(b'n') {
+            self.word(b"null")?;
+            return Ok(None);
+        }
+        f(self).map(Some)
+    }
+
+    /// A field's value (`null` as `None`), the field marked seen in `seen` first.
+    fn field<T>(
+        &mut self,
+        seen: &mut u16,
+        bit: u16,
+        read: impl FnOnce(&mut Self) -> Result<T, Error>,
+    ) -> Result<Option<T>, Error> {
+        once(seen, bit, self)?;
+        self.opt(read)
+    }
+
+    /// An object, each key handed to `field` with the cursor at its value.
+    fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if self.peek() != Some(b'{') {
+            return Err(self.err("expected an object"));
+        }
+        self.i += 1;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.err("expected a key"));
+            }
+            let key = self.key()?;
+            if self.peek() != Some(b':') {
+                return Err(self.err("expected ':'"));
+            }
+            self.i += 1;
+            field(self, &key)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or '}'")),
+            }
+        }
+    }
+
+    /// An array, each element read by `item`.
+    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), Error>) -> Result<(), Error> {
+        if self.peek() != Some(b'[') {
+            return Err(self.err("expected an array"));
+        }
+        self.i += 1;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or ']'")),
+            }
+        }
+    }
+
+    /// A string's content: borrowed when it has no escapes.
+    #[inline]
+    fn string(&mut self) -> Result<Cow<'a, str>, Error> {
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a string"));
+        }
+        let start = self.i + 1;
+        let end = next_escape(self.b, start);
+        if self.b.get(end) == Some(&b'"') {
+            // Both ends are ASCII bytes, so this is a whole part of valid UTF-8.
+            if let Some(s) = self.s.get(start..end) {
+                self.i = end + 1;
+                return Ok(Cow::Borrowed(s));
+            }
+        }
+        self.escaped(start, end).map(Cow::Owned)
+    }
+
+    /// A key's bytes (the cursor on its opening quote): borrowed when it has no escapes.
+    #[inline]
+    fn key(&mut self) -> Result<Cow<'a, [u8]>, Error> {
+        let start = self.i + 1;
+        let end = next_escape(self.b, start);
+        if self.b.get(end) == Some(&b'"') {
+            if let Some(k) = self.b.get(start..end) {
+                self.i = end + 1;
+                return Ok(Cow::Borrowed(k));
+            }
+        }
+        self.escaped(start, end).map(|k| Cow::Owned(k.into_bytes()))
+    }
+
+    /// A string from `start` that stopped being plain at `end`: decoded whole.
+    #[cold]
+    #[inline(never)]
+    fn escaped(&mut self, start: usize, end: usize) -> Result<String, Error> {
+        self.i = end;
+        let mut out = String::from(self.s.get(start..end).unwrap_or_default());
+        self.unescape(&mut out)?;
+        Ok(out)
+    }
+
+    /// The rest of a string with escapes, from the cursor, decoded as serde_json decodes it.
+    fn unescape(&mut self, out: &mut String) -> Result<(), Error> {
+        loop {
+            match self.b.get(self.i) {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    let c = match self.b.get(self.i + 1) {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => {
+                            self.i += 2;
+                            out.push(self.unicode()?);
+                            continue;
+                        }
+                        _ => return Err(self.err("invalid escape")),
+                    };
+                    self.i += 2;
+                    out.push(c);
+                }
+                Some(&b) if b < 0x20 => return Err(self.err("control character in a string")),
+                Some(_) => {
+                    let end = next_escape(self.b, self.i);
+                    out.push_str(self.s.get(self.i..end).unwrap_or_default());
+                    self.i = end;
+                }
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+    }
+
+    /// Four hex digits after `\u`.
+    fn hex4(&mut self) -> Result<u32, Error> {
+        let digits = self
+            .b
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.err("short \\u escape"))?;
+        let mut v = 0;
+        for &d in digits {
+            let n = char::from(d)
+                .to_digit(16)
+                .ok_or_else(|| self.err("invalid \\u escape"))?;
+            v = v * 16 + n;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// The character of a `\u` escape (the cursor after the `u`), a surrogate pair joined;
+    /// a lone surrogate is an error, as serde_json has it for strings.
+    fn unicode(&mut self) -> Result<char, Error> {
+        let hi = self.hex4()?;
+        let code = match hi {
+            0xD800..=0xDBFF => {
+                if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
+                    return Err(self.err("lone leading surrogate"));
+                }
+                self.i += 2;
+                let lo = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&lo) {
+                    return Err(self.err("lone leading surrogate"));
+                }
+                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err(self.err("lone trailing surrogate")),
+            c => c,
+        };
+        char::from_u32(code).ok_or_else(|| self.err("invalid \\u escape"))
+    }
+
+    /// Any value, checked and passed over.
+    fn skip(&mut self, depth: u32) -> Result<(), Error> {
+        match self.peek() {
+            Some(b'"') => self.skip_string(),
+            Some(b'{') => {
+                let depth = deeper(depth, self)?;
+                self.object(|r, _| r.skip(depth))
+            }
+            Some(b'[') => {
+                let depth = deeper(depth, self)?;
+                self.array(|r| r.skip(depth))
+            }
+            Some(b't') => self.word(b"true"),
+            Some(b'f') => self.word(b"false"),
+            Some(b'n') => self.word(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.skip_number(),
+            _ => Err(self.err("expected a value")),
+        }
+    }
+
+    /// A string passed over: escapes checked as serde_json checks them in what it ignores
+    /// (a `\u` needs four hex digits, nothing more).
+    fn skip_string(&mut self) -> Result<(), Error> {
+        self.i += 1;
+        loop {
+            self.i = next_escape(self.b, self.i);
+            match self.b.get(self.i) {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    match self.b.get(self.i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
+                        Some(b'u') => {
+                            self.i += 2;
+                            self.hex4()?;
+                        }
+                        _ => return Err(self.err("invalid escape")),
+                    };
+                }
+                Some(_) => return Err(self.err("control character in a string")),
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A number passed over, by JSON's grammar.
+    fn skip_number(&mut self) -> Result<(), Error> {
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match self.b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.err("invalid number")),
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(self.err("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.err("invalid number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// An integer as serde_json reads one into an `i64`: no fraction or exponent, no `-0`
+    /// (serde_json reads that as a float), nothing out of range.
+    fn int(&mut self) -> Result<i64, Error> {
+        self.ws();
+        let negative = self.b.get(self.i) == Some(&b'-');
+        if negative {
+            self.i += 1;
+        }
+        let mut v: u64 = 0;
+        match self.b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d) = self.b.get(self.i).filter(|d| d.is_ascii_digit()) {
+                    v = v
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                        .ok_or_else(|| self.err("integer out of range"))?;
+                    self.i += 1;
+                }
+            }
+            _ => return Err(self.err("expected an integer")),
+        }
+        if let Some(b'.' | b'e' | b'E' | b'0'..=b'9') = self.b.get(self.i) {
+            return Err(self.err("expected an integer"));
+        }
+        if negative {
+            // -2^63 is the one magnitude past i64::MAX that fits.
+            match v {
+                0 => Err(self.err("expected an integer")),
+                v if v <= 1 << 63 => Ok(0i64.wrapping_sub_unsigned(v)),
+                _ => Err(self.err("integer out of range")),
+            }
+        } else {
+            i64::try_from(v).map_err(|_| self.err("integer out of range"))
+        }
+    }
+
+    fn boolean(&mut self) -> Result<bool, Error> {
+        match self.peek() {
+            Some(b't') => self.word(b"true").map(|_| true),
+            Some(b'f') => self.word(b"false").map(|_| false),
+            _ => Err(self.err("expected a boolean")),
+        }
+    }
+
+    fn text(&mut self) -> Result<Text<'a>, Error> {
+        self.string().map(Text)
+    }
+
+    /// Any value, as its text.
+    fn raw(&mut self, depth: u32) -> Result<Raw<'a>, Error> {
+        self.ws();
+        let start = self.i;
+        self.skip(depth)?;
+        let text = self
+            .s
+            .get(start..self.i)
+            .ok_or_else(|| self.err("not UTF-8"))?;
+        Ok(Raw(text))
+    }
+
+    fn result(&mut self, depth: u32) -> Result<EvalResult<'a>, Error> {
+        let depth = deeper(depth, self)?;
+        let mut r = EvalResult::default();
+        let mut seen = 0u16;
+        self.object(|p, key| {
+            match key {
+                b"evaluationResults" => {
+                    r.results = p.field(&mut seen, 1, |p| {
+                        let inner = deeper(depth, p)?;
+                        let mut v = Vec::new();
+                        p.array(|p| p.result(inner).map(|x| v.push(x)))?;
+                        Ok(v)
+                    })?;
+                }
+                b"evalContext" => r.context = p.field(&mut seen, 1 << 1, |p| p.context(depth))?,
+                b"evalDebugLog" => r.debug = p.field(&mut seen, 1 << 2, |p| p.debug(depth))?,
+                b"flagID" => r.flag_id = p.field(&mut seen, 1 << 3, Self::int)?,
+                b"flagKey" => r.flag_key = p.field(&mut seen, 1 << 4, Self::text)?,
+                b"flagSnapshotID" => r.snapshot = p.field(&mut seen, 1 << 5, Self::int)?,
+                b"segmentID" => r.segment = p.field(&mut seen, 1 << 6, Self::int)?,
+                b"variantID" => r.variant = p.field(&mut seen, 1 << 7, Self::int)?,
+                b"variantKey" => r.variant_key = p.field(&mut seen, 1 << 8, Self::text)?,
+                b"flagTags" => r.tags = p.field(&mut seen, 1 << 9, |p| p.raw(depth))?,
+                b"dataRecordsEnabled" => {
+                    r.data_records_enabled = p.field(&mut seen, 1 << 10, Self::boolean)?
+                }
+                _ => p.skip(depth)?,
+            }
+            Ok(())
+        })?;
+        Ok(r)
+    }
+
+    fn context(&mut self, depth: u32) -> Result<EvalContext<'a>, Error> {
+        let depth = deeper(depth, self)?;
+        let mut c = EvalContext::default();
+        let mut seen = 0u16;
+        self.object(|p, key| {
+            match key {
+                b"entityID" => c.entity_id = p.field(&mut seen, 1, Self::text)?,
+                b"entityType" => c.entity_type = p.field(&mut seen, 1 << 1, Self::text)?,
+                b"entityContext" => {
+                    c.entity_context = p.field(&mut seen, 1 << 2, |p| p.raw(depth))?
+                }
+                _ => p.skip(depth)?,
+            }
+            Ok(())
+        })?;
+        Ok(c)
+    }
+
+    fn debug(&mut self, depth: u32) -> Result<DebugLog<'a>, Error> {
+        let depth = deeper(depth, self)?;
+        let mut d = DebugLog::default();
+        let mut seen = 0u16;
+        self.object(|p, key| {
+            if key == b"msg" {
+                d.msg = p.field(&mut seen, 1, Self::text)?;
+            } else {
+                p.skip(depth)?;
+            }
+            Ok(())
+        })?;
+        Ok(d)
+    }
+}
+
+/// One level further in, or an error past [`MAX_DEPTH`].
+fn deeper(depth: u32, r: &Reader<'_>) -> Result<u32, Error> {
+    if depth >= MAX_DEPTH {
+        return Err(r.err("nested too deeply"));
+    }
+    Ok(depth + 1)
 }
 
 /// A string borrowed from the answer's bytes, or owned when it carried escapes.
@@ -110,6 +620,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// Fuzzing: whatever this reader reads, serde_json reads the same.
+#[cfg(fuzzing)]
+pub fn check_against_serde(raw: &[u8]) {
+    if let Ok(mine) = parse(raw) {
+        let theirs = parse_serde(raw).expect("read here, refused by serde_json");
+        assert_eq!(mine, theirs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +660,141 @@ mod tests {
         assert!(parse(b"[1, 2]").is_err());
         assert!(parse(b"{\"flagKey\": \"\xff\"}").is_err(), "not UTF-8");
         assert!(parse(br#"{"evaluationResults": 5}"#).is_err());
+    }
+
+    /// A batch answer as Flagr 1.2.3 writes it, with what else an answer may hold.
+    const ANSWER: &str = r#"{"evaluationResults":[{"evalContext":{"entityContext":{"age":30,"state":"CA"},"entityID":"user-1","entityType":"user","flagKey":"flag-0"},"evalDebugLog":{"segmentDebugLogs":null},"flagID":1,"flagKey":"flag-0","flagSnapshotID":2,"recordSource":"evaluation","segmentID":1,"timestamp":"2026-12-03T12:25:12Z","variantAttachment":null,"variantID":1,"variantKey":"on"},
+        {"evalContext":{"entityContext":{"k\u00e9y":"v\"al\\ue","@ts":1.5e3,"n":[-0.25,{"x":[true,false,null]}]},"entityID":"\ud83d\ude00 caf\u00e9 \/ \b\f\n\r\t","entityType":"us\u0065r","flagID":2},"evalDebugLog":{"msg":"matched \"s\"","segmentDebugLogs":[{"msg":"x","segmentID":3}]},"flagID":-9223372036854775808,"flagKey":"caf\u00e9","flagSnapshotID":9223372036854775807,"segmentID":0,"variantAttachment":{"a":[1,2,{"b":"\u0000"}]},"variantID":null,"variantKey":null,"flagTags":[{"id":1,"value":"t\"ag"}],"dataRecordsEnabled":true},
+        { "flagID" : 3 , "dataRecordsEnabled" : false , "evalContext" : null , "evalDebugLog" : null , "flagTags" : null } ,
+        {"fl\u0061gID":4,"unknown":{"deep":[[[[[[1]]]]]],"e":1E+2,"f":0.5e-1,"g":-0,"h":"\uDBFF\uDFFF"}}
+    ]} "#;
+
+    #[test]
+    fn the_reader_reads_what_serde_json_reads() {
+        let mine = parse(ANSWER.as_bytes()).unwrap();
+        assert_eq!(mine, parse_serde(ANSWER.as_bytes()).unwrap());
+        assert_eq!(mine.len(), 4);
+        let ctx = mine[1].context.as_ref().unwrap();
+        assert_eq!(
+            &**ctx.entity_id.as_ref().unwrap(),
+            "\u{1F600} café / \u{8}\u{c}\n\r\t"
+        );
+        assert_eq!(&**ctx.entity_type.as_ref().unwrap(), "user");
+        assert_eq!(mine[1].flag_id, Some(i64::MIN));
+        assert_eq!(mine[1].tags.unwrap().get(), r#"[{"id":1,"value":"t\"ag"}]"#);
+        assert_eq!(
+            mine[3].flag_id,
+            Some(4),
+            "a key written with escapes is the same key"
+        );
+        // A single evaluation's answer, and whitespace all around.
+        let single = " {\n\t\"flagID\" :7 ,\"variantKey\":\"on\"}\r\n";
+        assert_eq!(
+            parse(single.as_bytes()).unwrap(),
+            parse_serde(single.as_bytes()).unwrap()
+        );
+    }
+
+    #[test]
+    fn what_serde_json_refuses_the_reader_refuses() {
+        let refused = [
+            r#"{"flagID": 1.0}"#,
+            r#"{"flagID": 1e2}"#,
+            r#"{"flagID": -0}"#,
+            r#"{"flagID": 01}"#,
+            r#"{"flagID": 9223372036854775808}"#,
+            r#"{"flagID": -9223372036854775809}"#,
+            r#"{"flagID": 99999999999999999999999}"#,
+            r#"{"flagID": "1"}"#,
+            r#"{"flagKey": 1}"#,
+            r#"{"flagKey": "a\x"}"#,
+            r#"{"flagKey": "\ud800"}"#,
+            r#"{"flagKey": "\udc00"}"#,
+            r#"{"flagKey": "\ud800\u0041"}"#,
+            r#"{"flagKey": "\u12G4"}"#,
+            "{\"flagKey\": \"tab\tin\"}",
+            r#"{"flagKey": "open}"#,
+            r#"{"dataRecordsEnabled": 1}"#,
+            r#"{"flagID": 1, "flagID": 2}"#,
+            r#"{"evalContext": {"entityID": "a", "entityID": "b"}}"#,
+            r#"{"flagID": 1,}"#,
+            r#"{"flagID" 1}"#,
+            r#"{"flagID": 1} x"#,
+            r#"{"other": [1,]}"#,
+            r#"{"other": "\q"}"#,
+            r#"{"other": tru}"#,
+            r#"{"other": .5}"#,
+            r#"{"other": 1.}"#,
+            r#"{"other": 1e}"#,
+            r#"{"other": -}"#,
+            r#"{"evaluationResults": 5}"#,
+            r#"{"evaluationResults": [5]}"#,
+            r#"{"evalContext": "x"}"#,
+            r#"{"flagTags": }"#,
+            "null",
+            "",
+        ];
+        for json in refused {
+            assert!(
+                parse_serde(json.as_bytes()).is_err(),
+                "serde_json reads {json}"
+            );
+            assert!(parse(json.as_bytes()).is_err(), "the reader reads {json}");
+        }
+        // Nesting past the limit, even where serde_json passes over it without a limit.
+        let deep = format!(r#"{{"other": {}{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(parse(deep.as_bytes()).is_err());
+        let fits = format!(r#"{{"other": {}{}}}"#, "[".repeat(90), "]".repeat(90));
+        assert!(parse(fits.as_bytes()).is_ok());
+    }
+
+    /// Every byte of an answer changed in the ways that matter to JSON: wherever the reader
+    /// reads the result, serde_json reads the same.
+    #[test]
+    fn changed_answers_read_as_serde_json_reads_them() {
+        let base = ANSWER.as_bytes();
+        let mut both_read = 0;
+        for at in 0..base.len() {
+            for with in [
+                None,
+                Some(b'"'),
+                Some(b'\\'),
+                Some(b','),
+                Some(b'}'),
+                Some(b'1'),
+                Some(b' '),
+                Some(b'\n'),
+            ] {
+                let mut v = base.to_vec();
+                match with {
+                    None => {
+                        v.remove(at);
+                    }
+                    Some(b) => v[at] = b,
+                }
+                let (mine, theirs) = (parse(&v), parse_serde(&v));
+                if let Ok(m) = &mine {
+                    let t = theirs.as_ref().unwrap_or_else(|e| {
+                        panic!(
+                            "read here, not by serde_json ({e}): {}",
+                            String::from_utf8_lossy(&v)
+                        )
+                    });
+                    assert_eq!(m, t, "{}", String::from_utf8_lossy(&v));
+                    both_read += 1;
+                } else {
+                    assert!(
+                        theirs.is_err(),
+                        "serde_json reads, the reader does not: {} ({})",
+                        String::from_utf8_lossy(&v),
+                        mine.err().unwrap()
+                    );
+                }
+            }
+        }
+        assert!(
+            both_read > base.len(),
+            "most changes still read ({both_read})"
+        );
     }
 }

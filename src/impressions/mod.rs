@@ -8,7 +8,10 @@
 mod answer;
 pub mod batcher;
 mod record;
+mod scan;
 
+#[cfg(fuzzing)]
+pub use answer::check_against_serde as check_answer_reader;
 pub use record::Encoded;
 
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,8 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::answer::{context_map, EvalContext, EvalResult, Text};
+use super::answer::{context_map, EvalContext, EvalResult, Raw, Text};
+use super::scan::next_escape;
 use super::{Context, Gate, NO_TREATMENT};
 
 /// Records as JSON objects, back to back; record `i` is `bytes[ends[i-1]..ends[i]]`.
@@ -88,19 +89,6 @@ pub(super) struct Row<'a> {
     pub split_version_number: i64,
 }
 
-/// Bytes a JSON string cannot hold as they are.
-static NEEDS_ESCAPE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = true;
-        b += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
 /// JSON text (valid UTF-8) as the content of a JSON string, escaped as serde_json would.
 fn push_escaped(out: &mut Vec<u8>, json: &[u8]) {
     out.reserve(json.len() + json.len() / 4);
@@ -122,34 +110,6 @@ fn push_escaped(out: &mut Vec<u8>, json: &[u8]) {
         i = next_escape(json, run);
     }
     out.extend_from_slice(&json[run..]);
-}
-
-const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-
-/// The first byte at or after `from` that needs escaping, or `s.len()`. Eight bytes at a
-/// time: most of what is escaped (names, keys, the runs between quotes) has nothing to escape.
-fn next_escape(s: &[u8], mut from: usize) -> usize {
-    // A byte of `x` is zero where this has its high bit; the lowest such bit is exact (the
-    // borrow that can mark a higher byte wrongly only comes from a lower zero byte).
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    while let Some(chunk) = s.get(from..from + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
-        // `"`, `\` or a control byte (below 0x20; bytes from 0x80 up are never escaped).
-        let hit = zero(v ^ (ONES * u64::from(b'"')))
-            | zero(v ^ (ONES * u64::from(b'\\')))
-            | (v.wrapping_sub(ONES * 0x20) & !v & HIGHS);
-        if hit != 0 {
-            return from + (hit.trailing_zeros() / 8) as usize;
-        }
-        from += 8;
-    }
-    while s.get(from).is_some_and(|&b| !NEEDS_ESCAPE[b as usize]) {
-        from += 1;
-    }
-    from
 }
 
 /// The entity half of an evaluation's `properties` (its keys sort first).
@@ -179,7 +139,7 @@ impl Serialize for UserContext<'_> {
 /// The flag half of an evaluation's `properties` (keys in the order a JSON object map sorts
 /// them), written escaped as it goes into the string: only the tags, as Flagr sent them (`[]`
 /// when it sent none), can hold anything to escape.
-fn flag_half(b: &mut Vec<u8>, flag_id: i64, tags: Option<&RawValue>, segment: i64, variant: i64) {
+fn flag_half(b: &mut Vec<u8>, flag_id: i64, tags: Option<Raw<'_>>, segment: i64, variant: i64) {
     let mut n = itoa::Buffer::new();
     b.extend_from_slice(br#",\"flagID\":"#);
     b.extend_from_slice(n.format(flag_id).as_bytes());
