@@ -81,26 +81,29 @@ pub(super) fn parse(raw: &[u8]) -> Result<Vec<EvalResult<'_>>, serde_json::Error
         b: raw,
         i: 0,
     };
-    let mut top = r.result(0)?;
+    let top = r.result(0)?;
     r.ws();
     if r.i != raw.len() {
         return Err(r.err("trailing characters"));
     }
-    Ok(match top.results.take() {
-        Some(v) => v,
-        None => vec![top],
-    })
+    Ok(top.unbatch())
 }
 
 /// serde_json's reading of the same answer: the reference [`parse`] is checked against.
 #[cfg(any(test, fuzzing))]
 pub(super) fn parse_serde(raw: &[u8]) -> Result<Vec<EvalResult<'_>>, serde_json::Error> {
     let text = std::str::from_utf8(raw).map_err(serde::de::Error::custom)?;
-    let mut top: EvalResult<'_> = serde_json::from_str(text)?;
-    Ok(match top.results.take() {
-        Some(v) => v,
-        None => vec![top],
-    })
+    serde_json::from_str(text).map(EvalResult::unbatch)
+}
+
+impl<'a> EvalResult<'a> {
+    /// A batch's results, or the single one.
+    fn unbatch(mut self) -> Vec<EvalResult<'a>> {
+        match self.results.take() {
+            Some(v) => v,
+            None => vec![self],
+        }
+    }
 }
 
 /// JSON text, checked to be one whole value, borrowed from the answer.
@@ -131,15 +134,6 @@ struct Reader<'a> {
 }
 
 type Error = serde_json::Error;
-
-/// Marks `bit` in `seen`: a key twice in one object is an error, as serde's derive has it.
-fn once(seen: &mut u16, bit: u16, r: &Reader<'_>) -> Result<(), Error> {
-    if *seen & bit != 0 {
-        return Err(r.err("duplicate field"));
-    }
-    *seen |= bit;
-    Ok(())
-}
 
 impl<'a> Reader<'a> {
     fn err(&self, what: &str) -> Error {
@@ -178,15 +172,27 @@ impl<'a> Reader<'a> {
         f(self).map(Some)
     }
 
-    /// A field's value (`null` as `None`), the field marked seen in `seen` first.
+    /// A field's value (`null` as `None`), marked `bit` in `seen` first: a key twice in one
+    /// object is an error, as serde's derive has it.
     fn field<T>(
         &mut self,
         seen: &mut u16,
         bit: u16,
         read: impl FnOnce(&mut Self) -> Result<T, Error>,
     ) -> Result<Option<T>, Error> {
-        once(seen, bit, self)?;
+        if *seen & bit != 0 {
+            return Err(self.err("duplicate field"));
+        }
+        *seen |= bit;
         self.opt(read)
+    }
+
+    /// One level further in, or an error past [`MAX_DEPTH`].
+    fn deeper(&self, depth: u32) -> Result<u32, Error> {
+        if depth >= MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        Ok(depth + 1)
     }
 
     /// An object, each key handed to `field` with the cursor at its value.
@@ -269,37 +275,40 @@ impl<'a> Reader<'a> {
             return Err(self.err("expected a string"));
         }
         let start = self.i + 1;
-        let end = next_escape(self.b, start);
-        if self.b.get(end) == Some(&b'"') {
-            // Both ends are ASCII bytes, so this is a whole part of valid UTF-8.
-            if let Some(s) = self.s.get(start..end) {
-                self.i = end + 1;
-                return Ok(Cow::Borrowed(s));
-            }
+        // Both ends are ASCII bytes, so this is a whole part of valid UTF-8.
+        if let Some(s) = self.plain_end().and_then(|end| self.s.get(start..end)) {
+            self.i = start + s.len() + 1;
+            return Ok(Cow::Borrowed(s));
         }
-        self.escaped(start, end).map(Cow::Owned)
+        self.escaped(start).map(Cow::Owned)
     }
 
-    /// A key's bytes (the cursor on its opening quote): borrowed when it has no escapes.
+    /// A key's bytes (the cursor on its opening quote), matched as bytes: borrowed when it has
+    /// no escapes. Not through [`Self::string`]: its second look for whitespace and its check
+    /// that a `str` splits at character boundaries made reading an answer 12 % dearer.
     #[inline]
     fn key(&mut self) -> Result<Cow<'a, [u8]>, Error> {
         let start = self.i + 1;
-        let end = next_escape(self.b, start);
-        if self.b.get(end) == Some(&b'"') {
-            if let Some(k) = self.b.get(start..end) {
-                self.i = end + 1;
-                return Ok(Cow::Borrowed(k));
-            }
+        if let Some(k) = self.plain_end().and_then(|end| self.b.get(start..end)) {
+            self.i = start + k.len() + 1;
+            return Ok(Cow::Borrowed(k));
         }
-        self.escaped(start, end).map(|k| Cow::Owned(k.into_bytes()))
+        self.escaped(start).map(|k| Cow::Owned(k.into_bytes()))
     }
 
-    /// A string from `start` that stopped being plain at `end`: decoded whole.
+    /// Where the string at the cursor ends when it has nothing to decode.
+    #[inline]
+    fn plain_end(&self) -> Option<usize> {
+        let end = next_escape(self.b, self.i + 1);
+        (self.b.get(end) == Some(&b'"')).then_some(end)
+    }
+
+    /// A string whose content starts at `start` and holds something to decode, decoded whole.
     #[cold]
     #[inline(never)]
-    fn escaped(&mut self, start: usize, end: usize) -> Result<String, Error> {
-        self.i = end;
-        let mut out = String::from(self.s.get(start..end).unwrap_or_default());
+    fn escaped(&mut self, start: usize) -> Result<String, Error> {
+        self.i = start;
+        let mut out = String::new();
         self.unescape(&mut out)?;
         Ok(out)
     }
@@ -387,11 +396,11 @@ impl<'a> Reader<'a> {
         match self.peek() {
             Some(b'"') => self.skip_string(),
             Some(b'{') => {
-                let depth = deeper(depth, self)?;
+                let depth = self.deeper(depth)?;
                 self.members(false, |r, _| r.skip(depth))
             }
             Some(b'[') => {
-                let depth = deeper(depth, self)?;
+                let depth = self.deeper(depth)?;
                 self.array(|r| r.skip(depth))
             }
             Some(b't') => self.word(b"true"),
@@ -529,14 +538,14 @@ impl<'a> Reader<'a> {
     }
 
     fn result(&mut self, depth: u32) -> Result<EvalResult<'a>, Error> {
-        let depth = deeper(depth, self)?;
+        let depth = self.deeper(depth)?;
         let mut r = EvalResult::default();
         let mut seen = 0u16;
         self.object(|p, key| {
             match key {
                 b"evaluationResults" => {
                     r.results = p.field(&mut seen, 1, |p| {
-                        let inner = deeper(depth, p)?;
+                        let inner = p.deeper(depth)?;
                         let mut v = Vec::new();
                         p.array(|p| p.result(inner).map(|x| v.push(x)))?;
                         Ok(v)
@@ -562,7 +571,7 @@ impl<'a> Reader<'a> {
     }
 
     fn context(&mut self, depth: u32) -> Result<EvalContext<'a>, Error> {
-        let depth = deeper(depth, self)?;
+        let depth = self.deeper(depth)?;
         let mut c = EvalContext::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -580,7 +589,7 @@ impl<'a> Reader<'a> {
     }
 
     fn debug(&mut self, depth: u32) -> Result<DebugLog<'a>, Error> {
-        let depth = deeper(depth, self)?;
+        let depth = self.deeper(depth)?;
         let mut d = DebugLog::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -593,14 +602,6 @@ impl<'a> Reader<'a> {
         })?;
         Ok(d)
     }
-}
-
-/// One level further in, or an error past [`MAX_DEPTH`].
-fn deeper(depth: u32, r: &Reader<'_>) -> Result<u32, Error> {
-    if depth >= MAX_DEPTH {
-        return Err(r.err("nested too deeply"));
-    }
-    Ok(depth + 1)
 }
 
 /// A string borrowed from the answer's bytes, or owned when it carried escapes.
