@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::metrics::ProxyMetrics;
 use super::upstream::Carried;
 use crate::flagr::RouteTable;
-use crate::metrics::{method_label, status_class};
+use crate::metrics::method_label;
 
 /// Applies [`Classify`].
 #[derive(Clone, Debug)]
@@ -163,22 +163,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let me = self.project();
-        let resp = ready!(me.inner.poll(cx));
+        // The error is Infallible: every request gets an answer with a status.
+        let Ok(resp) = ready!(me.inner.poll(cx));
         if let Some(c) = me.count.take() {
             c.metrics.in_flight.dec();
-            if let Ok(r) = &resp {
-                let status = status_class(r.status().as_u16());
-                c.metrics
-                    .requests
-                    .with_label_values(&[c.class, c.method, status])
-                    .inc();
-            }
-            c.metrics
-                .duration
-                .with_label_values(&[c.class])
-                .observe(c.started.elapsed().as_secs_f64());
+            c.metrics.answered(
+                c.class,
+                c.method,
+                resp.status().as_u16(),
+                c.started.elapsed(),
+            );
         }
-        Poll::Ready(resp)
+        Poll::Ready(Ok(resp))
     }
 }
 
