@@ -675,6 +675,67 @@ mod tests {
         held.abort();
     }
 
+    /// One client connection's requests, answered or not, each get the whole timeout from
+    /// their own start, and a silent Flagr is a 504 over an own connection as over the pool.
+    #[tokio::test]
+    async fn each_request_on_an_own_connection_gets_its_own_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // Answers requests for /answer (after 150 ms: most of the timeout), never /silent ones.
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let silent = got.starts_with(b"GET /silent");
+                            got.drain(..end + 4);
+                            if silent {
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let up = upstream(addr, Duration::from_millis(400));
+        let own = OwnConnection::default();
+        let mut statuses = Vec::new();
+        for path in [
+            "/answer", "/answer", "/silent", "/answer", "/silent", "/answer",
+        ] {
+            let mut req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+            Carried::of_mut(&mut req).own = Some(own.clone());
+            let r = up.clone().oneshot(req).await.unwrap();
+            statuses.push(r.status().as_u16());
+            if r.status() == StatusCode::OK {
+                assert_eq!(text(r).await, "ok");
+            }
+        }
+        assert_eq!(statuses, [200, 200, 504, 200, 504, 200]);
+        let timeouts = up
+            .inner
+            .metrics
+            .upstream_errors
+            .with_label_values(&["timeout"]);
+        assert_eq!(timeouts.get(), 2);
+        // Three connections: a timed-out answer's connection is never used again.
+        assert_eq!(up.inner.metrics.dials.get(), 3);
+        server.abort();
+    }
+
     /// Flagr stalling in a body it has begun: the answer is cut after `upstream_timeout` of
     /// silence and counted, over an own connection and a pooled one; a body that keeps coming,
     /// though it takes longer than the timeout in all, is not cut.
