@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter};
 
-use crate::metrics::{labels, latency_buckets, Registry};
+use crate::metrics::{labels, latency_buckets, status_class, Registry};
 
 /// Route classes, methods and status classes as counted (`Route::class`, `method_label`,
 /// `status_class`): a request's series are found by position, not by hashing its labels.
@@ -86,13 +86,7 @@ impl ProxyMetrics {
     pub(super) fn answered(&self, class: &str, method: &str, status: u16, took: Duration) {
         let c = position(&CLASSES, class);
         let m = position(&METHODS, method);
-        let s = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
+        let s = position(&STATUSES, status_class(status));
         self.counted[(c * METHODS.len() + m) * STATUSES.len() + s]
             .get_or_init(|| {
                 self.requests
@@ -124,7 +118,7 @@ fn position(list: &[&str], label: &str) -> usize {
 mod tests {
     use super::*;
     use crate::flagr::Route;
-    use crate::metrics::{method_label, status_class};
+    use crate::metrics::method_label;
 
     /// Every label the proxy counts under has a place of its own, and a request lands in the
     /// series its labels name.

@@ -675,31 +675,31 @@ mod tests {
         held.abort();
     }
 
-    /// One client connection's requests, answered or not, each get the whole timeout from
-    /// their own start, and a silent Flagr is a 504 over an own connection as over the pool.
-    #[tokio::test]
-    async fn each_request_on_an_own_connection_gets_its_own_deadline() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A loopback stand-in for a Flagr that misbehaves: every request head read on every
+    /// connection goes to `answer` with the connection, which it hands back to read the next
+    /// request on, or not, to end it. Requests without a body only.
+    async fn flagr_by_heads<F, Fut>(
+        answer: F,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+    where
+        F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Option<tokio::net::TcpStream>> + Send,
+    {
+        use tokio::io::AsyncReadExt;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        // Answers requests for /answer (after 150 ms: most of the timeout), never /silent ones.
         let server = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut got = Vec::new();
                     let mut buf = [0u8; 4096];
                     loop {
                         while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let silent = got.starts_with(b"GET /silent");
-                            got.drain(..end + 4);
-                            if silent {
-                                tokio::time::sleep(Duration::from_secs(30)).await;
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(150)).await;
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(ok).await.is_err() {
-                                return;
+                            let head: Vec<u8> = got.drain(..end + 4).collect();
+                            match answer(s, head).await {
+                                Some(next) => s = next,
+                                None => return,
                             }
                         }
                         match s.read(&mut buf).await {
@@ -710,6 +710,25 @@ mod tests {
                 });
             }
         });
+        (addr, server)
+    }
+
+    /// One client connection's requests, answered or not, each get the whole timeout from
+    /// their own start, and a silent Flagr is a 504 over an own connection as over the pool.
+    #[tokio::test]
+    async fn each_request_on_an_own_connection_gets_its_own_deadline() {
+        use tokio::io::AsyncWriteExt;
+        // Answers requests for /answer (after 150 ms: most of the timeout), never /silent ones.
+        let (addr, server) = flagr_by_heads(|mut s, head| async move {
+            if head.starts_with(b"GET /silent") {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            s.write_all(ok).await.ok().map(|()| s)
+        })
+        .await;
         let up = upstream(addr, Duration::from_millis(400));
         let own = OwnConnection::default();
         let mut statuses = Vec::new();
@@ -742,31 +761,19 @@ mod tests {
     #[tokio::test]
     async fn a_body_flagr_stalls_in_is_cut_after_the_timeout_of_silence() {
         use http_body_util::BodyExt;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n";
-                    s.write_all(head).await.unwrap();
-                    // 12 of the 20 bytes, one every 100 ms (1.2 s in all), then silence.
-                    for _ in 0..12 {
-                        s.write_all(b"x").await.unwrap();
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                });
+        use tokio::io::AsyncWriteExt;
+        let (addr, server) = flagr_by_heads(|mut s, _| async move {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n";
+            s.write_all(head).await.unwrap();
+            // 12 of the 20 bytes, one every 100 ms (1.2 s in all), then silence.
+            for _ in 0..12 {
+                s.write_all(b"x").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        });
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            None
+        })
+        .await;
         let up = upstream(addr, Duration::from_secs(1));
         for own in [true, false] {
             let mut req = get();
