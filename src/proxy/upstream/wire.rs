@@ -216,7 +216,7 @@ pub(super) async fn exchange(
     }
     let mut interim = false;
     loop {
-        let mut head = match read_head(&mut conn).await {
+        let head = match read_head(&mut conn).await {
             Ok(h) => h,
             // After a 1xx Flagr did answer something: it read the request.
             Err(WireError::Closed) if interim => {
@@ -233,18 +233,16 @@ pub(super) async fn exchange(
             }
             _ => {}
         }
-        let framing = match framing(method, head.status, &head.headers) {
+        let framing = match framing(method, head.status, &head.said) {
             Ok(f) => f,
             Err(why) => return Err((conn, WireError::Malformed(why))),
         };
         // Both Transfer-Encoding and Content-Length: the length is not the body's (RFC 9112
-        // §6.3), so it does not reach the client, and the connection is not trusted again.
-        let both = head.headers.contains_key(header::TRANSFER_ENCODING)
-            && head.headers.remove(header::CONTENT_LENGTH).is_some();
+        // §6.3), so it did not reach the head's map, and the connection is not trusted again.
         let keep = head.version == Version::HTTP_11
-            && !both
+            && !head.said.both()
             && !matches!(framing, Framing::UntilClose)
-            && !says_close(&head.headers);
+            && !head.said.close;
         let mut r = Response::new(WireBody::new(conn, framing, keep, home.clone()));
         *r.status_mut() = head.status;
         *r.version_mut() = head.version;
@@ -257,6 +255,71 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    said: Said,
+}
+
+/// What a head says of its own framing and connection, gathered from its fields as they are
+/// parsed, so nothing looks them up in the map again.
+#[derive(Debug, Default)]
+struct Said {
+    /// Whether the last coding of the last Transfer-Encoding field is chunked; None without one.
+    chunked: Option<bool>,
+    /// The Content-Length all its fields agree on.
+    length: Option<u64>,
+    /// Why the Content-Length fields cannot be trusted, if they cannot.
+    bad_length: Option<&'static str>,
+    /// Some Content-Length field was there.
+    has_length: bool,
+    /// A Connection field names `close`.
+    close: bool,
+}
+
+impl Said {
+    fn add(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::TRANSFER_ENCODING {
+            // The last coding of the last field decides; an unreadable one is not chunked.
+            let last =
+                visible(value).and_then(|v| v.split(',').map(str::trim).rfind(|t| !t.is_empty()));
+            self.chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")));
+        } else if *name == header::CONTENT_LENGTH {
+            self.has_length = true;
+            if self.bad_length.is_none() {
+                self.bad_length = self.add_length(value).err();
+            }
+        } else if *name == header::CONNECTION {
+            self.close |= visible(value)
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        }
+    }
+
+    fn add_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        for part in visible(value).ok_or("bad content-length")?.split(',') {
+            let part = part.trim();
+            // Digits only: Rust's parse would also take a leading '+'.
+            if !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("bad content-length");
+            }
+            let n: u64 = part.parse().map_err(|_| "bad content-length")?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            self.length = Some(n);
+        }
+        Ok(())
+    }
+
+    /// Both Transfer-Encoding and Content-Length.
+    fn both(&self) -> bool {
+        self.chunked.is_some() && self.has_length
+    }
+}
+
+/// A value as text, when it is visible ASCII and tabs only (as `HeaderValue::to_str`).
+fn visible(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
 }
 
 async fn read_head(conn: &mut Conn) -> Result<Head, WireError> {
@@ -311,15 +374,21 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
     let base = buf.as_ptr() as usize;
     // On the stack for any usual answer (Flagr sends four or five headers).
     let mut fields = SmallVec::<[(HeaderName, usize, usize); 16]>::new();
+    let mut said = Said::default();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| WireError::Malformed("bad header name"))?;
+        said.add(&name, h.value);
         let at = h.value.as_ptr() as usize - base;
         fields.push((name, at, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, at, n) in fields {
+        if said.both() && name == header::CONTENT_LENGTH {
+            // Not the body's length (RFC 9112 §6.3): it does not reach the client.
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| WireError::Malformed("bad header value"))?;
         headers.append(name, value);
@@ -328,6 +397,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
         status,
         version,
         headers,
+        said,
     }))
 }
 
@@ -340,52 +410,27 @@ enum Framing {
     UntilClose,
 }
 
-fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing, &'static str> {
+fn framing(method: &Method, status: StatusCode, said: &Said) -> Result<Framing, &'static str> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         return Ok(Framing::Empty);
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        // The last coding of the last field decides; an unreadable one is not chunked.
-        let last = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').map(str::trim).rfind(|t| !t.is_empty()));
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::UntilClose,
+    if let Some(chunked) = said.chunked {
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
         });
     }
-    let mut length = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| "bad content-length")?.split(',') {
-            let part = part.trim();
-            // Digits only: Rust's parse would also take a leading '+'.
-            if !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("bad content-length");
-            }
-            let n: u64 = part.parse().map_err(|_| "bad content-length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length");
-            }
-            length = Some(n);
-        }
+    if let Some(why) = said.bad_length {
+        return Err(why);
     }
-    Ok(match length {
+    Ok(match said.length {
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
-    })
-}
-
-fn says_close(h: &HeaderMap) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
     })
 }
 
@@ -631,14 +676,11 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
+            let mut said = Said::default();
             for (k, v) in pairs {
-                m.append(
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                );
+                said.add(&HeaderName::from_bytes(k.as_bytes()).unwrap(), v.as_bytes());
             }
-            m
+            said
         };
         let ok = StatusCode::OK;
         let f = |m: &Method, s, hs: &[(&str, &str)]| framing(m, s, &h(hs));
@@ -660,6 +702,12 @@ mod tests {
         ];
         assert_eq!(f(&Method::GET, ok, &te), Ok(Framing::Chunked));
         let te = [("transfer-encoding", "chunked, gzip")];
+        assert_eq!(f(&Method::GET, ok, &te), Ok(Framing::UntilClose));
+        // A coding that is not visible ASCII cannot be read as chunked.
+        let te = [
+            ("transfer-encoding", "chunked\u{e9}"),
+            ("content-length", "5"),
+        ];
         assert_eq!(f(&Method::GET, ok, &te), Ok(Framing::UntilClose));
         assert_eq!(f(&Method::GET, ok, &[]), Ok(Framing::UntilClose));
         let same = [("content-length", "5, 5"), ("content-length", "5")];
@@ -824,6 +872,7 @@ mod tests {
         // Not kept: Flagr says it closes; HTTP/1.0; bytes after the body; no length at all.
         for answer in [
             &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-a,\r\nConnection: Keep-Alive, CLOSE\r\n\r\nok",
             b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
         ] {
