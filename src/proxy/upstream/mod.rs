@@ -161,8 +161,40 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let me = self.inner.clone();
-        Box::pin(async move { Ok(me.send(req).await) })
+        // A future per way, each holding only what its way needs: a request's future is
+        // moved whole between the layers, so every byte of it is copied a few times.
+        match me.prepare(req) {
+            Way::Own {
+                own,
+                request,
+                method,
+                body,
+            } => Box::pin(async move {
+                let sent = me.send_own(&own, request, &method, body);
+                let r = tokio::time::timeout(me.timeout, sent).await;
+                Ok(me.answer(r.map(|r| r.map(|r| r.map(Either::Right)))))
+            }),
+            Way::Pooled(req) => Box::pin(async move {
+                let r = tokio::time::timeout(me.timeout, me.send_pooled(req)).await;
+                Ok(me.answer(r.map(|r| r.map(|r| r.map(Either::Left)))))
+            }),
+            Way::Answered(resp) => Box::pin(std::future::ready(Ok(resp))),
+        }
     }
+}
+
+/// How a request goes to Flagr, settled before anything is awaited.
+enum Way<B> {
+    /// Over the client connection's own connection: the request's head already encoded.
+    Own {
+        own: OwnConnection,
+        request: Vec<u8>,
+        method: http::Method,
+        body: B,
+    },
+    Pooled(Request<B>),
+    /// Not sent: flaghook's own answer.
+    Answered(Response<UpstreamBody>),
 }
 
 impl<B> Inner<B>
@@ -170,7 +202,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    async fn send(&self, req: Request<B>) -> Response<UpstreamBody> {
+    fn prepare(&self, req: Request<B>) -> Way<B> {
         let (mut parts, body) = req.into_parts();
         let own = parts
             .extensions
@@ -189,34 +221,48 @@ where
                 parts.headers.insert(header::HOST, v);
             }
         }
-        parts.version = Version::HTTP_11;
-        let result = if let Some(own) = own {
+        if let Some(own) = own {
             // Origin form: the connection already leads to Flagr.
-            parts.uri = Uri::from(path_and_query);
-            tokio::time::timeout(self.timeout, self.send_own(&own, parts, body))
-                .await
-                .map(|r| r.map(|r| r.map(Either::Right)))
-        } else {
-            parts.uri = match Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(self.authority.clone())
-                .path_and_query(path_and_query)
-                .build()
-            {
-                Ok(u) => u,
-                Err(_) => {
-                    return own_answer(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "invalid request URI",
-                    )
-                }
+            let request = wire::encode_head(
+                &parts.method,
+                path_and_query.as_str(),
+                &parts.headers,
+                &body,
+            );
+            return Way::Own {
+                own,
+                request,
+                method: parts.method,
+                body,
             };
-            let req = Request::from_parts(parts, body);
-            tokio::time::timeout(self.timeout, self.send_pooled(req))
-                .await
-                .map(|r| r.map(|r| r.map(Either::Left)))
+        }
+        parts.version = Version::HTTP_11;
+        parts.uri = match Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return Way::Answered(own_answer(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid request URI",
+                ))
+            }
         };
+        Way::Pooled(Request::from_parts(parts, body))
+    }
+
+    /// Flagr's answer as the client gets it, or flaghook's own 502 or 504, each counted.
+    fn answer(
+        &self,
+        result: Result<
+            Result<Response<Either<Incoming, WireBody>>, Failure>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Response<UpstreamBody> {
         match result {
             Ok(Ok(resp)) => resp.map(|b| Either::Left(Quiet::new(b, self.quiet.clone()))),
             Ok(Err(Failure(why, e))) => {
@@ -260,21 +306,24 @@ where
     async fn send_own(
         &self,
         own: &OwnConnection,
-        parts: http::request::Parts,
+        mut request: Vec<u8>,
+        method: &http::Method,
         body: B,
     ) -> Result<Response<WireBody>, Failure> {
-        let request = wire::encode(&parts, body).await.map_err(Failure::other)?;
+        wire::add_body(&mut request, body)
+            .await
+            .map_err(Failure::other)?;
         let (mut conn, mut reused) = match own.take(self.max_idle) {
             Some(c) => (c, true),
             None => (self.dial().await?, false),
         };
         loop {
-            match wire::exchange(conn, &request, &parts.method, own).await {
+            match wire::exchange(conn, &request, method, own).await {
                 Ok(r) => return Ok(r),
                 // Flagr closed the kept connection just as the request went out: it never read
                 // it, most likely; but only a request that changes nothing goes again (a PUT or
                 // DELETE Flagr did apply would be applied, or fail, a second time).
-                Err((_, e)) if reused && e.nothing_back() && parts.method.is_safe() => {
+                Err((_, e)) if reused && e.nothing_back() && method.is_safe() => {
                     conn = self.dial().await?;
                     reused = false;
                 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -124,26 +123,26 @@ pub(super) fn fits<B: Body>(method: &Method, body: &B, max: u64) -> bool {
     *method != Method::CONNECT && body.size_hint().exact().is_some_and(|n| n <= max)
 }
 
-/// The request as it goes on the wire: head and body in one buffer, so one write sends it.
-/// `parts.uri` is in origin form.
-pub(super) async fn encode<B>(parts: &Parts, mut body: B) -> Result<Vec<u8>, BoxError>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
+/// The request's head as it goes on the wire (`path` in origin form), with room for `body`,
+/// which [`add_body`] then appends, so one write sends both. Synchronous, so the request's
+/// parts are dropped before its future waits for anything.
+pub(super) fn encode_head<B: Body>(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &B,
+) -> Vec<u8> {
     let len = body.size_hint().exact().unwrap_or(0);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let headers: usize = parts
-        .headers
+    let size: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    let mut out = Vec::with_capacity(path.len() + headers + 64 + len as usize);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    let mut out = Vec::with_capacity(path.len() + size + 64 + len as usize);
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         // The length written is the body's as sent; the whole body goes at once, so there is
         // nothing to wait for a 100 Continue for. (Hop-by-hop headers are gone already.)
         if name == header::CONTENT_LENGTH || name == header::EXPECT {
@@ -155,13 +154,24 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let sends_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    let sends_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if len > 0 || sends_body {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Appends the whole of `body` to the head [`encode_head`] made of it; an error when it
+/// ends at another length than it announced.
+pub(super) async fn add_body<B>(out: &mut Vec<u8>, mut body: B) -> Result<(), BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let len = body.size_hint().exact().unwrap_or(0);
     let start = out.len();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(Into::into)?.into_data() {
@@ -171,7 +181,7 @@ where
     if (out.len() - start) as u64 != len {
         return Err("the request body did not match its length".into());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Why an exchange gave no answer.
@@ -932,8 +942,7 @@ mod tests {
             .header("x-b", "2")
             .body(http_body_util::Full::new(Bytes::from_static(b"{\"a\":1}")))
             .unwrap();
-        let (parts, body) = req.into_parts();
-        let out = encode(&parts, body).await.unwrap();
+        let out = encode(req).await;
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /api/v1/evaluation?x=1 HTTP/1.1\r\nhost: flagr\r\nx-b: 2\r\n\
@@ -942,10 +951,18 @@ mod tests {
         let req = http::Request::get("/")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
+        assert_eq!(encode(req).await, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    async fn encode<B>(req: http::Request<B>) -> Vec<u8>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let (parts, body) = req.into_parts();
-        assert_eq!(
-            encode(&parts, body).await.unwrap(),
-            b"GET / HTTP/1.1\r\n\r\n"
-        );
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = encode_head(&parts.method, path, &parts.headers, &body);
+        add_body(&mut out, body).await.unwrap();
+        out
     }
 }
