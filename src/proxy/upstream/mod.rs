@@ -169,8 +169,9 @@ where
                 request,
                 method,
                 body,
+                room,
             } => Box::pin(async move {
-                let sent = me.send_own(&own, request, &method, body);
+                let sent = me.send_own(&own, request, &method, body, room);
                 let r = tokio::time::timeout(me.timeout, sent).await;
                 Ok(me.answer(r.map(|r| r.map(|r| r.map(Either::Right)))))
             }),
@@ -191,6 +192,8 @@ enum Way<B> {
         request: Vec<u8>,
         method: http::Method,
         body: B,
+        /// The request's header map, its headers on the wire already: Flagr's answer's go in it.
+        room: http::HeaderMap,
     },
     Pooled(Request<B>),
     /// Not sent: flaghook's own answer.
@@ -234,6 +237,7 @@ where
                 request,
                 method: parts.method,
                 body,
+                room: parts.headers,
             };
         }
         parts.version = Version::HTTP_11;
@@ -309,6 +313,7 @@ where
         mut request: Vec<u8>,
         method: &http::Method,
         body: B,
+        mut room: http::HeaderMap,
     ) -> Result<Response<WireBody>, Failure> {
         wire::add_body(&mut request, body)
             .await
@@ -318,7 +323,7 @@ where
             None => (self.dial().await?, false),
         };
         loop {
-            match wire::exchange(conn, &request, method, own).await {
+            match wire::exchange(conn, &request, method, own, &mut room).await {
                 Ok(r) => return Ok(r),
                 // Flagr closed the kept connection just as the request went out: it never read
                 // it, most likely; but only a request that changes nothing goes again (a PUT or

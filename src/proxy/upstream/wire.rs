@@ -213,20 +213,22 @@ fn nothing_back(e: io::Error) -> WireError {
     }
 }
 
-/// Writes the request and reads the answer's head. The body is read later, by the
+/// Writes the request and reads the answer's head, its headers into `room` (a map whose
+/// allocation is reused: the request's own, cleared). The body is read later, by the
 /// response's [`WireBody`], which puts `conn` back in `home` when it ends cleanly.
 pub(super) async fn exchange(
     mut conn: Box<Conn>,
     request: &[u8],
     method: &Method,
     home: &OwnConnection,
+    room: &mut HeaderMap,
 ) -> Result<Response<WireBody>, (Box<Conn>, WireError)> {
     if let Err(e) = conn.write_all(request).await {
         return Err((conn, nothing_back(e)));
     }
     let mut interim = false;
     loop {
-        let head = match read_head(&mut conn).await {
+        let head = match read_head(&mut conn, room).await {
             Ok(h) => h,
             // After a 1xx Flagr did answer something: it read the request.
             Err(WireError::Closed) if interim => {
@@ -332,10 +334,10 @@ fn visible(v: &[u8]) -> Option<&str> {
         .flatten()
 }
 
-async fn read_head(conn: &mut Conn) -> Result<Head, WireError> {
+async fn read_head(conn: &mut Conn, room: &mut HeaderMap) -> Result<Head, WireError> {
     loop {
         if !conn.buf.is_empty() {
-            if let Some(h) = parse_head(&mut conn.buf)? {
+            if let Some(h) = parse_head(&mut conn.buf, room)? {
                 return Ok(h);
             }
             if conn.buf.len() >= MAX_HEAD {
@@ -356,8 +358,8 @@ async fn read_head(conn: &mut Conn) -> Result<Head, WireError> {
 }
 
 /// A whole head off the front of `buf`, or None while it is incomplete. Header values are
-/// slices of the head's bytes, not copies.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
+/// slices of the head's bytes, not copies; the map is the one in `room`, taken.
+fn parse_head(buf: &mut BytesMut, room: &mut HeaderMap) -> Result<Option<Head>, WireError> {
     // Slots left uninitialised: clearing all 100 cost more than parsing a typical answer.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -393,7 +395,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
         fields.push((name, at, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // The client's request map, cleared: hyper keeps each answer's map for the connection's
+    // next request, so a kept connection allocates no map at all.
+    let mut headers = std::mem::take(room);
+    headers.clear();
+    headers.reserve(fields.len());
     for (name, at, n) in fields {
         if said.both() && name == header::CONTENT_LENGTH {
             // Not the body's length (RFC 9112 §6.3): it does not reach the client.
@@ -640,7 +646,14 @@ pub async fn fuzz_answer(
     });
     let home = OwnConnection::default();
     let conn = Conn::new(Stream::Unix(ours));
-    let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", method, &home).await;
+    let r = exchange(
+        conn,
+        b"GET / HTTP/1.1\r\n\r\n",
+        method,
+        &home,
+        &mut HeaderMap::new(),
+    )
+    .await;
     let out = match r {
         Ok(r) => {
             let (parts, body) = r.into_parts();
@@ -659,7 +672,7 @@ mod tests {
     use super::*;
 
     fn head(bytes: &[u8]) -> Result<Option<Head>, WireError> {
-        parse_head(&mut BytesMut::from(bytes))
+        parse_head(&mut BytesMut::from(bytes), &mut HeaderMap::new())
     }
 
     #[test]
@@ -727,6 +740,19 @@ mod tests {
         assert!(f(&Method::GET, ok, &[("content-length", "-1")]).is_err());
     }
 
+    /// A plain request over `conn`, up to its answer's head.
+    async fn ask(
+        conn: Box<Conn>,
+        home: &OwnConnection,
+        method: &Method,
+    ) -> Result<Response<WireBody>, WireError> {
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        let room = &mut HeaderMap::new();
+        exchange(conn, request, method, home, room)
+            .await
+            .map_err(|(_, e)| e)
+    }
+
     async fn pair() -> (Box<Conn>, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -758,15 +784,20 @@ mod tests {
                 }
                 (String::from_utf8_lossy(&req[..n]).into_owned(), flagr)
             });
+            // The room is a used request map: nothing of it may reach the answer.
+            let mut room = HeaderMap::new();
+            room.insert("x-old", HeaderValue::from_static("1"));
             let r = exchange(
                 conn,
                 b"GET / HTTP/1.1\r\nhost: f\r\n\r\n",
                 &Method::GET,
                 &home,
+                &mut room,
             )
             .await
             .map_err(|(_, e)| e)
             .unwrap();
+            assert!(!r.headers().contains_key("x-old"));
             assert_eq!(r.status(), StatusCode::OK);
             let body = r.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"hello, world");
@@ -786,10 +817,7 @@ mod tests {
         let mut req = [0u8; 256];
         let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
         flagr.write_all(answer).await.unwrap();
-        let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &Method::GET, &home)
-            .await
-            .map_err(|(_, e)| e)
-            .unwrap();
+        let r = ask(conn, &home, &Method::GET).await.unwrap();
         let _ = flagr.read(&mut req).await.unwrap();
         assert_eq!(r.body().size_hint().exact(), Some(10));
         let body = r.into_body().collect().await.unwrap().to_bytes();
@@ -800,10 +828,7 @@ mod tests {
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
             .await
             .unwrap();
-        let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &Method::GET, &home)
-            .await
-            .map_err(|(_, e)| e)
-            .unwrap();
+        let r = ask(conn, &home, &Method::GET).await.unwrap();
         let mut body = r.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b"01234");
@@ -839,9 +864,7 @@ mod tests {
         let (conn, mut flagr) = pair().await;
         let home = OwnConnection::default();
         flagr.write_all(answer).await.unwrap();
-        let r = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &method, &home)
-            .await
-            .map_err(|(_, e)| e.to_string())?;
+        let r = ask(conn, &home, &method).await.map_err(|e| e.to_string())?;
         let (parts, body) = r.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         let kept = home.take(IDLE).is_some();
@@ -923,11 +946,10 @@ mod tests {
             .unwrap();
         drop(flagr);
         let home = OwnConnection::default();
-        let e = exchange(conn, b"GET / HTTP/1.1\r\n\r\n", &Method::GET, &home)
+        let e = ask(conn, &home, &Method::GET)
             .await
             .map(|_| ())
-            .unwrap_err()
-            .1;
+            .unwrap_err();
         assert!(!e.nothing_back());
     }
 
