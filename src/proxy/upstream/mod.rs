@@ -192,7 +192,8 @@ enum Way<B> {
         request: Vec<u8>,
         method: http::Method,
         body: B,
-        /// The request's header map, its headers on the wire already: Flagr's answer's go in it.
+        /// The request's header map, emptied (its headers are in `request`): Flagr's answer's
+        /// go in it, so the map's allocation serves both.
         room: http::HeaderMap,
     },
     Pooled(Request<B>),
@@ -232,12 +233,14 @@ where
                 &parts.headers,
                 &body,
             );
+            let mut room = parts.headers;
+            room.clear();
             return Way::Own {
                 own,
                 request,
                 method: parts.method,
                 body,
-                room: parts.headers,
+                room,
             };
         }
         parts.version = Version::HTTP_11;
