@@ -13,7 +13,7 @@ use http::{Request, Response};
 
 use super::upstream::Carried;
 #[cfg(test)]
-use super::upstream::PeerAddr;
+use super::upstream::{call_carrying, PeerAddr};
 
 // Built once: parsing a header name from a string on every request shows up in profiles.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -57,10 +57,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = match Carried::of(&req).and_then(|c| c.peer.as_ref()) {
-            Some(p) => p.ip.clone(),
-            None => HeaderValue::from_static("0.0.0.0"),
-        };
+        let peer = Carried::peer_ip().unwrap_or_else(|| HeaderValue::from_static("0.0.0.0"));
         strip_hop_by_hop(req.headers_mut());
         add_forwarded(req.headers_mut(), &peer);
         self.inner.call(req).map(strip_answer::<RB>)
@@ -140,7 +137,7 @@ fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
 
     #[test]
     fn strips_connection_listed_and_fixed_hop_by_hop() {
@@ -205,14 +202,17 @@ mod tests {
                 .unwrap();
             Ok::<_, Infallible>(resp)
         });
-        let mut req = Request::builder()
+        let req = Request::builder()
             .header("connection", "x-hop")
             .header("x-hop", "1")
             .header("x-end-to-end", "kept")
             .body(())
             .unwrap();
-        Carried::of_mut(&mut req).peer = Some(PeerAddr::new(([192, 0, 2, 7], 1).into()));
-        let resp = ForwardedLayer.layer(inner).oneshot(req).await.unwrap();
+        let peer = std::sync::Arc::new(PeerAddr::new(([192, 0, 2, 7], 1).into()));
+        let carried = Carried::new(Some(peer), None);
+        let resp = call_carrying(ForwardedLayer.layer(inner), req, carried)
+            .await
+            .unwrap();
         assert_eq!(resp.headers()["x-seen"], "192.0.2.7|false|kept");
         assert!(!resp.headers().contains_key("connection"));
     }

@@ -81,7 +81,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mutation = match Carried::route_of(&req) {
+        let mutation = match Carried::route() {
             Some(Route::Mutation(m)) if self.on.load(Ordering::Relaxed) => m,
             _ => return Either::Left(self.inner.call(req)),
         };

@@ -68,7 +68,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let mutation = matches!(Carried::route_of(&req), Some(Route::Mutation(_)));
+        let mutation = matches!(Carried::route(), Some(Route::Mutation(_)));
         if let Some(commit) = take(req.headers_mut(), &self.token) {
             if mutation {
                 req.extensions_mut().insert(GitSyncCommit(commit));
@@ -104,8 +104,9 @@ fn take(h: &mut HeaderMap, token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::upstream::call_carrying;
     use std::convert::Infallible;
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
 
     async fn seen(token_sent: &str, route: Route) -> (Option<GitSyncCommit>, bool) {
         let inner = tower::service_fn(|req: Request<()>| async move {
@@ -116,16 +117,14 @@ mod tests {
                 .any(|k| k.as_str().starts_with("x-flaghook"));
             Ok::<_, Infallible>((marked, leaked))
         });
-        let mut req = Request::post("/api/v1/flags")
+        let req = Request::post("/api/v1/flags")
             .header("x-flaghook-gitsync", token_sent)
             .header("x-flaghook-source", "gitsync")
             .header("x-flaghook-commit", "abc123")
             .body(())
             .unwrap();
-        Carried::of_mut(&mut req).route = Some(route);
-        GitSyncMarkLayer::new("the-token")
-            .layer(inner)
-            .oneshot(req)
+        let svc = GitSyncMarkLayer::new("the-token").layer(inner);
+        call_carrying(svc, req, Carried::routed(route))
             .await
             .unwrap()
     }

@@ -62,9 +62,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> S::Future {
+    fn call(&mut self, req: Request<B>) -> S::Future {
         let route = self.routes.classify(req.method(), req.uri().path());
-        Carried::of_mut(&mut req).route = Some(route);
+        Carried::set_route(route);
         self.inner.call(req)
     }
 }
@@ -114,7 +114,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let class = Carried::route_of(&req).map_or("passthrough", |r| r.class());
+        let class = Carried::route().map_or("passthrough", |r| r.class());
         let method = method_label(req.method());
         self.metrics.in_flight.inc();
         Measured {
@@ -183,26 +183,34 @@ mod tests {
     use super::*;
     use crate::flagr::Route;
     use crate::metrics::Registry;
-    use tower::{Layer, Service, ServiceExt};
+    use crate::proxy::upstream::call_carrying;
+    use tower::{Layer, Service};
 
     #[tokio::test]
     async fn classifies_then_counts_by_route_class() {
         let metrics = Arc::new(ProxyMetrics::new(&Registry::default()));
-        let inner = tower::service_fn(|req: Request<()>| async move {
-            let route = Carried::route_of(&req).unwrap();
+        // The route is read at call, as the layers below read it.
+        let inner = tower::service_fn(|_: Request<()>| {
+            let route = Carried::route().unwrap();
             let status = if matches!(route, Route::Mutation(_)) {
                 200
             } else {
                 404
             };
-            Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+            std::future::ready(Ok::<_, Infallible>(
+                Response::builder().status(status).body(()).unwrap(),
+            ))
         });
         let svc = ClassifyLayer::new(RouteTable::new(""))
             .layer(MeasureLayer::new(metrics.clone()).layer(inner));
+        let status = |req| async {
+            let r = call_carrying(svc.clone(), req, Carried::default()).await;
+            r.unwrap().status()
+        };
         let post = Request::post("/api/v1/flags").body(()).unwrap();
-        assert_eq!(svc.clone().oneshot(post).await.unwrap().status(), 200);
+        assert_eq!(status(post).await, 200);
         let get = Request::get("/nothing").body(()).unwrap();
-        assert_eq!(svc.oneshot(get).await.unwrap().status(), 404);
+        assert_eq!(status(get).await, 404);
         let count = |labels: &[&str]| metrics.requests.with_label_values(labels).get();
         assert_eq!(count(&["mutation", "POST", "2xx"]), 1);
         assert_eq!(count(&["passthrough", "GET", "4xx"]), 1);

@@ -14,16 +14,21 @@
 //! proxy's CPU per request (BENCHMARKS.md). Not `SO_REUSEPORT`: with it, another process of
 //! the same user could bind the port too and be handed a share of the clients.
 
+use std::convert::Infallible;
+use std::future::Ready;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::Service;
 
-use super::{Carried, OwnConnection, PeerAddr, Proxy};
+use super::{error_response, Carried, OwnConnection, PeerAddr, Proxy, TapBody, UpstreamBody};
 use crate::listener::{Counters, Limits, Share};
 
 /// One listening socket on `addr` (an address in use is an error, as for any listener), and
@@ -121,21 +126,44 @@ pub async fn serve(
 ) -> bool {
     let make = move |peer| {
         let proxy = proxy.clone();
-        let peer = PeerAddr::new(peer);
+        let peer = Arc::new(PeerAddr::new(peer));
         let own = OwnConnection::default();
-        service_fn(move |mut req: http::Request<Incoming>| {
+        service_fn(move |req: http::Request<Incoming>| {
             // Only a client that keeps its connection gets one to Flagr to keep: h2 requests
             // overlap (and HTTP/1.0 or `Connection: close` ones end theirs), so they use the pool.
             let keeps = req.version() == http::Version::HTTP_11 && !closes(req.headers());
-            req.extensions_mut().insert(Carried {
-                peer: Some(peer.clone()),
-                own: keeps.then(|| own.clone()),
-                route: None,
-            });
-            proxy.clone().oneshot(req)
+            let carried = Carried::new(Some(peer.clone()), keeps.then(|| own.clone()));
+            let mut proxy = proxy.clone();
+            carried.during(|| call_ready(&mut proxy, req))
         })
     };
     crate::listener::serve(listener, make, limits, counters, shutdown).await
+}
+
+/// What the stack answers a request with.
+type Answer = Result<http::Response<TapBody<UpstreamBody>>, Infallible>;
+
+/// The stack's answer to `req`, called at once so every layer's `call` runs while the request's
+/// [`Carried`] is in place. No layer holds a limit, so the stack is always ready; that is
+/// checked without a waker, and a stack that is not (a layer that waits, added later) answers
+/// 503 rather than calling before it is ready.
+fn call_ready(
+    proxy: &mut Proxy,
+    req: http::Request<Incoming>,
+) -> Either<<Proxy as Service<http::Request<Incoming>>>::Future, Ready<Answer>> {
+    match proxy.poll_ready(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => Either::Left(proxy.call(req)),
+        Poll::Pending => {
+            tracing::error!("the proxy stack was not ready for a request");
+            let busy = error_response(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "flaghook could not take the request",
+            );
+            let answer = busy.map(|b| TapBody::passthrough(http_body_util::Either::Right(b)));
+            Either::Right(std::future::ready(Ok(answer)))
+        }
+    }
 }
 
 /// True when the client said this is its last request (`Connection: close`).

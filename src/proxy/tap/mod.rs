@@ -26,7 +26,7 @@ pub use body::{ByteBudget, Held, Pending, RequestSlot, TapBody};
 use super::answer::{BoxFuture, OwnAnswer};
 use super::legacy::LegacyStates;
 use super::marks::GitSyncCommit;
-use super::upstream::{peer_of, Carried};
+use super::upstream::Carried;
 use crate::flagr::{FlagState, Route, RouteTable};
 use crate::metrics::{labels, Registry};
 
@@ -269,7 +269,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let me = &self.shared;
-        let route = match Carried::route_of(&req) {
+        let route = match Carried::route() {
             Some(r) => r,
             None => me.routes.classify(req.method(), req.uri().path()),
         };
@@ -292,7 +292,7 @@ where
             forwarded_for: h.get(X_FORWARDED_FOR).cloned(),
             gitsync_commit: req.extensions().get::<GitSyncCommit>().map(|c| c.0.clone()),
         };
-        let peer = peer_of(&req);
+        let peer = Carried::peer_addr();
         let slot = RequestSlot::default();
         let req = if matches!(route, Route::Evaluation(_)) {
             // Evaluations become impressions from Flagr's answer alone: their requests (batch

@@ -39,7 +39,8 @@ use tower::Service;
 use super::answer::{error_response, BoxFuture};
 use super::metrics::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
-pub(crate) use carried::peer_of;
+#[cfg(test)]
+pub(crate) use carried::call_carrying;
 pub use carried::{Carried, PeerAddr};
 pub use quiet::Quiet;
 #[cfg(fuzzing)]
@@ -208,11 +209,7 @@ where
 {
     fn prepare(&self, req: Request<B>) -> Way<B> {
         let (mut parts, body) = req.into_parts();
-        let own = parts
-            .extensions
-            .get_mut::<Carried>()
-            .and_then(|c| c.own.take())
-            .filter(|_| wire::fits(&parts.method, &body, self.inline_max));
+        let own = Carried::take_own().filter(|_| wire::fits(&parts.method, &body, self.inline_max));
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -518,11 +515,11 @@ mod tests {
             let up = upstream(addr, Duration::from_secs(5));
             let own = OwnConnection::default();
             for i in 0..3 {
-                let mut req = Request::get(format!("/api/v1/flags/{i}?a=b"))
+                let req = Request::get(format!("/api/v1/flags/{i}?a=b"))
                     .body(Full::new(Bytes::new()))
                     .unwrap();
-                Carried::of_mut(&mut req).own = Some(own.clone());
-                let r = up.clone().oneshot(req).await.unwrap();
+                let carried = Carried::new(None, Some(own.clone()));
+                let r = call_carrying(up.clone(), req, carried).await.unwrap();
                 assert_eq!(r.status(), StatusCode::OK);
                 assert_eq!(text(r).await, format!("/api/v1/flags/{i}?a=b"));
             }
@@ -590,11 +587,11 @@ mod tests {
     async fn a_request_flagr_may_have_read_is_never_sent_again() {
         let (addr, read) = answer_then_close(&[b""]).await;
         let up = upstream(addr, Duration::from_secs(5));
-        let mut req = Request::post("/api/v1/flags")
+        let req = Request::post("/api/v1/flags")
             .body(Full::new(Bytes::from_static(b"{\"key\":\"k1\"}")))
             .unwrap();
-        Carried::of_mut(&mut req).own = Some(OwnConnection::default());
-        let r = up.oneshot(req).await.unwrap();
+        let carried = Carried::new(None, Some(OwnConnection::default()));
+        let r = call_carrying(up, req, carried).await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(read.load(Ordering::SeqCst), 1);
     }
@@ -607,9 +604,9 @@ mod tests {
         let up = upstream(addr, Duration::from_secs(5));
         let own = OwnConnection::default();
         for _ in 0..3 {
-            let mut req = get();
-            Carried::of_mut(&mut req).own = Some(own.clone());
-            let r = up.clone().oneshot(req).await.unwrap();
+            let req = get();
+            let carried = Carried::new(None, Some(own.clone()));
+            let r = call_carrying(up.clone(), req, carried).await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
             assert_eq!(text(r).await, "ok");
         }
@@ -632,16 +629,19 @@ mod tests {
             let (addr, read) = answer_then_close(&[OK, b""]).await;
             let up = upstream(addr, Duration::from_secs(5));
             let own = OwnConnection::default();
-            let mut req = get();
-            Carried::of_mut(&mut req).own = Some(own.clone());
-            assert_eq!(text(up.clone().oneshot(req).await.unwrap()).await, "ok");
-            let mut req = Request::builder()
+            let req = get();
+            let carried = Carried::new(None, Some(own.clone()));
+            assert_eq!(
+                text(call_carrying(up.clone(), req, carried).await.unwrap()).await,
+                "ok"
+            );
+            let req = Request::builder()
                 .method(method.clone())
                 .uri("/api/v1/flags/1")
                 .body(Full::new(Bytes::from_static(b"{}")))
                 .unwrap();
-            Carried::of_mut(&mut req).own = Some(own.clone());
-            let r = up.clone().oneshot(req).await.unwrap();
+            let carried = Carried::new(None, Some(own.clone()));
+            let r = call_carrying(up.clone(), req, carried).await.unwrap();
             let want = if again {
                 (StatusCode::OK, 3)
             } else {
@@ -672,10 +672,10 @@ mod tests {
         };
         let r = crate::metrics::Registry::default();
         let up = Upstream::new(&cfg, Arc::new(ProxyMetrics::new(&r))).unwrap();
-        let mut req = get();
-        Carried::of_mut(&mut req).own = Some(OwnConnection::default());
+        let req = get();
+        let carried = Carried::new(None, Some(OwnConnection::default()));
         assert_eq!(
-            text(up.clone().oneshot(req).await.unwrap()).await,
+            text(call_carrying(up.clone(), req, carried).await.unwrap()).await,
             "/api/v1/health"
         );
         assert_eq!(
@@ -792,9 +792,9 @@ mod tests {
         for path in [
             "/answer", "/answer", "/silent", "/answer", "/silent", "/answer",
         ] {
-            let mut req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
-            Carried::of_mut(&mut req).own = Some(own.clone());
-            let r = up.clone().oneshot(req).await.unwrap();
+            let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+            let carried = Carried::new(None, Some(own.clone()));
+            let r = call_carrying(up.clone(), req, carried).await.unwrap();
             statuses.push(r.status().as_u16());
             if r.status() == StatusCode::OK {
                 assert_eq!(text(r).await, "ok");
@@ -833,11 +833,8 @@ mod tests {
         .await;
         let up = upstream(addr, Duration::from_secs(1));
         for own in [true, false] {
-            let mut req = get();
-            if own {
-                Carried::of_mut(&mut req).own = Some(OwnConnection::default());
-            }
-            let r = up.clone().oneshot(req).await.unwrap();
+            let carried = Carried::new(None, own.then(OwnConnection::default));
+            let r = call_carrying(up.clone(), get(), carried).await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
             let mut body = r.into_body();
             let mut got = 0;
