@@ -89,13 +89,16 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let flagr = self.flagr.clone();
+        // The layers below are called from the future, after this call: they get what the
+        // request carries (its peer for X-Forwarded-For, its own connection) from here.
+        let carried = Carried::take_along();
         Either::Right(Box::pin(async move {
             let flag = mutation.path_flag();
             let before = match flag {
                 Some(f) => flagr.flag(f).await.ok().flatten(),
                 None => None,
             };
-            let mut resp = inner.call(req).await?;
+            let mut resp = carried.during(|| inner.call(req)).await?;
             // Without a "before" there is nothing to compare "after" with.
             let after = match flag {
                 Some(f)

@@ -6,7 +6,8 @@
 //! In: one [`Carried`] per request, in place while the stack's `call`s run
 //! ([`Carried::during`]); the route set once by `Classify`. Out: read by the layers below in
 //! their `call`. Never: read from a future or a body (they run after it is gone: what they
-//! need, they take at `call`).
+//! need, they take at `call`; a layer that calls the next one from its future takes it all
+//! along, [`Carried::take_along`]).
 //!
 //! A scoped thread-local, not one of `http`'s extensions: those box every value and hash it
 //! into a map made per request, three allocations and their frees, about 3 % of the proxy's
@@ -54,6 +55,19 @@ impl Carried {
     /// Runs `call` (the stack's `call` for the request) with `self` as what the request carries.
     pub fn during<R>(&self, call: impl FnOnce() -> R) -> R {
         CARRIED.set(self, call)
+    }
+
+    /// What the current request carries, taken along for a layer that calls the one below it
+    /// later, from its future (the own connection moves with it).
+    pub fn take_along() -> Carried {
+        Self::with(|c| {
+            Some(Carried {
+                peer: c.peer.clone(),
+                own: Cell::new(c.own.take()),
+                route: Cell::new(c.route.get()),
+            })
+        })
+        .unwrap_or_default()
     }
 
     fn with<R>(read: impl FnOnce(&Carried) -> Option<R>) -> Option<R> {
@@ -155,5 +169,22 @@ mod tests {
         assert!(Carried::take_own().is_none() && Carried::peer_ip().is_none());
         assert_eq!(Carried::peer_addr(), SocketAddr::from(([0, 0, 0, 0], 0)));
         assert_eq!(carried.route.get(), Some(Route::Exposure));
+    }
+
+    /// A layer that calls the next one later takes everything along, the own connection moved.
+    #[test]
+    fn what_is_taken_along_is_carried_again_later() {
+        let peer = Arc::new(PeerAddr::new(([192, 0, 2, 8], 9).into()));
+        let carried = Carried::new(Some(peer), Some(OwnConnection::default()));
+        let along = carried.during(|| {
+            Carried::set_route(Route::Exposure);
+            Carried::take_along()
+        });
+        assert!(carried.during(Carried::take_own).is_none());
+        let later = along.during(|| (Carried::route(), Carried::peer_ip(), Carried::take_own()));
+        assert_eq!(later.0, Some(Route::Exposure));
+        assert_eq!(later.1.unwrap(), "192.0.2.8");
+        assert!(later.2.is_some());
+        assert!(Carried::take_along().peer.is_none());
     }
 }
