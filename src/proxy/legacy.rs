@@ -116,3 +116,33 @@ where
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::upstream::{call_carrying, OwnConnection, PeerAddr};
+    use std::time::Duration;
+    use tower::Layer;
+
+    /// On a legacy Flagr a mutation reaches the layers below from Legacy's future, after the
+    /// flag was read: they still see the client's address and its own connection.
+    #[tokio::test]
+    async fn the_layers_below_a_legacy_mutation_see_what_it_carries() {
+        // Nothing listens there: the flag is not read, and the mutation goes on regardless.
+        let flagr = FlagrClient::new("http://127.0.0.1:9", "/api/v1", Duration::from_secs(2));
+        let inner = tower::service_fn(|_: Request<()>| {
+            let seen = (Carried::peer_ip(), Carried::take_own().is_some());
+            std::future::ready(Ok::<_, Infallible>(Response::new(seen)))
+        });
+        let svc = LegacyLayer::new(Arc::new(AtomicBool::new(true)), flagr).layer(inner);
+        let peer = Arc::new(PeerAddr::new(([192, 0, 2, 9], 1).into()));
+        let carried = Carried::new(Some(peer), Some(OwnConnection::default()));
+        carried.during(|| Carried::set_route(Route::Mutation(Mutation::PutFlag { flag: 1 })));
+        let req = Request::put("/api/v1/flags/1").body(()).unwrap();
+        let resp = call_carrying(svc, req, carried).await.unwrap();
+        assert!(resp.extensions().get::<LegacyStates>().is_some());
+        let (ip, own) = resp.into_body();
+        assert_eq!(ip.unwrap(), "192.0.2.9");
+        assert!(own);
+    }
+}

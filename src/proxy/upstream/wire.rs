@@ -287,11 +287,13 @@ struct Said {
 }
 
 impl Said {
-    fn add(&mut self, name: &HeaderName, value: &[u8]) {
+    fn add(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::TRANSFER_ENCODING {
             // The last coding of the last field decides; an unreadable one is not chunked.
-            let last =
-                visible(value).and_then(|v| v.split(',').map(str::trim).rfind(|t| !t.is_empty()));
+            let last = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.split(',').map(str::trim).rfind(|t| !t.is_empty()));
             self.chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")));
         } else if *name == header::CONTENT_LENGTH {
             self.has_length = true;
@@ -299,13 +301,14 @@ impl Said {
                 self.bad_length = self.add_length(value).err();
             }
         } else if *name == header::CONNECTION {
-            self.close |= visible(value)
-                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+            self.close |= value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
         }
     }
 
-    fn add_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
-        for part in visible(value).ok_or("bad content-length")?.split(',') {
+    fn add_length(&mut self, value: &HeaderValue) -> Result<(), &'static str> {
+        for part in value.to_str().map_err(|_| "bad content-length")?.split(',') {
             let part = part.trim();
             // Digits only: Rust's parse would also take a leading '+'.
             if !part.bytes().all(|b| b.is_ascii_digit()) {
@@ -324,14 +327,6 @@ impl Said {
     fn both(&self) -> bool {
         self.chunked.is_some() && self.has_length
     }
-}
-
-/// A value as text, when it is visible ASCII and tabs only (as `HeaderValue::to_str`).
-fn visible(v: &[u8]) -> Option<&str> {
-    v.iter()
-        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-        .then(|| std::str::from_utf8(v).ok())
-        .flatten()
 }
 
 async fn read_head(conn: &mut Conn, room: &mut HeaderMap) -> Result<Head, WireError> {
@@ -386,28 +381,30 @@ fn parse_head(buf: &mut BytesMut, room: &mut HeaderMap) -> Result<Option<Head>, 
     let base = buf.as_ptr() as usize;
     // On the stack for any usual answer (Flagr sends four or five headers).
     let mut fields = SmallVec::<[(HeaderName, usize, usize); 16]>::new();
-    let mut said = Said::default();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| WireError::Malformed("bad header name"))?;
-        said.add(&name, h.value);
         let at = h.value.as_ptr() as usize - base;
         fields.push((name, at, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    // The client's request map, cleared: hyper keeps each answer's map for the connection's
-    // next request, so a kept connection allocates no map at all.
+    // The client's request map (emptied when its head was encoded): hyper keeps each answer's
+    // map for the connection's next request, so a kept connection allocates no map at all.
     let mut headers = std::mem::take(room);
-    headers.clear();
+    if !headers.is_empty() {
+        headers.clear();
+    }
     headers.reserve(fields.len());
+    let mut said = Said::default();
     for (name, at, n) in fields {
-        if said.both() && name == header::CONTENT_LENGTH {
-            // Not the body's length (RFC 9112 §6.3): it does not reach the client.
-            continue;
-        }
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| WireError::Malformed("bad header value"))?;
+        said.add(&name, &value);
         headers.append(name, value);
+    }
+    if said.both() {
+        // Not the body's length (RFC 9112 §6.3): it does not reach the client.
+        headers.remove(header::CONTENT_LENGTH);
     }
     Ok(Some(Head {
         status,
@@ -701,7 +698,10 @@ mod tests {
         let h = |pairs: &[(&str, &str)]| {
             let mut said = Said::default();
             for (k, v) in pairs {
-                said.add(&HeaderName::from_bytes(k.as_bytes()).unwrap(), v.as_bytes());
+                said.add(
+                    &HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    &v.parse().unwrap(),
+                );
             }
             said
         };
