@@ -1,6 +1,7 @@
 //! Impression mapping from arbitrary evaluation answers and exposure requests, and the gzip
 //! decoding of tapped bodies. Never panics; every record written is a whole, typed record;
-//! whatever the answer reader reads, serde_json reads the same.
+//! whatever the answer reader reads, serde_json reads the same; an entity context kept as
+//! Flagr sent it is what rebuilding it gives.
 #![no_main]
 use flaghook::derive::json_of;
 use flaghook::flagr::KnownFlags;
@@ -19,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let _ = sdk_from_user_agent(std::str::from_utf8(data).ok());
     flaghook::impressions::check_answer_reader(data);
+    flaghook::impressions::check_context_as_sent(data);
     let ctx = Context::default();
     let known = KnownFlags::new();
     let mut out = Encoded::default();

@@ -7,7 +7,10 @@
 //!
 //! A reader of its own rather than serde_json's: the answer's shape is fixed, and matching each
 //! key once against the few this needs, skipping the rest with one scan per string, takes
-//! about half of serde_json's time per answer, the largest part of an impression's cost.
+//! about half of serde_json's time per answer, the largest part of an impression's cost. An
+//! object laid out as Flagr lays it out (keys sorted and plain, no whitespace) is first tried
+//! with each key expected in turn, a quarter cheaper again; anything else falls back to the
+//! general reading of that object.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -70,6 +73,50 @@ pub(super) struct DebugLog<'a> {
 pub(super) fn context_map<'a>(raw: Option<Raw<'a>>) -> BTreeMap<Text<'a>, &'a RawValue> {
     raw.and_then(|r| serde_json::from_str(r.0).ok())
         .unwrap_or_default()
+}
+
+/// `raw` (one JSON value, already read) is an object serde_json writes back byte for byte as
+/// [`context_map`] and the record writer have it: every key written plainly, in increasing
+/// order (so none twice), none of Flagr's `@` keys, nothing between its members. Go writes a
+/// map's keys sorted, so a context as Flagr echoes it usually is.
+pub(super) fn writes_back_unchanged(raw: &str) -> bool {
+    let mut r = Reader {
+        s: raw,
+        b: raw.as_bytes(),
+        i: 0,
+    };
+    if r.eat(b'{').is_none() {
+        return false;
+    }
+    if r.eat(b'}').is_some() {
+        return r.i == raw.len();
+    }
+    let mut last: Option<&[u8]> = None;
+    loop {
+        if r.b.get(r.i) != Some(&b'"') {
+            return false;
+        }
+        let Some(end) = r.plain_end() else {
+            return false;
+        };
+        let key = &r.b[r.i + 1..end];
+        if key.first() == Some(&b'@') || last.is_some_and(|l| key <= l) {
+            return false;
+        }
+        last = Some(key);
+        r.i = end + 1;
+        if r.eat(b':').is_none() || r.b.get(r.i).is_some_and(|b| b.is_ascii_whitespace()) {
+            return false;
+        }
+        if r.skip(0).is_err() {
+            return false;
+        }
+        match r.b.get(r.i) {
+            Some(b',') => r.i += 1,
+            Some(b'}') => return r.i + 1 == raw.len(),
+            _ => return false,
+        }
+    }
 }
 
 /// The answer's results: the batch's, or the single one.
@@ -539,6 +586,12 @@ impl<'a> Reader<'a> {
 
     fn result(&mut self, depth: u32) -> Result<EvalResult<'a>, Error> {
         let depth = self.deeper(depth)?;
+        self.ws();
+        let start = self.i;
+        if let Some(r) = self.flagr_result(depth) {
+            return Ok(r);
+        }
+        self.i = start;
         let mut r = EvalResult::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -572,6 +625,12 @@ impl<'a> Reader<'a> {
 
     fn context(&mut self, depth: u32) -> Result<EvalContext<'a>, Error> {
         let depth = self.deeper(depth)?;
+        self.ws();
+        let start = self.i;
+        if let Some(c) = self.flagr_context(depth) {
+            return Ok(c);
+        }
+        self.i = start;
         let mut c = EvalContext::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -590,6 +649,12 @@ impl<'a> Reader<'a> {
 
     fn debug(&mut self, depth: u32) -> Result<DebugLog<'a>, Error> {
         let depth = self.deeper(depth)?;
+        self.ws();
+        let start = self.i;
+        if let Some(d) = self.flagr_debug(depth) {
+            return Ok(d);
+        }
+        self.i = start;
         let mut d = DebugLog::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -601,6 +666,194 @@ impl<'a> Reader<'a> {
             Ok(())
         })?;
         Ok(d)
+    }
+}
+
+/// A key as it comes before its value, `"key":`, held as the two eight-byte words at its ends
+/// (they overlap when it is shorter than sixteen bytes; one shorter than eight is masked):
+/// matching one is two comparisons, and a whole comparison only for a longer key.
+#[derive(Clone, Copy)]
+struct Key {
+    pattern: [u8; 40],
+    len: usize,
+    mask: u64,
+    head: u64,
+    tail: u64,
+}
+
+impl Key {
+    const fn new(name: &[u8]) -> Self {
+        let len = name.len() + 3;
+        assert!(len <= 40);
+        let mut p = [0u8; 40];
+        p[0] = b'"';
+        let mut i = 0;
+        while i < name.len() {
+            p[i + 1] = name[i];
+            i += 1;
+        }
+        p[len - 2] = b'"';
+        p[len - 1] = b':';
+        let last = len.saturating_sub(8);
+        let (mut head, mut tail) = ([0u8; 8], [0u8; 8]);
+        let mut j = 0;
+        while j < 8 {
+            head[j] = p[j];
+            tail[j] = p[last + j];
+            j += 1;
+        }
+        Self {
+            pattern: p,
+            len,
+            mask: if len < 8 {
+                (1 << (8 * len)) - 1
+            } else {
+                u64::MAX
+            },
+            head: u64::from_le_bytes(head),
+            tail: u64::from_le_bytes(tail),
+        }
+    }
+
+    /// `rest` starts with this key (and holds at least eight bytes).
+    #[inline]
+    fn starts(&self, rest: &[u8]) -> bool {
+        let word = |at: usize| {
+            rest.get(at..at + 8)
+                .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                .map(|w| u64::from_le_bytes(w) & self.mask)
+        };
+        word(0) == Some(self.head)
+            && word(self.len.saturating_sub(8)) == Some(self.tail)
+            && (self.len <= 16 || rest.get(8..self.len) == self.pattern.get(8..self.len))
+    }
+}
+
+/// A result's keys as Flagr writes them: go-swagger's models list their fields sorted, and Go
+/// writes them in that order, leaving out those that are empty.
+const RESULT_KEYS: [Key; 13] = [
+    Key::new(b"dataRecordsEnabled"),
+    Key::new(b"evalContext"),
+    Key::new(b"evalDebugLog"),
+    Key::new(b"flagID"),
+    Key::new(b"flagKey"),
+    Key::new(b"flagSnapshotID"),
+    Key::new(b"flagTags"),
+    Key::new(b"recordSource"),
+    Key::new(b"segmentID"),
+    Key::new(b"timestamp"),
+    Key::new(b"variantAttachment"),
+    Key::new(b"variantID"),
+    Key::new(b"variantKey"),
+];
+const CONTEXT_KEYS: [Key; 8] = [
+    Key::new(b"enableDebug"),
+    Key::new(b"entityContext"),
+    Key::new(b"entityID"),
+    Key::new(b"entityType"),
+    Key::new(b"flagID"),
+    Key::new(b"flagKey"),
+    Key::new(b"flagTags"),
+    Key::new(b"flagTagsOperator"),
+];
+const DEBUG_KEYS: [Key; 2] = [Key::new(b"msg"), Key::new(b"segmentDebugLogs")];
+
+/// The way through an answer laid out as Flagr lays it out: no whitespace between members,
+/// each key written plainly and known, keys in increasing order (so none comes twice). Each
+/// value is read by the general reader's own functions. `None` at the first thing that is not
+/// so, and the object is read again by the general reader, which decides what it is: nothing
+/// read here differs from what it reads, only the matching of keys and punctuation is quicker.
+impl<'a> Reader<'a> {
+    /// The byte at the cursor is `c`; the cursor moves past it.
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    /// `"key":` at the cursor for a key of `keys` at `from` or later: its index, the cursor at
+    /// its value.
+    #[inline]
+    fn known_key(&mut self, keys: &[Key], from: usize) -> Option<usize> {
+        let rest = self.b.get(self.i..)?;
+        let at = keys.iter().skip(from).position(|k| k.starts(rest))?;
+        let k = from + at;
+        self.i += keys[k].len;
+        Some(k)
+    }
+
+    /// An object whose keys are all in `keys`, in its order; `value` reads the value of key `k`.
+    #[inline]
+    fn known_object(
+        &mut self,
+        keys: &[Key],
+        mut value: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        let mut next = 0;
+        loop {
+            let k = self.known_key(keys, next)?;
+            next = k + 1;
+            value(self, k)?;
+            if self.eat(b',').is_none() {
+                return self.eat(b'}');
+            }
+        }
+    }
+
+    /// A field's value read by the general reader (`null` as `None`).
+    #[inline]
+    fn known<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, Error>) -> Option<Option<T>> {
+        self.opt(read).ok()
+    }
+
+    fn flagr_result(&mut self, depth: u32) -> Option<EvalResult<'a>> {
+        let mut r = EvalResult::default();
+        self.known_object(&RESULT_KEYS, |p, k| {
+            match k {
+                0 => r.data_records_enabled = p.known(Self::boolean)?,
+                1 => r.context = p.known(|p| p.context(depth))?,
+                2 => r.debug = p.known(|p| p.debug(depth))?,
+                3 => r.flag_id = p.known(Self::int)?,
+                4 => r.flag_key = p.known(Self::text)?,
+                5 => r.snapshot = p.known(Self::int)?,
+                6 => r.tags = p.known(|p| p.raw(depth))?,
+                8 => r.segment = p.known(Self::int)?,
+                11 => r.variant = p.known(Self::int)?,
+                12 => r.variant_key = p.known(Self::text)?,
+                _ => p.skip(depth).ok()?,
+            }
+            Some(())
+        })?;
+        Some(r)
+    }
+
+    fn flagr_context(&mut self, depth: u32) -> Option<EvalContext<'a>> {
+        let mut c = EvalContext::default();
+        self.known_object(&CONTEXT_KEYS, |p, k| {
+            match k {
+                1 => c.entity_context = p.known(|p| p.raw(depth))?,
+                2 => c.entity_id = p.known(Self::text)?,
+                3 => c.entity_type = p.known(Self::text)?,
+                _ => p.skip(depth).ok()?,
+            }
+            Some(())
+        })?;
+        Some(c)
+    }
+
+    fn flagr_debug(&mut self, depth: u32) -> Option<DebugLog<'a>> {
+        let mut d = DebugLog::default();
+        self.known_object(&DEBUG_KEYS, |p, k| {
+            match k {
+                0 => d.msg = p.known(Self::text)?,
+                _ => p.skip(depth).ok()?,
+            }
+            Some(())
+        })?;
+        Some(d)
     }
 }
 

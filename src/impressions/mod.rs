@@ -12,6 +12,8 @@ mod scan;
 
 #[cfg(fuzzing)]
 pub use answer::check_against_serde as check_answer_reader;
+#[cfg(fuzzing)]
+pub use record::check_context_as_sent;
 pub use record::Encoded;
 
 use serde::{Deserialize, Serialize};

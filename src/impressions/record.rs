@@ -15,7 +15,7 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::answer::{context_map, EvalContext, EvalResult, Raw, Text};
+use super::answer::{context_map, writes_back_unchanged, EvalContext, EvalResult, Raw, Text};
 use super::scan::next_escape;
 use super::{Context, Gate, NO_TREATMENT};
 
@@ -136,6 +136,56 @@ impl Serialize for UserContext<'_> {
     }
 }
 
+/// The entity half of an evaluation's `properties`, without its closing brace (the flag half
+/// follows). The context goes in as Flagr echoed it when serde_json would write it back the
+/// same (`as_sent`, and [`super::answer::writes_back_unchanged`]), else rebuilt: its keys sorted,
+/// Flagr's `@` keys left out.
+fn entity_props(
+    out: &mut Vec<u8>,
+    raw: Option<Raw<'_>>,
+    kind: &str,
+    as_sent: bool,
+) -> Result<(), serde_json::Error> {
+    match raw.map(Raw::get) {
+        Some(context) if as_sent && writes_back_unchanged(context) => {
+            out.extend_from_slice(br#"{"entityContext":"#);
+            out.extend_from_slice(context.as_bytes());
+            out.extend_from_slice(br#","entityType":"#);
+            serde_json::to_writer(&mut *out, kind)?;
+        }
+        _ => {
+            serde_json::to_writer(
+                &mut *out,
+                &EntityProps {
+                    entity_context: UserContext(context_map(raw)),
+                    entity_type: kind,
+                },
+            )?;
+            out.pop();
+        }
+    }
+    Ok(())
+}
+
+/// Fuzzing: a context kept as sent is byte for byte the one rebuilt.
+#[cfg(fuzzing)]
+pub fn check_context_as_sent(raw: &[u8]) {
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return;
+    };
+    // What the answer reader hands over: one whole value, nothing around it.
+    if serde_json::from_str::<&RawValue>(text).is_err() || text.trim() != text {
+        return;
+    }
+    if writes_back_unchanged(text) {
+        let (mut sent, mut rebuilt) = (Vec::new(), Vec::new());
+        let sent_ok = entity_props(&mut sent, Some(Raw(text)), "user", true).is_ok();
+        let rebuilt_ok = entity_props(&mut rebuilt, Some(Raw(text)), "user", false).is_ok();
+        assert!(sent_ok && rebuilt_ok);
+        assert_eq!(sent, rebuilt, "{text}");
+    }
+}
+
 /// The flag half of an evaluation's `properties` (keys in the order a JSON object map sorts
 /// them), written escaped as it goes into the string: only the tags, as Flagr sent them (`[]`
 /// when it sent none), can hold anything to escape.
@@ -165,12 +215,18 @@ struct Fixed {
 
 impl Fixed {
     fn new(c: &Context) -> Self {
-        // `before` "a":"…","b":"…" `after`, the values escaped.
+        // `before` "a":"…","b":"…" `after`, the values escaped; built for every answer, so
+        // without `format!`.
         let two = |before: &str, a: (&str, &str), b: (&str, &str), after: &str| {
-            let mut out = before.as_bytes().to_vec();
+            let mut out = Vec::with_capacity(before.len() + after.len() + 64);
+            out.extend_from_slice(before.as_bytes());
             for (i, (name, v)) in [a, b].into_iter().enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                out.extend_from_slice(format!("{sep}\"{name}\":\"").as_bytes());
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":\"");
                 push_escaped(&mut out, v.as_bytes());
                 out.push(b'"');
             }
@@ -276,14 +332,7 @@ impl<'c> Writer<'c> {
         self.entity_key.push(0);
         self.entity_key.extend_from_slice(kind.as_bytes());
         self.props.clear();
-        serde_json::to_writer(
-            &mut self.props,
-            &EntityProps {
-                entity_context: UserContext(context_map(ec.entity_context)),
-                entity_type: kind,
-            },
-        )?;
-        self.props.pop(); // the closing brace: the flag half follows
+        entity_props(&mut self.props, ec.entity_context, kind, true)?;
         self.entity_part.clear();
         push_escaped(&mut self.entity_part, &self.props);
         Ok(())
@@ -319,9 +368,9 @@ impl<'c> Writer<'c> {
         let label: &str = if !msg.is_empty() {
             msg
         } else if segment > 0 {
-            use std::fmt::Write;
             self.label.clear();
-            let _ = write!(self.label, "segment:{segment}");
+            self.label.push_str("segment:");
+            self.label.push_str(itoa::Buffer::new().format(segment));
             &self.label
         } else {
             "no rule matched"
@@ -435,6 +484,40 @@ mod tests {
             want.push_str(&serde_json::to_string(&props.to_string()).unwrap());
             want.push('}');
             assert_eq!(std::str::from_utf8(got).unwrap(), want);
+        }
+    }
+
+    /// A context as Flagr echoed it goes into `properties` as it came only where rebuilding it
+    /// (sorted, `@` keys left out) gives the same bytes; everywhere else it is rebuilt.
+    #[test]
+    fn a_context_is_kept_as_sent_only_where_rebuilding_gives_the_same_bytes() {
+        use super::super::answer::{writes_back_unchanged, Raw};
+        let cases = [
+            (r#"{}"#, true),
+            (r#"{"age":30,"state":"CA"}"#, true),
+            (r#"{"":1,"a":{"z":1,"b":[1.5e3, "x\"y"]},"b":null}"#, true),
+            (r#"{"state":"CA","age":30}"#, false),
+            (r#"{"age":30,"age":31}"#, false),
+            (r#"{"@ts":1,"age":30}"#, false),
+            (r#"{"a\u0062":1}"#, false),
+            (r#"{ "age":30}"#, false),
+            (r#"{"age": 30}"#, false),
+            (r#"{"age":30 }"#, false),
+            (r#"{"age":30,"state":"CA"} "#, false),
+            (r#"[]"#, false),
+            (r#"null"#, false),
+        ];
+        for (raw, kept) in cases {
+            assert_eq!(writes_back_unchanged(raw), kept, "{raw}");
+            let (mut sent, mut rebuilt) = (Vec::new(), Vec::new());
+            super::entity_props(&mut sent, Some(Raw(raw)), "us\"er", true).unwrap();
+            super::entity_props(&mut rebuilt, Some(Raw(raw)), "us\"er", false).unwrap();
+            if kept {
+                assert_eq!(
+                    String::from_utf8(sent).unwrap(),
+                    String::from_utf8(rebuilt).unwrap()
+                );
+            }
         }
     }
 
