@@ -775,8 +775,7 @@ impl<'a> Reader<'a> {
     #[inline]
     fn known_key(&mut self, keys: &[Key], from: usize) -> Option<usize> {
         let rest = self.b.get(self.i..)?;
-        let at = keys.iter().skip(from).position(|k| k.starts(rest))?;
-        let k = from + at;
+        let k = (from..keys.len()).find(|&k| keys[k].starts(rest))?;
         self.i += keys[k].len;
         Some(k)
     }
