@@ -6,9 +6,7 @@
 //! Never: waits, alters a frame, or copies more than the cap. Copies hold bytes of one shared
 //! [`ByteBudget`] (`proxy.tap_max_bytes`) from the first byte copied until derivation drops the
 //! exchange, so what waits between the proxy and derivation is bounded in bytes, not only in
-//! count; a copy the budget cannot take is not made (counted). While a body streams its frames
-//! are kept by reference (with the read buffers they live in) and copied once, into one buffer
-//! of their size, when it ends.
+//! count; a copy the budget cannot take is not made (counted).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,11 +122,7 @@ enum Sink {
 }
 
 struct Capture {
-    /// The body's frames as they passed, shared with what hyper writes: nothing is copied while
-    /// the body streams. Joined into one buffer of exactly their size when it ends, so no read
-    /// buffer of a connection is held while the exchange waits for derivation.
-    parts: Vec<Bytes>,
-    len: usize,
+    buf: BytesMut,
     cap: usize,
     /// Why copying stopped, when it did.
     stopped: Option<Captured>,
@@ -139,8 +133,7 @@ struct Capture {
 impl Capture {
     fn new(cap: usize, budget: &Arc<ByteBudget>, sink: Sink) -> Self {
         Self {
-            parts: Vec::new(),
-            len: 0,
+            buf: BytesMut::new(),
             cap,
             stopped: None,
             held: Held::new(budget),
@@ -152,37 +145,25 @@ impl Capture {
         if self.stopped.is_some() {
             return;
         }
-        if self.len + data.len() > self.cap {
+        if self.buf.len() + data.len() > self.cap {
             self.stop(Captured::TooLarge);
         } else if !self.held.grow(data.len()) {
             self.stop(Captured::OverBudget);
-        } else if !data.is_empty() {
-            self.len += data.len();
-            self.parts.push(data.clone());
+        } else {
+            self.buf.extend_from_slice(data);
         }
     }
 
     fn stop(&mut self, why: Captured) {
         self.stopped = Some(why);
-        self.parts = Vec::new();
-        self.len = 0;
+        self.buf = BytesMut::new();
         self.held.release();
-    }
-
-    /// The frames in one buffer: one copy, one allocation of the body's size (growing a buffer
-    /// frame by frame copied a batch answer about twice over).
-    fn joined(&mut self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.len);
-        for p in self.parts.drain(..) {
-            out.extend_from_slice(&p);
-        }
-        out.freeze()
     }
 
     fn finish(mut self, complete: bool) {
         let captured = match (complete, self.stopped.take()) {
             (_, Some(why)) => why,
-            (true, None) => Captured::Complete(self.joined()),
+            (true, None) => Captured::Complete(std::mem::take(&mut self.buf).freeze()),
             (false, None) => Captured::Incomplete,
         };
         let held = std::mem::take(&mut self.held);
