@@ -586,12 +586,9 @@ impl<'a> Reader<'a> {
 
     fn result(&mut self, depth: u32) -> Result<EvalResult<'a>, Error> {
         let depth = self.deeper(depth)?;
-        self.ws();
-        let start = self.i;
-        if let Some(r) = self.flagr_result(depth) {
+        if let Some(r) = self.quickly(|p| p.flagr_result(depth)) {
             return Ok(r);
         }
-        self.i = start;
         let mut r = EvalResult::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -625,12 +622,9 @@ impl<'a> Reader<'a> {
 
     fn context(&mut self, depth: u32) -> Result<EvalContext<'a>, Error> {
         let depth = self.deeper(depth)?;
-        self.ws();
-        let start = self.i;
-        if let Some(c) = self.flagr_context(depth) {
+        if let Some(c) = self.quickly(|p| p.flagr_context(depth)) {
             return Ok(c);
         }
-        self.i = start;
         let mut c = EvalContext::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -649,12 +643,9 @@ impl<'a> Reader<'a> {
 
     fn debug(&mut self, depth: u32) -> Result<DebugLog<'a>, Error> {
         let depth = self.deeper(depth)?;
-        self.ws();
-        let start = self.i;
-        if let Some(d) = self.flagr_debug(depth) {
+        if let Some(d) = self.quickly(|p| p.flagr_debug(depth)) {
             return Ok(d);
         }
-        self.i = start;
         let mut d = DebugLog::default();
         let mut seen = 0u16;
         self.object(|p, key| {
@@ -764,6 +755,19 @@ const DEBUG_KEYS: [Key; 2] = [Key::new(b"msg"), Key::new(b"segmentDebugLogs")];
 /// so, and the object is read again by the general reader, which decides what it is: nothing
 /// read here differs from what it reads, only the matching of keys and punctuation is quicker.
 impl<'a> Reader<'a> {
+    /// The value at the cursor read the quick way, or `None` with the cursor where it was, for
+    /// the general reader to read it again.
+    #[inline]
+    fn quickly<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
+        self.ws();
+        let start = self.i;
+        let got = read(self);
+        if got.is_none() {
+            self.i = start;
+        }
+        got
+    }
+
     /// The byte at the cursor is `c`; the cursor moves past it.
     #[inline]
     fn eat(&mut self, c: u8) -> Option<()> {
