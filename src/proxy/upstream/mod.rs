@@ -12,6 +12,7 @@
 //! fails: every error is a response.
 
 mod carried;
+mod deadline;
 mod quiet;
 mod wire;
 
@@ -126,18 +127,19 @@ where
                 dial,
             }
         };
+        // An absurd timeout would overflow a timer's deadline; a year is never.
+        let timeout = cfg
+            .upstream_timeout
+            .min(Duration::from_secs(365 * 24 * 3600));
         Ok(Self {
             inner: Arc::new(Inner {
                 flagr,
                 authority,
-                timeout: cfg.upstream_timeout,
+                timeout,
                 inline_max: cfg.inline_body_max_bytes as u64,
                 max_idle: cfg.pool_idle_timeout,
                 quiet: Arc::new(quiet::Bound {
-                    // An absurd timeout would overflow the timer's deadline; a year is never.
-                    limit: cfg
-                        .upstream_timeout
-                        .min(Duration::from_secs(365 * 24 * 3600)),
+                    limit: timeout,
                     metrics: metrics.clone(),
                 }),
                 metrics,
@@ -167,17 +169,29 @@ where
         match me.prepare(req) {
             Way::Own {
                 own,
-                request,
+                mut request,
                 method,
-                body,
-                room,
+                mut body,
+                mut room,
             } => Box::pin(async move {
-                let sent = me.send_own(&own, request, &method, body, room);
-                let r = tokio::time::timeout(me.timeout, sent).await;
+                // One block holding each part once, the steps below only borrowing them: the
+                // whole future is copied into its box, and an async fn's arguments are held
+                // twice (as given and as moved in).
+                let due = tokio::time::Instant::now() + me.timeout;
+                let mut timer = own.timer(due);
+                let sent = async {
+                    wire::add_body(&mut request, &mut body)
+                        .await
+                        .map_err(Failure::other)?;
+                    me.exchange_own(&own, &request, &method, &mut room).await
+                };
+                let r = deadline::within(&mut timer, due, sent).await;
+                own.keep_timer(timer);
                 Ok(me.answer(r.map(|r| r.map(|r| r.map(Either::Right)))))
             }),
             Way::Pooled(req) => Box::pin(async move {
                 let r = tokio::time::timeout(me.timeout, me.send_pooled(req)).await;
+                let r = r.map_err(|_| deadline::TimedOut);
                 Ok(me.answer(r.map(|r| r.map(|r| r.map(Either::Left)))))
             }),
             Way::Answered(resp) => Box::pin(std::future::ready(Ok(resp))),
@@ -262,10 +276,7 @@ where
     /// Flagr's answer as the client gets it, or flaghook's own 502 or 504, each counted.
     fn answer(
         &self,
-        result: Result<
-            Result<Response<Either<Incoming, WireBody>>, Failure>,
-            tokio::time::error::Elapsed,
-        >,
+        result: Result<Result<Response<Either<Incoming, WireBody>>, Failure>, deadline::TimedOut>,
     ) -> Response<UpstreamBody> {
         match result {
             Ok(Ok(resp)) => resp.map(|b| Either::Left(Quiet::new(b, self.quiet.clone()))),
@@ -307,23 +318,19 @@ where
 
     /// Over the client connection's own connection to Flagr, made on its first request (or
     /// again once Flagr closed it).
-    async fn send_own(
+    async fn exchange_own(
         &self,
         own: &OwnConnection,
-        mut request: Vec<u8>,
+        request: &[u8],
         method: &http::Method,
-        body: B,
-        mut room: http::HeaderMap,
+        room: &mut http::HeaderMap,
     ) -> Result<Response<WireBody>, Failure> {
-        wire::add_body(&mut request, body)
-            .await
-            .map_err(Failure::other)?;
         let (mut conn, mut reused) = match own.take(self.max_idle) {
             Some(c) => (c, true),
             None => (self.dial().await?, false),
         };
         loop {
-            match wire::exchange(conn, &request, method, own, &mut room).await {
+            match wire::exchange(conn, request, method, own, room).await {
                 Ok(r) => return Ok(r),
                 // Flagr closed the kept connection just as the request went out: it never read
                 // it, most likely; but only a request that changes nothing goes again (a PUT or

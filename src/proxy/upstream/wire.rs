@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -99,22 +99,44 @@ impl Conn {
 
 /// A client connection's own connection to Flagr, in what its HTTP/1 requests carry.
 /// Such a client sends its next request only after the previous answer, so the connection is
-/// free whenever a request comes: no pool to search, no task to hand it to.
+/// free whenever a request comes: no pool to search, no task to hand it to. Its requests'
+/// timer is kept beside it (deadline.rs).
 #[derive(Clone, Default)]
-pub struct OwnConnection(Arc<Mutex<Option<Box<Conn>>>>);
+pub struct OwnConnection(Arc<Mutex<Own>>);
+
+#[derive(Default)]
+struct Own {
+    conn: Option<Box<Conn>>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
 
 impl OwnConnection {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Own> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The connection left by the previous answer, unless Flagr has closed it since or it
     /// sat idle longer than `max_idle` (as the pool's connections, so Flagr's own idle limit
     /// does not close it under a request).
     pub(super) fn take(&self, max_idle: Duration) -> Option<Box<Conn>> {
-        let c = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let c = self.lock().conn.take()?;
         (c.idle_since.elapsed() <= max_idle && !c.stale()).then_some(c)
     }
 
     fn put(&self, mut c: Box<Conn>) {
         c.idle_since = Instant::now();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        self.lock().conn = Some(c);
+    }
+
+    /// The timer the previous request left, or a new one set for `due`.
+    pub(super) fn timer(&self, due: Instant) -> Pin<Box<Sleep>> {
+        let kept = self.lock().timer.take();
+        kept.unwrap_or_else(|| super::deadline::timer(due))
+    }
+
+    /// Kept for the next request (a request cut short drops its timer instead).
+    pub(super) fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
+        self.lock().timer = Some(timer);
     }
 }
 
@@ -166,7 +188,7 @@ pub(super) fn encode_head<B: Body>(
 
 /// Appends the whole of `body` to the head [`encode_head`] made of it; an error when it
 /// ends at another length than it announced.
-pub(super) async fn add_body<B>(out: &mut Vec<u8>, mut body: B) -> Result<(), BoxError>
+pub(super) async fn add_body<B>(out: &mut Vec<u8>, body: &mut B) -> Result<(), BoxError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -382,8 +404,8 @@ fn parse_head(buf: &mut BytesMut, room: &mut HeaderMap) -> Result<Option<Head>, 
     // On the stack for any usual answer (Flagr sends four or five headers).
     let mut fields = SmallVec::<[(HeaderName, usize, usize); 16]>::new();
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| WireError::Malformed("bad header name"))?;
+        let name =
+            name_of(h.name.as_bytes()).map_err(|_| WireError::Malformed("bad header name"))?;
         let at = h.value.as_ptr() as usize - base;
         fields.push((name, at, h.value.len()));
     }
@@ -412,6 +434,18 @@ fn parse_head(buf: &mut BytesMut, room: &mut HeaderMap) -> Result<Option<Head>, 
         headers,
         said,
     }))
+}
+
+/// The names Flagr's answers carry, as Go's net/http writes them, known without lowercasing
+/// and looking up each (about 100 instructions a name); any other name the general way.
+fn name_of(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
+    Ok(match raw {
+        b"Content-Type" => header::CONTENT_TYPE,
+        b"Content-Length" => header::CONTENT_LENGTH,
+        b"Date" => header::DATE,
+        b"Vary" => header::VARY,
+        _ => return HeaderName::from_bytes(raw),
+    })
 }
 
 /// How the answer's body ends (RFC 9112 §6.3).
@@ -655,7 +689,7 @@ pub async fn fuzz_answer(
         Ok(r) => {
             let (parts, body) = r.into_parts();
             let body = body.collect().await.ok().map(|b| b.to_bytes());
-            let kept = home.0.lock().is_ok_and(|c| c.is_some());
+            let kept = home.0.lock().is_ok_and(|c| c.conn.is_some());
             Some((parts, body, kept))
         }
         Err(_) => None,
@@ -803,7 +837,7 @@ mod tests {
             assert_eq!(&body[..], b"hello, world");
             let (req, _flagr) = served.await.unwrap();
             assert!(req.starts_with("GET / HTTP/1.1\r\n"));
-            assert_eq!(home.0.lock().unwrap().is_some(), !close);
+            assert_eq!(home.lock().conn.is_some(), !close);
         }
     }
 
@@ -842,7 +876,7 @@ mod tests {
         let mut seen = false;
         for _ in 0..1000 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            if home.0.lock().unwrap().as_ref().unwrap().stale() {
+            if home.lock().conn.as_ref().unwrap().stale() {
                 seen = true;
                 break;
             }
@@ -981,10 +1015,10 @@ mod tests {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
+        let (parts, mut body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut out = encode_head(&parts.method, path, &parts.headers, &body);
-        add_body(&mut out, body).await.unwrap();
+        add_body(&mut out, &mut body).await.unwrap();
         out
     }
 }
