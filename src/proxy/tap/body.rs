@@ -216,7 +216,9 @@ pin_project! {
     {
         #[pin]
         inner: B,
-        capture: Option<Capture>,
+        // Boxed: a body moves with its request or answer through every layer's future, and
+        // most are not tapped, so the copy's state is a pointer until one is.
+        capture: Option<Box<Capture>>,
     }
 
     impl<B> PinnedDrop for TapBody<B>
@@ -247,11 +249,11 @@ impl<B: Body> TapBody<B> {
     pub fn request(inner: B, slot: RequestSlot, sender: &TapSender) -> Self {
         Self {
             inner,
-            capture: Some(Capture::new(
+            capture: Some(Box::new(Capture::new(
                 sender.cap,
                 &sender.budget,
                 Sink::Request(slot),
-            )),
+            ))),
         }
     }
 
@@ -260,11 +262,11 @@ impl<B: Body> TapBody<B> {
         let (cap, budget) = (pending.sender.cap, pending.sender.budget.clone());
         Self {
             inner,
-            capture: Some(Capture::new(
+            capture: Some(Box::new(Capture::new(
                 cap,
                 &budget,
                 Sink::Response(Box::new(pending)),
-            )),
+            ))),
         }
     }
 }
