@@ -13,8 +13,9 @@
 //! GitSyncMark   git sync's own calls marked, marker headers removed (marks.rs)
 //! Tap           bodies of inspected routes copied; an Exchange when the answer ends (tap/)
 //! Legacy        Flagr 1.1.x: the flag read before and after a mutation (legacy.rs)
-//! Forwarded     hop-by-hop headers dropped, X-Forwarded-* set (headers.rs)
-//! Upstream      Flagr over own or pooled connections; 502/504 of flaghook's own (upstream/)
+//! Forwarded     hop-by-hop headers dropped both ways (headers.rs)
+//! Upstream      X-Forwarded-* set as the request is written; Flagr over own or pooled
+//!               connections; 502/504 of flaghook's own (upstream/)
 //! ```
 //!
 //! tower-http's own layers were weighed for each job: its timeout answers 408 where a proxy

@@ -24,13 +24,12 @@ use tokio::sync::mpsc;
 pub use body::{ByteBudget, Held, Pending, RequestSlot, TapBody};
 
 use super::answer::{BoxFuture, OwnAnswer};
+use super::headers::X_FORWARDED_FOR;
 use super::legacy::LegacyStates;
 use super::marks::GitSyncCommit;
 use super::upstream::Carried;
 use crate::flagr::{FlagState, Route, RouteTable};
 use crate::metrics::{labels, Registry};
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// What the tap saw of one body.
 #[derive(Clone, Debug, Default)]

@@ -38,6 +38,7 @@ use tokio::net::UnixStream;
 use tower::Service;
 
 use super::answer::{error_response, BoxFuture};
+use super::headers::add_forwarded;
 use super::metrics::{ProxyMetrics, UpstreamFailure};
 use crate::config::ProxyConfig;
 #[cfg(test)]
@@ -224,24 +225,18 @@ where
     fn prepare(&self, req: Request<B>) -> Way<B> {
         let (mut parts, body) = req.into_parts();
         let own = Carried::take_own().filter(|_| wire::fits(&parts.method, &body, self.inline_max));
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/2 clients send :authority instead of Host; Flagr over HTTP/1.1 needs Host.
-            let a = parts.uri.authority().unwrap_or(&self.authority);
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
+        let peer = Carried::peer_ip().unwrap_or_else(|| HeaderValue::from_static("0.0.0.0"));
+        // HTTP/2 clients send :authority instead of Host; Flagr over HTTP/1.1 needs Host.
+        let authority = parts.uri.authority().unwrap_or(&self.authority);
         if let Some(own) = own {
             // Origin form: the connection already leads to Flagr.
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let request = wire::encode_head(
                 &parts.method,
-                path_and_query.as_str(),
+                path,
                 &parts.headers,
+                authority.as_str(),
+                Some(&peer),
                 &body,
             );
             let mut room = parts.headers;
@@ -254,6 +249,17 @@ where
                 room,
             };
         }
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        add_forwarded(&mut parts.headers, &peer);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.version = Version::HTTP_11;
         parts.uri = match Uri::builder()
             .scheme(Scheme::HTTP)

@@ -31,6 +31,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, Sleep};
 
+use super::super::headers::{write_forwarded, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The largest response head (status line and headers) read before giving up.
@@ -146,12 +148,16 @@ pub(super) fn fits<B: Body>(method: &Method, body: &B, max: u64) -> bool {
 }
 
 /// The request's head as it goes on the wire (`path` in origin form), with room for `body`,
-/// which [`add_body`] then appends, so one write sends both. Synchronous, so the request's
-/// parts are dropped before its future waits for anything.
+/// which [`add_body`] then appends, so one write sends both. `Host` is `authority` when the
+/// request has none (HTTP/2 clients send `:authority`); `forward`, the peer's address, adds
+/// the forwarding headers (headers.rs). Synchronous, so the request's parts are dropped before
+/// its future waits for anything.
 pub(super) fn encode_head<B: Body>(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    authority: &str,
+    forward: Option<&HeaderValue>,
     body: &B,
 ) -> Vec<u8> {
     let len = body.size_hint().exact().unwrap_or(0);
@@ -159,22 +165,39 @@ pub(super) fn encode_head<B: Body>(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    let mut out = Vec::with_capacity(path.len() + size + 64 + len as usize);
+    let mut out = Vec::with_capacity(path.len() + size + 128 + len as usize);
     out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let (mut host, mut proto, mut prev_for) = (false, false, None);
     for (name, value) in headers {
         // The length written is the body's as sent; the whole body goes at once, so there is
         // nothing to wait for a 100 Continue for. (Hop-by-hop headers are gone already.)
         if name == header::CONTENT_LENGTH || name == header::EXPECT {
             continue;
         }
+        if forward.is_some() {
+            if *name == X_FORWARDED_FOR {
+                prev_for = prev_for.or(Some(value));
+                continue;
+            }
+            proto |= *name == X_FORWARDED_PROTO;
+        }
+        host |= name == header::HOST;
         // HeaderValue holds no CR or LF, so nothing here can end a line early.
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if !host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(ip) = forward {
+        write_forwarded(&mut out, prev_for, proto, ip);
     }
     let sends_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if len > 0 || sends_body {
@@ -999,26 +1022,77 @@ mod tests {
             .header("x-b", "2")
             .body(http_body_util::Full::new(Bytes::from_static(b"{\"a\":1}")))
             .unwrap();
-        let out = encode(req).await;
+        let out = encode(req, None).await;
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /api/v1/evaluation?x=1 HTTP/1.1\r\nhost: flagr\r\nx-b: 2\r\n\
              content-length: 7\r\n\r\n{\"a\":1}"
         );
+        // Without a Host, the authority given.
         let req = http::Request::get("/")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        assert_eq!(encode(req).await, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            encode(req, None).await,
+            b"GET / HTTP/1.1\r\nhost: flagr:18000\r\n\r\n"
+        );
     }
 
-    async fn encode<B>(req: http::Request<B>) -> Vec<u8>
+    /// The forwarding headers written as bytes are those the map form gives (headers.rs).
+    #[tokio::test]
+    async fn forwarding_headers_in_bytes_match_the_map_form() {
+        let ip = HeaderValue::from_static("192.0.2.7");
+        let given: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("x-forwarded-for", "203.0.113.9")],
+            &[("x-forwarded-for", "")],
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-for", "198.51.100.1"),
+            ],
+            &[("x-forwarded-proto", "https"), ("x-a", "1")],
+        ];
+        for headers in given {
+            let mut req = http::Request::get("/").header("host", "flagr");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(http_body_util::Empty::<Bytes>::new()).unwrap();
+            let mut mapped = req.headers().clone();
+            crate::proxy::headers::add_forwarded(&mut mapped, &ip);
+            let mut want: Vec<String> = mapped
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                .collect();
+            want.sort();
+            let out = String::from_utf8(encode(req, Some(&ip)).await).unwrap();
+            let mut got: Vec<String> = out
+                .lines()
+                .skip(1)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "{headers:?}");
+        }
+    }
+
+    async fn encode<B>(req: http::Request<B>, forward: Option<&HeaderValue>) -> Vec<u8>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
         let (parts, mut body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut out = encode_head(&parts.method, path, &parts.headers, &body);
+        let mut out = encode_head(
+            &parts.method,
+            path,
+            &parts.headers,
+            "flagr:18000",
+            forward,
+            &body,
+        );
         add_body(&mut out, &mut body).await.unwrap();
         out
     }
