@@ -148,6 +148,14 @@ impl ProxyConfig {
                 "must start with '/' and not end with '/' (or be empty)",
             ));
         }
+        // Flagr's router matches cleaned paths: a prefix that cleaning changes would be matched
+        // by neither Flagr nor the route table's quick comparisons.
+        if crate::flagr::routes::cleaned(p) != p.as_str() {
+            return Err(ConfigError::invalid(
+                "proxy.path_prefix",
+                "must be a clean path: no '//', '.' or '..' segments, no %-escapes",
+            ));
+        }
         if self.header_read_timeout < Duration::from_millis(10) {
             // Below this a connection would be closed before a client on another host could
             // send its next request.

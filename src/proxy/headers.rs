@@ -1,10 +1,12 @@
-//! Headers on the way through: hop-by-hop headers dropped both ways (RFC 9110 §7.6.1), and
-//! what `X-Forwarded-For` and `X-Forwarded-Proto` become, which the upstream applies as it
-//! writes the request (into the map for hyper's client, straight into the bytes on an own
-//! connection: two map insertions cost more than writing them).
+//! Headers on the way through. The [`Forwarded`] layer drops hop-by-hop headers both ways
+//! (RFC 9110 §7.6.1) and nothing else. What `X-Forwarded-For` and `X-Forwarded-Proto` become
+//! is decided here too, but applied by the upstream as it writes the request
+//! ([`add_forwarded`] into the map for hyper's client, [`write_forwarded`] straight into the
+//! bytes on an own connection: two map insertions cost more than writing the lines).
 //!
-//! In: the client's request and Flagr's response. Out: the same, with only those headers
-//! changed. Never: touches a body or another header.
+//! In: the client's request and Flagr's response; for the helpers, a request's headers and
+//! its peer. Out: the same, with only those headers changed.
+//! Never: touches a body or another header.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -108,7 +110,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     PROXY_CONNECTION,
 ];
 
-/// Appends the peer to `X-Forwarded-For` (to its first field's value; the others go) and sets
+/// Appends the peer to `X-Forwarded-For` (its fields joined into one, RFC 9110 §5.3) and sets
 /// `X-Forwarded-Proto` unless an outer proxy did. [`write_forwarded`] does the same in bytes.
 pub(crate) fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue) {
     // One pass over the names tells which are there; a lookup by name hashes it.
@@ -117,14 +119,12 @@ pub(crate) fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue) {
         has_for |= *n == X_FORWARDED_FOR;
         has_proto |= *n == X_FORWARDED_PROTO;
     }
-    let prev = has_for
-        .then(|| h.get(X_FORWARDED_FOR))
-        .flatten()
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.is_empty());
-    let xff = match prev {
-        Some(prev) => HeaderValue::from_bytes(&[prev, b", ", ip.as_bytes()].concat()).ok(),
-        None => Some(ip.clone()),
+    let xff = if has_for {
+        let mut v = Vec::new();
+        forwarded_for(&mut v, h, ip);
+        HeaderValue::from_bytes(&v).ok()
+    } else {
+        Some(ip.clone())
     };
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
@@ -134,25 +134,35 @@ pub(crate) fn add_forwarded(h: &mut HeaderMap, ip: &HeaderValue) {
     }
 }
 
-/// [`add_forwarded`] for a request written as bytes: its headers but `X-Forwarded-For` are
-/// written already; `prev` is the first `X-Forwarded-For` value, `proto` whether one of them
-/// was `X-Forwarded-Proto`.
+/// [`add_forwarded`] for a request written as bytes, after its other headers: `has_for` and
+/// `proto` say whether `h` has `X-Forwarded-For` (left out of what was written) and
+/// `X-Forwarded-Proto`.
 pub(crate) fn write_forwarded(
     out: &mut Vec<u8>,
-    prev: Option<&HeaderValue>,
+    h: &HeaderMap,
+    has_for: bool,
     proto: bool,
     ip: &HeaderValue,
 ) {
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = prev.filter(|v| !v.is_empty()) {
-        out.extend_from_slice(prev.as_bytes());
-        out.extend_from_slice(b", ");
+    if has_for {
+        forwarded_for(out, h, ip);
+    } else {
+        out.extend_from_slice(ip.as_bytes());
     }
-    out.extend_from_slice(ip.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !proto {
         out.extend_from_slice(b"x-forwarded-proto: http\r\n");
     }
+}
+
+/// The value `X-Forwarded-For` goes on with: every non-empty value it came with, then the peer.
+fn forwarded_for(out: &mut Vec<u8>, h: &HeaderMap, ip: &HeaderValue) {
+    for prev in h.get_all(X_FORWARDED_FOR).iter().filter(|v| !v.is_empty()) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip.as_bytes());
 }
 
 #[cfg(test)]
@@ -204,6 +214,14 @@ mod tests {
         add_forwarded(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+        // Several fields are one list (RFC 9110 §5.3); empty ones add nothing.
+        let mut h = HeaderMap::new();
+        for v in ["1.1.1.1", "", "2.2.2.2, 3.3.3.3"] {
+            h.append("x-forwarded-for", HeaderValue::from_static(v));
+        }
+        add_forwarded(&mut h, &peer);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
     }
 
     /// The layer over a fake inner service: what reaches it, and what comes back.

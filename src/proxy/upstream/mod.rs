@@ -3,9 +3,11 @@
 //! known, bounded size go over that client connection's own connection to Flagr, spoken by
 //! the request's task (wire.rs); the rest over hyper's pooled client.
 //!
-//! In: a request whose headers the outer layers have settled. Out: Flagr's response, or a short
-//! JSON 502 (Flagr refused or broke the connection), 504 (no answer in time) or 400 (a URI
-//! that cannot be aimed at Flagr), each counted.
+//! In: a request whose headers the outer layers have settled, and what it carries (its peer,
+//! its connection's own connection). Out: the request to Flagr with `X-Forwarded-For`,
+//! `X-Forwarded-Proto` (headers.rs) and, when it had none, `Host` added; Flagr's response, or
+//! a short JSON 502 (Flagr refused or broke the connection), 504 (no answer in time) or 400 (a
+//! URI that cannot be aimed at Flagr), each counted.
 //! Never: sends a request twice when it may have reached Flagr (a mutation might apply twice):
 //! only one hyper hands back unwritten, or an idempotent one (RFC 9110 §9.2.2) to which a
 //! reused connection gave back not a byte, goes out again, once, on a new connection. Never
@@ -781,6 +783,51 @@ mod tests {
             }
         });
         (addr, server)
+    }
+
+    /// Both ways to Flagr, an own connection and the pool, write the same forwarding headers
+    /// and `Host`, from the peer the request carries.
+    #[tokio::test]
+    async fn both_ways_forward_the_peer_and_name_the_host() {
+        use tokio::io::AsyncWriteExt;
+        // Answers with the head's Host and X-Forwarded-* lines, sorted.
+        let (addr, server) = flagr_by_heads(|mut s, head| async move {
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let mut seen: Vec<&str> = head
+                .lines()
+                .filter(|l| l.starts_with("x-forwarded-") || l.starts_with("host:"))
+                .collect();
+            seen.sort();
+            let body = seen.join("|");
+            let ok = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(ok.as_bytes()).await.ok().map(|()| s)
+        })
+        .await;
+        let up = upstream(addr, Duration::from_secs(5));
+        let peer = Arc::new(PeerAddr::new(([192, 0, 2, 7], 1).into()));
+        for own in [true, false] {
+            let req = Request::get("/x")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-forwarded-for", "198.51.100.1")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let carried = Carried::new(Some(peer.clone()), own.then(OwnConnection::default));
+            let r = call_carrying(up.clone(), req, carried).await.unwrap();
+            assert_eq!(
+                text(r).await,
+                format!(
+                    "host: {addr}|x-forwarded-for: 203.0.113.9, 198.51.100.1, 192.0.2.7|\
+                     x-forwarded-proto: http"
+                ),
+                "own connection: {own}"
+            );
+        }
+        // The first went over a connection of its own, the second through the pool.
+        assert_eq!(up.inner.metrics.dials.get(), 1);
+        server.abort();
     }
 
     /// One client connection's requests, answered or not, each get the whole timeout from

@@ -3,7 +3,9 @@
 //! body read from the socket only as the client's connection asks for more.
 //!
 //! In: a request whose body has a known length of at most `proxy.inline_body_max_bytes`, and
-//! the connection the previous answer left behind. Out: Flagr's response, whose body hands the
+//! the connection the previous answer left behind (and, beside it, the timer its requests'
+//! deadlines share: deadline.rs). Out: the request as bytes, with `Host` when it had none and
+//! the forwarding headers (headers.rs), then Flagr's response, whose body hands the
 //! connection back when it was read to its end and Flagr keeps it open.
 //! Never: reuses a connection with an answer not read to its end, one Flagr said it closes or
 //! one it wrote to unasked; accepts a head over 64 KiB or an answer whose framing is unclear.
@@ -170,7 +172,7 @@ pub(super) fn encode_head<B: Body>(
     out.extend_from_slice(b" ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let (mut host, mut proto, mut prev_for) = (false, false, None);
+    let (mut host, mut proto, mut has_for) = (false, false, false);
     for (name, value) in headers {
         // The length written is the body's as sent; the whole body goes at once, so there is
         // nothing to wait for a 100 Continue for. (Hop-by-hop headers are gone already.)
@@ -179,7 +181,7 @@ pub(super) fn encode_head<B: Body>(
         }
         if forward.is_some() {
             if *name == X_FORWARDED_FOR {
-                prev_for = prev_for.or(Some(value));
+                has_for = true;
                 continue;
             }
             proto |= *name == X_FORWARDED_PROTO;
@@ -197,7 +199,7 @@ pub(super) fn encode_head<B: Body>(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(ip) = forward {
-        write_forwarded(&mut out, prev_for, proto, ip);
+        write_forwarded(&mut out, headers, has_for, proto, ip);
     }
     let sends_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if len > 0 || sends_body {
