@@ -44,7 +44,7 @@ pub struct ProxyConfig {
     /// closing clients go through the shared pool. Memory: up to this per client connection
     /// with a request in flight. 0: only bodiless requests.
     pub inline_body_max_bytes: usize,
-    /// Bytes of copied bodies in flight or waiting for derivation, all exchanges together;
+    /// Bytes allocated for copied bodies in flight or waiting for derivation, all exchanges together;
     /// a copy beyond it is not made (the request passes, counted as not inspected).
     pub tap_max_bytes: usize,
     /// Capacity of the channel between the proxy and the derive worker (flag changes;

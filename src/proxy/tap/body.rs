@@ -4,16 +4,17 @@
 //! In: request and response bodies as hyper streams them. Out: the same frames, untouched, and
 //! one [`Exchange`] per inspected call through the [`TapSender`].
 //! Never: waits, alters a frame, or copies more than the cap. Copies hold bytes of one shared
-//! [`ByteBudget`] (`proxy.tap_max_bytes`) from the first byte copied until derivation drops the
-//! exchange, so what waits between the proxy and derivation is bounded in bytes, not only in
-//! count; a copy the budget cannot take is not made (counted).
+//! [`ByteBudget`] (`proxy.tap_max_bytes`), every byte allocated for them (room included), from
+//! the first byte copied until derivation drops the exchange, so what waits between the proxy
+//! and derivation is bounded in bytes, not only in count; a copy the budget cannot take is not
+//! made (counted).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -122,7 +123,9 @@ enum Sink {
 }
 
 struct Capture {
-    buf: BytesMut,
+    /// A Vec, not a BytesMut: its room grows exactly as asked, so the budget counts what is
+    /// allocated, not only what is used.
+    buf: Vec<u8>,
     cap: usize,
     /// Why copying stopped, when it did.
     stopped: Option<Captured>,
@@ -133,7 +136,7 @@ struct Capture {
 impl Capture {
     fn new(cap: usize, budget: &Arc<ByteBudget>, sink: Sink) -> Self {
         Self {
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             cap,
             stopped: None,
             held: Held::new(budget),
@@ -145,25 +148,35 @@ impl Capture {
         if self.stopped.is_some() {
             return;
         }
-        if self.buf.len() + data.len() > self.cap {
+        let need = self.buf.len() + data.len();
+        if need > self.cap {
             self.stop(Captured::TooLarge);
-        } else if !self.held.grow(data.len()) {
-            self.stop(Captured::OverBudget);
-        } else {
-            self.buf.extend_from_slice(data);
+            return;
         }
+        let had = self.buf.capacity();
+        if need > had {
+            // Room doubles (up to the cap), so a body in many small frames is not copied over
+            // and over; all of it is taken from the budget before it is allocated.
+            let room = need.max(had.saturating_mul(2)).min(self.cap);
+            if !self.held.grow(room - had) {
+                self.stop(Captured::OverBudget);
+                return;
+            }
+            self.buf.reserve_exact(room - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
     }
 
     fn stop(&mut self, why: Captured) {
         self.stopped = Some(why);
-        self.buf = BytesMut::new();
+        self.buf = Vec::new();
         self.held.release();
     }
 
     fn finish(mut self, complete: bool) {
         let captured = match (complete, self.stopped.take()) {
             (_, Some(why)) => why,
-            (true, None) => Captured::Complete(std::mem::take(&mut self.buf).freeze()),
+            (true, None) => Captured::Complete(Bytes::from(std::mem::take(&mut self.buf))),
             (false, None) => Captured::Incomplete,
         };
         let held = std::mem::take(&mut self.held);
@@ -498,6 +511,28 @@ mod tests {
         let fourth = rx.try_recv().unwrap();
         assert_eq!((fourth.held.bytes(), budget.used()), (5, 5));
         drop(fourth);
+        assert_eq!(budget.used(), 0);
+    }
+
+    /// A body in many small frames holds the room its copy grew to, not only the bytes in it:
+    /// the budget counts what is allocated.
+    #[tokio::test]
+    async fn the_budget_counts_the_room_a_copy_grew_to() {
+        let ((s, mut rx), budget, _) = budgeted(1024, 100);
+        let frames = (0..10)
+            .map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'a' + i]))));
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let copied = TapBody::response(body, pending(s.clone(), RequestSlot::default()))
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(copied, "abcdefghij");
+        let ex = rx.try_recv().unwrap();
+        assert_eq!(ex.response_body.bytes().unwrap(), "abcdefghij");
+        // Room 1, 2, 4, 8, 16: ten bytes used, sixteen allocated and held.
+        assert_eq!((ex.held.bytes(), budget.used()), (16, 16));
+        drop(ex);
         assert_eq!(budget.used(), 0);
     }
 }
