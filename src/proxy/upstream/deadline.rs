@@ -6,9 +6,9 @@
 //!
 //! Why one timer: arming a timer per request (putting it in tokio's timer wheel, taking it out
 //! again) cost about 700 instructions of an evaluation's 23,000. A client connection's requests
-//! come one after another, each due later than the one before, so a timer set for an earlier
-//! request's deadline still serves: when it goes off before the present request is due, it is
-//! moved on to that request's deadline, about once per limit rather than once per request.
+//! come one after another, each due later than the one before, and tokio's `Sleep::reset` to a
+//! later instant only records it (one atomic exchange; the wheel files the timer again when the
+//! old instant comes), so one timer reset per request serves them all.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,28 +26,23 @@ pub(super) fn timer(due: Instant) -> Pin<Box<Sleep>> {
 }
 
 pin_project_lite::pin_project! {
-    /// `fut`, unless `due` passes first. A future of its own, not an async fn, so `fut` is
-    /// held once (an async fn holds its arguments twice).
+    /// `fut`, unless the timer goes off first. A future of its own, not an async fn, so `fut`
+    /// is held once (an async fn holds its arguments twice).
     pub(super) struct Within<'a, F> {
         timer: &'a mut Pin<Box<Sleep>>,
-        due: Instant,
         #[pin]
         fut: F,
     }
 }
 
-/// `fut`, unless `due` passes first. `timer` may be set for any deadline.
+/// `fut`, unless `due` passes first; `timer` is reset to `due`, whatever it was set for.
 pub(super) fn within<F: Future>(
     timer: &mut Pin<Box<Sleep>>,
     due: Instant,
     fut: F,
 ) -> Within<'_, F> {
-    // Set later than this request is due (a shorter limit than the last request's): brought
-    // forward now, or the request could wait past its own deadline.
-    if timer.deadline() > due {
-        timer.as_mut().reset(due);
-    }
-    Within { timer, due, fut }
+    timer.as_mut().reset(due);
+    Within { timer, fut }
 }
 
 impl<F: Future> Future for Within<'_, F> {
@@ -59,14 +54,8 @@ impl<F: Future> Future for Within<'_, F> {
         if let Poll::Ready(v) = me.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        loop {
-            ready!(me.timer.as_mut().poll(cx));
-            if me.timer.deadline() >= *me.due {
-                return Poll::Ready(Err(TimedOut));
-            }
-            // Set for an earlier request: on to this one's deadline, and wait again.
-            me.timer.as_mut().reset(*me.due);
-        }
+        ready!(me.timer.as_mut().poll(cx));
+        Poll::Ready(Err(TimedOut))
     }
 }
 

@@ -238,7 +238,7 @@ where
                 path,
                 &parts.headers,
                 authority.as_str(),
-                Some(&peer),
+                &peer,
                 &body,
             );
             let mut room = parts.headers;

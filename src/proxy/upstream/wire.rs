@@ -151,15 +151,15 @@ pub(super) fn fits<B: Body>(method: &Method, body: &B, max: u64) -> bool {
 
 /// The request's head as it goes on the wire (`path` in origin form), with room for `body`,
 /// which [`add_body`] then appends, so one write sends both. `Host` is `authority` when the
-/// request has none (HTTP/2 clients send `:authority`); `forward`, the peer's address, adds
-/// the forwarding headers (headers.rs). Synchronous, so the request's parts are dropped before
+/// request has none (HTTP/2 clients send `:authority`); `peer` goes into the forwarding
+/// headers (headers.rs). Synchronous, so the request's parts are dropped before
 /// its future waits for anything.
 pub(super) fn encode_head<B: Body>(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     authority: &str,
-    forward: Option<&HeaderValue>,
+    peer: &HeaderValue,
     body: &B,
 ) -> Vec<u8> {
     let len = body.size_hint().exact().unwrap_or(0);
@@ -169,7 +169,7 @@ pub(super) fn encode_head<B: Body>(
         .sum();
     let mut out = Vec::with_capacity(path.len() + size + 128 + len as usize);
     out.extend_from_slice(method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
+    out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut host, mut proto, mut has_for) = (false, false, false);
@@ -179,13 +179,11 @@ pub(super) fn encode_head<B: Body>(
         if name == header::CONTENT_LENGTH || name == header::EXPECT {
             continue;
         }
-        if forward.is_some() {
-            if *name == X_FORWARDED_FOR {
-                has_for = true;
-                continue;
-            }
-            proto |= *name == X_FORWARDED_PROTO;
+        if *name == X_FORWARDED_FOR {
+            has_for = true;
+            continue;
         }
+        proto |= *name == X_FORWARDED_PROTO;
         host |= name == header::HOST;
         // HeaderValue holds no CR or LF, so nothing here can end a line early.
         out.extend_from_slice(name.as_str().as_bytes());
@@ -198,9 +196,7 @@ pub(super) fn encode_head<B: Body>(
         out.extend_from_slice(authority.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(ip) = forward {
-        write_forwarded(&mut out, headers, has_for, proto, ip);
-    }
+    write_forwarded(&mut out, headers, has_for, proto, peer);
     let sends_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if len > 0 || sends_body {
         out.extend_from_slice(b"content-length: ");
@@ -1024,10 +1020,12 @@ mod tests {
             .header("x-b", "2")
             .body(http_body_util::Full::new(Bytes::from_static(b"{\"a\":1}")))
             .unwrap();
-        let out = encode(req, None).await;
+        let peer = HeaderValue::from_static("192.0.2.7");
+        let out = encode(req, &peer).await;
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /api/v1/evaluation?x=1 HTTP/1.1\r\nhost: flagr\r\nx-b: 2\r\n\
+             x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\
              content-length: 7\r\n\r\n{\"a\":1}"
         );
         // Without a Host, the authority given.
@@ -1035,8 +1033,9 @@ mod tests {
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
         assert_eq!(
-            encode(req, None).await,
-            b"GET / HTTP/1.1\r\nhost: flagr:18000\r\n\r\n"
+            encode(req, &peer).await,
+            b"GET / HTTP/1.1\r\nhost: flagr:18000\r\n\
+              x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
 
@@ -1068,7 +1067,7 @@ mod tests {
                 .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
                 .collect();
             want.sort();
-            let out = String::from_utf8(encode(req, Some(&ip)).await).unwrap();
+            let out = String::from_utf8(encode(req, &ip).await).unwrap();
             let mut got: Vec<String> = out
                 .lines()
                 .skip(1)
@@ -1080,7 +1079,7 @@ mod tests {
         }
     }
 
-    async fn encode<B>(req: http::Request<B>, forward: Option<&HeaderValue>) -> Vec<u8>
+    async fn encode<B>(req: http::Request<B>, peer: &HeaderValue) -> Vec<u8>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -1092,7 +1091,7 @@ mod tests {
             path,
             &parts.headers,
             "flagr:18000",
-            forward,
+            peer,
             &body,
         );
         add_body(&mut out, &mut body).await.unwrap();
