@@ -7,9 +7,11 @@
 //! bench_tool events <api> <listen> <n> <mode>    n changes through <api>; a receiver on <listen>
 //!                                                timing each event (mode: flaghook | flagr)
 //! bench_tool micro <records>                     one core: map, serialise, batch and gzip records
-//! bench_tool rate <url> <per-sec> <seconds>       POST /evaluation at a fixed rate; latency from
+//! bench_tool rate <url> <per-sec> <seconds> [fresh] POST /evaluation at a fixed rate; latency from
 //!                                                each request's scheduled time (no coordinated
-//!                                                omission); prints p50/p99/max
+//!                                                omission); prints p50/p99/max. `fresh`: each
+//!                                                request on a connection of its own, closed
+//!                                                after its answer
 //! bench_tool changes <api> <flags> <n> <clients>  n description changes over flags 1..=flags,
 //!                                                from <clients> concurrent clients; prints how
 //!                                                many Flagr applied and how long it took
@@ -42,6 +44,7 @@ async fn main() {
                 &args[1],
                 args[2].parse().expect("requests per second"),
                 args[3].parse().expect("seconds"),
+                args.get(4).is_some_and(|a| a == "fresh"),
             )
             .await
         }
@@ -400,11 +403,12 @@ fn micro(n: usize) {
 }
 
 /// Evaluations at a fixed rate for `secs` seconds. Each request is timed from when it was due,
-/// so a stall counts against every request it delayed.
-async fn rate(base: &str, per_sec: u64, secs: u64) {
+/// so a stall counts against every request it delayed. `fresh`: no connection is kept, so each
+/// request opens one and closes it after its answer (clients that do not keep theirs).
+async fn rate(base: &str, per_sec: u64, secs: u64, fresh: bool) {
     let client = reqwest::Client::builder()
         .no_proxy()
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(if fresh { 0 } else { 256 })
         .build()
         .unwrap();
     let url = format!("{base}/api/v1/evaluation");

@@ -31,7 +31,8 @@ pub struct ProxyConfig {
     /// How long to wait for a TCP connection to Flagr before answering 502.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream host.
+    /// Idle keep-alive connections to Flagr kept per proxy thread: as many in hyper's pool,
+    /// and as many among those closed client connections left (each holds only its socket).
     pub pool_max_idle: usize,
     /// How long an idle upstream connection is kept.
     #[serde(with = "humantime_serde")]

@@ -16,6 +16,7 @@
 mod carried;
 mod deadline;
 mod quiet;
+mod spare;
 mod wire;
 
 use std::convert::Infallible;
@@ -90,6 +91,8 @@ struct Inner<B> {
     inline_max: u64,
     /// An own connection idle longer than this is closed, as the pool's are.
     max_idle: Duration,
+    /// Own connections closed client connections left, for new ones.
+    spares: Arc<spare::Spares>,
     /// Flagr's silence within a begun answer, bounded by the same timeout.
     quiet: Arc<quiet::Bound>,
     metrics: Arc<ProxyMetrics>,
@@ -141,6 +144,7 @@ where
                 timeout,
                 inline_max: cfg.inline_body_max_bytes as u64,
                 max_idle: cfg.pool_idle_timeout,
+                spares: spare::Spares::new(cfg.pool_max_idle, cfg.pool_idle_timeout),
                 quiet: Arc::new(quiet::Bound {
                     limit: timeout,
                     metrics: metrics.clone(),
@@ -324,8 +328,8 @@ where
         })
     }
 
-    /// Over the client connection's own connection to Flagr, made on its first request (or
-    /// again once Flagr closed it).
+    /// Over the client connection's own connection to Flagr: on its first request one a closed
+    /// client connection left, or a new one (and a new one once Flagr closed it).
     async fn exchange_own(
         &self,
         own: &OwnConnection,
@@ -333,7 +337,8 @@ where
         method: &http::Method,
         room: &mut http::HeaderMap,
     ) -> Result<Response<WireBody>, Failure> {
-        let (mut conn, mut reused) = match own.take(self.max_idle) {
+        let kept = own.take(self.max_idle).or_else(|| self.spares.take());
+        let (mut conn, mut reused) = match kept {
             Some(c) => (c, true),
             None => (self.dial().await?, false),
         };
@@ -366,7 +371,7 @@ where
                 wire::Stream::Unix(io.map_err(|e| connect(e.into()))?.0.into_inner())
             }
         };
-        Ok(wire::Conn::new(stream))
+        Ok(wire::Conn::new(stream, Arc::downgrade(&self.spares)))
     }
 }
 
@@ -506,6 +511,18 @@ mod tests {
         accepted
     }
 
+    /// [`answer_paths`] on a loopback port.
+    async fn answer_paths_on_tcp(close: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let l = Arc::new(l);
+        let accept = move || -> BoxFuture<std::io::Result<tokio::net::TcpStream>> {
+            let l = l.clone();
+            Box::pin(async move { l.accept().await.map(|(s, _)| s) })
+        };
+        (addr, answer_paths(accept, close))
+    }
+
     async fn text(r: Response<UpstreamBody>) -> String {
         use http_body_util::BodyExt;
         let b = r.into_body().collect().await.unwrap().to_bytes();
@@ -517,16 +534,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_connection_keeps_its_own_connection_to_flagr() {
         for close in [false, true] {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let l = Arc::new(l);
-            let accepted = answer_paths(
-                move || {
-                    let l = l.clone();
-                    Box::pin(async move { l.accept().await.map(|(s, _)| s) })
-                },
-                close,
-            );
+            let (addr, accepted) = answer_paths_on_tcp(close).await;
             let up = upstream(addr, Duration::from_secs(5));
             let own = OwnConnection::default();
             for i in 0..3 {
@@ -546,6 +554,38 @@ mod tests {
             assert_eq!(text(r).await, "/api/v1/health");
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), want + 1);
         }
+    }
+
+    /// A client connection that closes leaves its connection to Flagr to the next new one,
+    /// which dials no connection of its own; two open at once each have one.
+    #[tokio::test]
+    async fn a_new_client_connection_takes_the_one_a_closed_client_left() {
+        let (addr, accepted) = answer_paths_on_tcp(false).await;
+        let up = upstream(addr, Duration::from_secs(5));
+        let ask = |own: &OwnConnection, path: &str| {
+            let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+            let carried = Carried::new(None, Some(own.clone()));
+            let up = up.clone();
+            async move { text(call_carrying(up, req, carried).await.unwrap()).await }
+        };
+        for i in 0..3 {
+            let client = OwnConnection::default();
+            assert_eq!(ask(&client, &format!("/{i}")).await, format!("/{i}"));
+            drop(client);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(up.inner.metrics.dials.get(), 1);
+        // Two clients at once: the second finds no spare while the first holds it.
+        let (one, two) = (OwnConnection::default(), OwnConnection::default());
+        assert_eq!(ask(&one, "/a").await, "/a");
+        assert_eq!(ask(&two, "/b").await, "/b");
+        assert_eq!(up.inner.metrics.dials.get(), 2);
+        drop((one, two));
+        assert_eq!(up.inner.spares.len(), 2);
+        let three = OwnConnection::default();
+        assert_eq!(ask(&three, "/c").await, "/c");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(up.inner.spares.len(), 1);
     }
 
     /// A bare HTTP/1.1 server: on each connection reads a request whole (head and

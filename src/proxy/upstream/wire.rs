@@ -19,7 +19,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, Sleep};
 
 use super::super::headers::{write_forwarded, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use super::spare::Spares;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,6 +51,8 @@ pub(super) struct Conn {
     buf: BytesMut,
     /// When the last answer on it ended (set as it goes home).
     idle_since: Instant,
+    /// Where it goes when its client connection closes (spare.rs); nowhere when gone.
+    spares: Weak<Spares>,
 }
 
 /// TCP or the Unix socket Flagr listens on.
@@ -61,17 +64,35 @@ pub(super) enum Stream {
 impl Conn {
     /// Boxed once when made: the connection then moves between a client connection, a
     /// request's future and its answer's body as a pointer, not as its whole state.
-    pub(super) fn new(stream: Stream) -> Box<Self> {
+    pub(super) fn new(stream: Stream, spares: Weak<Spares>) -> Box<Self> {
         Box::new(Self {
             stream,
             buf: BytesMut::new(),
             idle_since: Instant::now(),
+            spares,
         })
+    }
+
+    /// True unless Flagr has closed it or it sat idle longer than `max_idle` (as the pool's
+    /// connections, so Flagr's own idle limit does not close it under a request).
+    pub(super) fn usable(&self, max_idle: Duration) -> bool {
+        self.idle_since.elapsed() <= max_idle && !self.stale()
+    }
+
+    pub(super) fn idle_since(&self) -> Instant {
+        self.idle_since
+    }
+
+    /// Idle from now on, its read buffer freed (it is empty: an answer ends with nothing
+    /// after it, or the connection is not kept).
+    pub(super) fn rest(&mut self) {
+        self.idle_since = Instant::now();
+        self.buf = BytesMut::new();
     }
 
     /// True when Flagr closed the connection while it sat idle (or wrote to it unasked).
     /// `try_read` makes no system call unless the event loop saw the socket readable.
-    fn stale(&self) -> bool {
+    pub(super) fn stale(&self) -> bool {
         // Readable: at its end, in error, or bytes nobody asked for. Only "would block"
         // (nothing there, or readiness left over from a read that filled the buffer) means it
         // is fine.
@@ -114,17 +135,27 @@ struct Own {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
+impl Drop for Own {
+    /// The client connection has gone: its connection to Flagr, if idle and sound, is kept
+    /// for a new one.
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            if let Some(spares) = c.spares.upgrade() {
+                spares.park(c);
+            }
+        }
+    }
+}
+
 impl OwnConnection {
     fn lock(&self) -> std::sync::MutexGuard<'_, Own> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection left by the previous answer, unless Flagr has closed it since or it
-    /// sat idle longer than `max_idle` (as the pool's connections, so Flagr's own idle limit
-    /// does not close it under a request).
+    /// The connection left by the previous answer, if still [usable](Conn::usable).
     pub(super) fn take(&self, max_idle: Duration) -> Option<Box<Conn>> {
         let c = self.lock().conn.take()?;
-        (c.idle_since.elapsed() <= max_idle && !c.stale()).then_some(c)
+        c.usable(max_idle).then_some(c)
     }
 
     fn put(&self, mut c: Box<Conn>) {
@@ -698,7 +729,7 @@ pub async fn fuzz_answer(
         theirs
     });
     let home = OwnConnection::default();
-    let conn = Conn::new(Stream::Unix(ours));
+    let conn = Conn::new(Stream::Unix(ours), Weak::new());
     let r = exchange(
         conn,
         b"GET / HTTP/1.1\r\n\r\n",
@@ -721,7 +752,7 @@ pub async fn fuzz_answer(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn head(bytes: &[u8]) -> Result<Option<Head>, WireError> {
@@ -809,11 +840,23 @@ mod tests {
             .map_err(|(_, e)| e)
     }
 
-    async fn pair() -> (Box<Conn>, TcpStream) {
+    /// A connection and Flagr's end of it, on loopback; it goes nowhere when its client
+    /// connection closes.
+    pub(in super::super) async fn pair() -> (Box<Conn>, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        (Conn::new(Stream::Tcp(c)), s)
+        (Conn::new(Stream::Tcp(c), Weak::new()), s)
+    }
+
+    impl Conn {
+        /// Tells connections apart.
+        pub(in super::super) fn local_port(&self) -> u16 {
+            match &self.stream {
+                Stream::Tcp(s) => s.local_addr().unwrap().port(),
+                Stream::Unix(_) => 0,
+            }
+        }
     }
 
     /// Chunked bodies in pieces as small as a byte, trailers read past; the connection goes
