@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use super::wire::Conn;
 
-/// Spare connections of one upstream (one per proxy thread), newest at the back.
+/// Spare connections of one upstream (one per proxy thread), in the order they went idle: the
+/// most recent at the back.
 pub(super) struct Spares {
     state: Mutex<State>,
     max: usize,
@@ -61,24 +62,30 @@ impl Spares {
         None
     }
 
-    /// Keeps `c` for a later client connection; at the bound, the oldest spare is closed.
+    /// Keeps `c` for a later client connection, unless it has been idle too long already; at
+    /// the bound, the one idle longest is closed.
     pub(super) fn park(self: &Arc<Self>, mut c: Box<Conn>) {
-        if self.max == 0 {
+        // Its idle time goes on from when its last answer ended, not from now: a client
+        // connection that sat idle before closing has used some of it up.
+        if self.max == 0 || !c.usable(self.max_idle) {
             return;
         }
-        c.rest();
+        c.shed_buffer();
         let mut s = self.lock();
         self.expire(&mut s);
         if s.conns.len() >= self.max {
             s.conns.pop_front();
         }
-        s.conns.push_back(c);
+        let at = s
+            .conns
+            .partition_point(|o| o.idle_since() <= c.idle_since());
+        s.conns.insert(at, c);
         if !s.sweeping {
             s.sweeping = self.sweep_later();
         }
     }
 
-    /// Closes the spares idle too long: the oldest are at the front.
+    /// Closes the spares idle too long: they are at the front.
     fn expire(&self, s: &mut State) {
         while s
             .conns
@@ -187,6 +194,14 @@ mod tests {
         spares.park(c);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(spares.take().is_none());
+        // Idle too long before its client connection closed: not kept (its idle time counts
+        // from its last answer).
+        let spares = Spares::new(4, Duration::from_secs(8));
+        let (e, mut fe) = pair().await;
+        tokio::time::advance(Duration::from_secs(9)).await;
+        spares.park(e);
+        assert_eq!(spares.len(), 0);
+        assert!(closed(&mut fe).await);
         // None kept at all when the bound is zero.
         let spares = Spares::new(0, Duration::from_secs(8));
         let (d, mut fd) = pair().await;

@@ -83,10 +83,9 @@ impl Conn {
         self.idle_since
     }
 
-    /// Idle from now on, its read buffer freed (it is empty: an answer ends with nothing
-    /// after it, or the connection is not kept).
-    pub(super) fn rest(&mut self) {
-        self.idle_since = Instant::now();
+    /// Its read buffer freed while it waits for another client connection (the buffer is
+    /// empty: an answer ends with nothing after it, or the connection is not kept).
+    pub(super) fn shed_buffer(&mut self) {
         self.buf = BytesMut::new();
     }
 
