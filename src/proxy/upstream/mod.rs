@@ -106,10 +106,14 @@ where
     pub fn new(cfg: &ProxyConfig, metrics: Arc<ProxyMetrics>) -> Result<Self, UpstreamError> {
         let uri: Uri = cfg.upstream.parse().map_err(UpstreamError::Uri)?;
         let authority = uri.authority().cloned().ok_or(UpstreamError::NoHost)?;
+        // An absurd timeout would overflow a timer's deadline; a year is never.
+        let never = Duration::from_secs(365 * 24 * 3600);
+        let timeout = cfg.upstream_timeout.min(never);
+        let max_idle = cfg.pool_idle_timeout.min(never);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_idle_timeout(max_idle)
             .pool_timer(TokioTimer::new())
             .http1_writev(false)
             .timer(TokioTimer::new());
@@ -133,18 +137,14 @@ where
                 dial,
             }
         };
-        // An absurd timeout would overflow a timer's deadline; a year is never.
-        let timeout = cfg
-            .upstream_timeout
-            .min(Duration::from_secs(365 * 24 * 3600));
         Ok(Self {
             inner: Arc::new(Inner {
                 flagr,
                 authority,
                 timeout,
                 inline_max: cfg.inline_body_max_bytes as u64,
-                max_idle: cfg.pool_idle_timeout,
-                spares: spare::Spares::new(cfg.pool_max_idle, cfg.pool_idle_timeout),
+                max_idle,
+                spares: spare::Spares::new(cfg.pool_max_idle, max_idle),
                 quiet: Arc::new(quiet::Bound {
                     limit: timeout,
                     metrics: metrics.clone(),

@@ -2,27 +2,28 @@
 //! connections' first requests: one proxy thread's keep-alive pool for own connections.
 //!
 //! In: an own connection, idle and sound, whose client connection has gone ([`Spares::park`],
-//! from the client connection's drop). Out: the most recently parked one that is still open
-//! and not idle too long ([`Spares::take`]); the others closed, by a sweep when nothing else
-//! comes.
-//! Never: holds more than `proxy.pool_max_idle` connections or one idle longer than
-//! `proxy.pool_idle_timeout` (Flagr's own idle limit must not close one under a request);
-//! hands out one Flagr closed; keeps a parked connection's read buffer (it holds its socket
-//! only, so the count bounds its memory).
+//! from the client connection's drop). Out: of those still open and not idle too long, the one
+//! whose last answer ended most recently ([`Spares::take`]); the others closed, by a sweep when
+//! nothing else comes.
+//! Never: holds more than `proxy.pool_max_idle` connections, or one idle longer than
+//! `proxy.pool_idle_timeout` (counted from its last answer: Flagr's own idle limit must not
+//! close one under a request); hands out one whose socket already says Flagr closed it; keeps
+//! a parked connection's read buffer (it holds its socket only, so the count bounds its memory).
 //!
 //! Why: without it each new client connection dialed Flagr for its first request, where nginx
 //! takes one from its keep-alive pool; the dial and Flagr's accept then lie on that request's
-//! path, and a load tool opening connections by the hundred saw them in its tail
-//! (BENCHMARKS.md).
+//! path, and a client that keeps no connection paid them on every request (BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::wire::Conn;
 
-/// Spare connections of one upstream (one per proxy thread), in the order they went idle: the
-/// most recent at the back.
+/// Spare connections of one upstream (one per proxy thread), in the order their last answers
+/// ended: the most recent at the back.
 pub(super) struct Spares {
     state: Mutex<State>,
     max: usize,
@@ -32,8 +33,10 @@ pub(super) struct Spares {
 #[derive(Default)]
 struct State {
     conns: VecDeque<Box<Conn>>,
-    /// A sweep task is waiting to close the oldest when it has been idle too long.
-    sweeping: bool,
+    /// When the live sweep wakes next; None when no sweep is waiting.
+    sweep_at: Option<Instant>,
+    /// Which sweep is the live one: one started for an earlier instant retires the one before.
+    sweep_id: u64,
 }
 
 impl Spares {
@@ -49,13 +52,14 @@ impl Spares {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest spare still usable; the ones found closed or idle too long are dropped on
-    /// the way.
+    /// The spare whose last answer ended most recently, of those still usable; the ones found
+    /// closed or idle too long are closed on the way.
     pub(super) fn take(&self) -> Option<Box<Conn>> {
         let mut s = self.lock();
         // The newest first: the least likely to have been closed by Flagr.
         while let Some(c) = s.conns.pop_back() {
-            if c.usable(self.max_idle) {
+            // It waited unwatched: ask its socket, not only the event loop's last word.
+            if c.usable(self.max_idle) && !c.closed_now() {
                 return Some(c);
             }
         }
@@ -73,16 +77,28 @@ impl Spares {
         c.shed_buffer();
         let mut s = self.lock();
         self.expire(&mut s);
-        if s.conns.len() >= self.max {
-            s.conns.pop_front();
-        }
         let at = s
             .conns
             .partition_point(|o| o.idle_since() <= c.idle_since());
         s.conns.insert(at, c);
-        if !s.sweeping {
-            s.sweeping = self.sweep_later();
+        if s.conns.len() > self.max {
+            s.conns.pop_front();
         }
+        // The front may now be due before the live sweep wakes: a client connection idle for a
+        // while before it closed.
+        if let Some(due) = self.due(&s) {
+            if s.sweep_at.is_none_or(|at| due < at) {
+                s.sweep_id += 1;
+                s.sweep_at = self.sweep_at(due, s.sweep_id);
+            }
+        }
+    }
+
+    /// When the front spare is past its idle limit, if there is one.
+    fn due(&self, s: &State) -> Option<Instant> {
+        // Just past the limit, so the front is then over it.
+        let front = s.conns.front()?;
+        Some(front.idle_since() + self.max_idle + Duration::from_millis(1))
     }
 
     /// Closes the spares idle too long: they are at the front.
@@ -96,33 +112,31 @@ impl Spares {
         }
     }
 
-    /// Starts a task that closes each spare once it has been idle too long, and ends when
-    /// none is left. False outside a runtime (then `park` and `take` expire them).
-    fn sweep_later(self: &Arc<Self>) -> bool {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
+    /// Starts sweep `id`: at `due`, and after that whenever the front spare's time is up, it
+    /// closes those idle too long; it ends when none is left or a later sweep took over. None
+    /// outside a runtime (then `park` expires them, and `take` never hands one out).
+    fn sweep_at(self: &Arc<Self>, due: Instant, id: u64) -> Option<Instant> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
         // Weak: the sweep must not keep the spares (and their sockets) after the upstream.
         let me: Weak<Self> = Arc::downgrade(self);
         rt.spawn(async move {
+            let mut wake = due;
             loop {
-                let next = {
-                    let Some(spares) = me.upgrade() else { return };
-                    let mut s = spares.lock();
-                    spares.expire(&mut s);
-                    match s.conns.front() {
-                        Some(c) => c.idle_since() + spares.max_idle,
-                        None => {
-                            s.sweeping = false;
-                            return;
-                        }
-                    }
-                };
-                // Just past the limit, so the oldest is then over it.
-                tokio::time::sleep_until(next + Duration::from_millis(1)).await;
+                tokio::time::sleep_until(wake).await;
+                let Some(spares) = me.upgrade() else { return };
+                let mut s = spares.lock();
+                if s.sweep_id != id {
+                    return;
+                }
+                spares.expire(&mut s);
+                s.sweep_at = spares.due(&s);
+                match s.sweep_at {
+                    Some(next) => wake = next,
+                    None => return,
+                }
             }
         });
-        true
+        Some(due)
     }
 
     #[cfg(test)]
@@ -146,32 +160,45 @@ mod tests {
         matches!(read, Ok(Ok(0) | Err(_)))
     }
 
-    /// The newest comes back first; at the bound the oldest is closed; one Flagr closed is
-    /// passed over.
+    /// The newest comes back first; at the bound the one idle longest is closed, even when it
+    /// is the one coming in; one Flagr closed is passed over, before the event loop has looked.
     #[tokio::test]
     async fn the_newest_open_spare_comes_back_and_the_bound_closes_the_oldest() {
         let spares = Spares::new(2, Duration::from_secs(60));
+        let (oldest, mut f_oldest) = pair().await;
         let (a, mut fa) = pair().await;
         let (b, fb) = pair().await;
         let (c, _fc) = pair().await;
-        let newest = c.local_port();
+        let (bp, newest) = (b.local_port(), c.local_port());
         spares.park(a);
         spares.park(b);
         spares.park(c);
         assert_eq!(spares.len(), 2);
-        assert!(closed(&mut fa).await, "the oldest spare was not closed");
+        assert!(
+            closed(&mut fa).await,
+            "the spare idle longest was not closed"
+        );
+        // Idle longer than both kept ones: it is the one closed.
+        spares.park(oldest);
+        assert!(
+            closed(&mut f_oldest).await,
+            "a newer spare was closed instead"
+        );
         assert_eq!(spares.take().unwrap().local_port(), newest);
-        // Flagr closes b: once the event loop has seen that, b is not handed out.
+        assert_eq!(spares.len(), 1);
+        // Flagr closes b. No await from here on: the event loop cannot have seen it, so only
+        // asking the socket finds it (loopback delivers the close at once; the wait is bounded).
         drop(fb);
-        let mut seen = false;
-        for _ in 0..1000 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if spares.lock().conns.front().is_some_and(|b| b.stale()) {
-                seen = true;
-                break;
-            }
-        }
-        assert!(seen, "the closed spare was never seen as closed");
+        let closed_now = (0..100_000).any(|_| {
+            std::thread::yield_now();
+            spares.lock().conns.front().is_some_and(|b| b.closed_now())
+        });
+        assert!(closed_now, "the socket never said Flagr closed it");
+        assert!(
+            !spares.lock().conns.front().unwrap().stale(),
+            "seen by the event loop already"
+        );
+        assert_eq!(spares.lock().conns.front().unwrap().local_port(), bp);
         assert!(spares.take().is_none());
         assert_eq!(spares.len(), 0);
     }
@@ -188,15 +215,14 @@ mod tests {
         let (b, mut fb) = pair().await;
         spares.park(b);
         assert!(closed(&mut fb).await);
-        // Not taken once idle too long, even before the sweep comes.
-        let spares = Spares::new(4, Duration::ZERO);
+        // Not taken once idle too long, even before the sweep comes (it comes 1 ms later).
         let (c, _fc) = pair().await;
         spares.park(c);
-        tokio::time::advance(Duration::from_millis(1)).await;
+        tokio::time::advance(Duration::from_micros(8_000_500)).await;
+        assert_eq!(spares.len(), 1);
         assert!(spares.take().is_none());
         // Idle too long before its client connection closed: not kept (its idle time counts
         // from its last answer).
-        let spares = Spares::new(4, Duration::from_secs(8));
         let (e, mut fe) = pair().await;
         tokio::time::advance(Duration::from_secs(9)).await;
         spares.park(e);
@@ -207,5 +233,22 @@ mod tests {
         let (d, mut fd) = pair().await;
         spares.park(d);
         assert!(closed(&mut fd).await);
+    }
+
+    /// One whose last answer came earlier than every kept one's, parked while the sweep waits
+    /// for those: closed at its own time, not at theirs.
+    #[tokio::test(start_paused = true)]
+    async fn a_spare_due_before_the_others_is_swept_at_its_own_time() {
+        let spares = Spares::new(4, Duration::from_secs(8));
+        let (early, mut f_early) = pair().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (late, mut f_late) = pair().await;
+        spares.park(late);
+        spares.park(early);
+        assert!(closed(&mut f_early).await);
+        // The later one is still kept: the sweep came at 8 s, not at 13.
+        assert_eq!(spares.len(), 1);
+        assert!(closed(&mut f_late).await);
+        assert_eq!(spares.len(), 0);
     }
 }

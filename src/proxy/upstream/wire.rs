@@ -103,6 +103,17 @@ impl Conn {
         !matches!(read, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Like [`Conn::stale`], but asking the socket itself (one `recv` with `MSG_PEEK`), for a
+    /// connection that waited unwatched: the event loop may not have seen Flagr's close yet.
+    pub(super) fn closed_now(&self) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        let peeked = match &self.stream {
+            Stream::Tcp(s) => socket2::SockRef::from(s).peek(&mut probe),
+            Stream::Unix(s) => socket2::SockRef::from(s).peek(&mut probe),
+        };
+        !matches!(peeked, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_AHEAD / 4 {
             self.buf.reserve(READ_AHEAD);
