@@ -58,8 +58,8 @@ impl Spares {
         let mut s = self.lock();
         // The newest first: the least likely to have been closed by Flagr.
         while let Some(c) = s.conns.pop_back() {
-            // It waited unwatched: ask its socket, not only the event loop's last word.
-            if c.usable(self.max_idle) && !c.closed_now() {
+            // It waited unwatched: its socket is asked, not the event loop's last word.
+            if c.idle_since().elapsed() <= self.max_idle && !c.closed_now() {
                 return Some(c);
             }
         }
@@ -89,7 +89,7 @@ impl Spares {
         if let Some(due) = self.due(&s) {
             if s.sweep_at.is_none_or(|at| due < at) {
                 s.sweep_id += 1;
-                s.sweep_at = self.sweep_at(due, s.sweep_id);
+                s.sweep_at = self.start_sweep(due, s.sweep_id);
             }
         }
     }
@@ -115,7 +115,7 @@ impl Spares {
     /// Starts sweep `id`: at `due`, and after that whenever the front spare's time is up, it
     /// closes those idle too long; it ends when none is left or a later sweep took over. None
     /// outside a runtime (then `park` expires them, and `take` never hands one out).
-    fn sweep_at(self: &Arc<Self>, due: Instant, id: u64) -> Option<Instant> {
+    fn start_sweep(self: &Arc<Self>, due: Instant, id: u64) -> Option<Instant> {
         let rt = tokio::runtime::Handle::try_current().ok()?;
         // Weak: the sweep must not keep the spares (and their sockets) after the upstream.
         let me: Weak<Self> = Arc::downgrade(self);

@@ -295,6 +295,53 @@ async fn one_keep_alive_client_one_connection_every_answer_whole() {
     assert_eq!(fh.metric(dials).await - before, 1.0);
 }
 
+/// Clients that close their connection after one change each share one connection to Flagr:
+/// each leaves it to the next, and every change is applied once, through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_close_leave_their_connection_to_flagr_to_the_next() {
+    let f = flagr(&[]).await;
+    let fh = Flaghook::start(&f.url(), "").await;
+    let dials = "flaghook_proxy_upstream_connections_total";
+    let open = "flaghook_connections_open{listener=\"proxy\"}";
+    let before = fh.metric(dials).await;
+    for i in 0..4 {
+        let addr = fh.proxy.trim_start_matches("http://").to_string();
+        let (status, body) = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let body = format!(r#"{{"description":"spare {i}","key":"spare-{i}"}}"#);
+            exchange(&mut s, "POST", "/api/v1/flags", &body)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["key"],
+            format!("spare-{i}")
+        );
+        // The client has closed; once flaghook has seen that, its connection is a spare.
+        let closed = wait_until(Duration::from_secs(15), || async {
+            metric_value(&fh.metrics().await, open) == Some(0.0)
+        })
+        .await;
+        assert!(closed, "flaghook never saw the client close");
+    }
+    assert_eq!(fh.metric(dials).await - before, 1.0);
+    let (status, flags) = call("GET", &format!("{}/flags", f.api()), None).await;
+    assert_eq!(status, 200);
+    let keys: Vec<_> = flags
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        (0..4)
+            .map(|i| json!(format!("spare-{i}")))
+            .collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_mib_request_passes_and_is_counted_uninspected() {
     let f = flagr(&[]).await;
