@@ -59,7 +59,7 @@ impl Spares {
         // The newest first: the least likely to have been closed by Flagr.
         while let Some(c) = s.conns.pop_back() {
             // It waited unwatched: its socket is asked, not the event loop's last word.
-            if c.idle_since().elapsed() <= self.max_idle && !c.closed_now() {
+            if c.idle_within(self.max_idle) && !c.closed_now() {
                 return Some(c);
             }
         }
@@ -106,7 +106,7 @@ impl Spares {
         while s
             .conns
             .front()
-            .is_some_and(|c| c.idle_since().elapsed() > self.max_idle)
+            .is_some_and(|c| !c.idle_within(self.max_idle))
         {
             s.conns.pop_front();
         }

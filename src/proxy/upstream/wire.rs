@@ -76,7 +76,12 @@ impl Conn {
     /// True unless Flagr has closed it or it sat idle longer than `max_idle` (as the pool's
     /// connections, so Flagr's own idle limit does not close it under a request).
     pub(super) fn usable(&self, max_idle: Duration) -> bool {
-        self.idle_since.elapsed() <= max_idle && !self.stale()
+        self.idle_within(max_idle) && !self.stale()
+    }
+
+    /// True while its last answer ended no longer than `max_idle` ago.
+    pub(super) fn idle_within(&self, max_idle: Duration) -> bool {
+        self.idle_since.elapsed() <= max_idle
     }
 
     pub(super) fn idle_since(&self) -> Instant {
@@ -92,15 +97,13 @@ impl Conn {
     /// True when Flagr closed the connection while it sat idle (or wrote to it unasked).
     /// `try_read` makes no system call unless the event loop saw the socket readable.
     pub(super) fn stale(&self) -> bool {
-        // Readable: at its end, in error, or bytes nobody asked for. Only "would block"
-        // (nothing there, or readiness left over from a read that filled the buffer) means it
-        // is fine.
+        // "Would block" also covers readiness left over from a read that filled the buffer.
         let mut probe = [0u8; 1];
         let read = match &self.stream {
             Stream::Tcp(s) => s.try_read(&mut probe),
             Stream::Unix(s) => s.try_read(&mut probe),
         };
-        !matches!(read, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+        says_closed(read)
     }
 
     /// Like [`Conn::stale`], but asking the socket itself (one `recv` with `MSG_PEEK`), for a
@@ -111,7 +114,7 @@ impl Conn {
             Stream::Tcp(s) => socket2::SockRef::from(s).peek(&mut probe),
             Stream::Unix(s) => socket2::SockRef::from(s).peek(&mut probe),
         };
-        !matches!(peeked, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+        says_closed(peeked)
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -759,6 +762,12 @@ pub async fn fuzz_answer(
     };
     drop(flagr.await);
     out
+}
+
+/// A probe read of an idle connection to Flagr: readable (at its end, in error, or bytes nobody
+/// asked for) means it cannot carry a request. Only "would block" means it is fine.
+fn says_closed(probe: io::Result<usize>) -> bool {
+    !matches!(probe, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 #[cfg(test)]
